@@ -1,0 +1,130 @@
+"""The bot class: one HTTP session, one database, the scheduler, and the extensions."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+import discord
+import discord.gateway
+import discord.http
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from bot.predictions import PredictionClient
+from bot.scheduler import Scheduler, SchedulerLimits
+from bot.settings import Settings
+from bot.store import JobStore
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.animate",)
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+def use_discord_endpoints(settings: Settings) -> None:
+    """Point discord.py at the configured REST base and gateway (Discord itself by default)."""
+    discord.http.Route.BASE = settings.discord_api_base
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+class AnimateTree(app_commands.CommandTree["AnimateBot"]):
+    """Command tree whose errors become one clear sentence for the member."""
+
+    async def on_error(
+        self, interaction: discord.Interaction[AnimateBot], error: app_commands.AppCommandError
+    ) -> None:
+        """Answer a failed command with a message instead of silence."""
+        await interaction.client.report_error(interaction, error)
+
+
+class AnimateBot(commands.Bot):
+    """The AnimateDiff bot."""
+
+    def __init__(
+        self, settings: Settings, *, session: aiohttp.ClientSession, store: JobStore
+    ) -> None:
+        # Only the guilds intent: no message content, no member list (nothing privileged).
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            help_command=None,
+            intents=discord.Intents(guilds=True),
+            allowed_mentions=NO_MENTIONS,
+            tree_cls=AnimateTree,
+        )
+        self.settings = settings
+        self.session = session
+        self.store = store
+        self.predictions = PredictionClient(
+            session,
+            base_url=settings.replicate_api_base,
+            token=settings.replicate_api_token.get_secret_value(),
+            version=settings.replicate_model_version,
+            wait_seconds=settings.prediction_wait_seconds,
+        )
+        self.scheduler = Scheduler(
+            store,
+            self.predictions,
+            limits=SchedulerLimits(
+                running_per_guild=settings.max_running_per_guild,
+                running_total=settings.max_running_total,
+                queued_per_member=settings.max_queued_per_member,
+                prediction_timeout=settings.prediction_timeout_seconds,
+                max_download_bytes=settings.max_download_bytes,
+            ),
+        )
+
+    async def setup_hook(self) -> None:
+        """Load extensions (logging each failure) and sync the slash commands."""
+        for extension in EXTENSIONS:
+            try:
+                await self.load_extension(extension)
+            except Exception:
+                log.exception("failed to load extension %s", extension)
+        await self.sync_commands()
+
+    async def sync_commands(self) -> None:
+        """Sync to the configured guilds (instant) or globally (may take up to an hour)."""
+        guild_ids = self.settings.discord_guild_ids
+        if not guild_ids:
+            synced = await self.tree.sync()
+            log.info("synced %d global commands", len(synced))
+            return
+        for guild_id in guild_ids:
+            guild = discord.Object(id=guild_id)
+            self.tree.copy_global_to(guild=guild)
+            try:
+                synced = await self.tree.sync(guild=guild)
+            except discord.HTTPException as exc:
+                log.error("could not sync commands to guild %s: %s", guild_id, exc.text)
+                continue
+            log.info("synced %d commands to guild %s", len(synced), guild_id)
+
+    async def on_ready(self) -> None:
+        """Log who we are once connected."""
+        assert self.user is not None
+        log.info("connected as %s (%s) in %d servers", self.user, self.user.id, len(self.guilds))
+
+    async def report_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        """Turn any error from a command or component into one sentence for the member."""
+        original = getattr(error, "original", error)
+        if isinstance(error, app_commands.NoPrivateMessage):
+            text = "This command works only in a server."
+        elif isinstance(error, app_commands.CheckFailure):
+            text = "You are not allowed to do that here."
+        elif isinstance(error, app_commands.CommandOnCooldown):
+            text = f"Slow down: try again in {error.retry_after:.0f} seconds."
+        else:
+            log.error("interaction failed", exc_info=original)
+            text = "Something went wrong on the bot's side; please try again."
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            else:
+                await interaction.response.send_message(
+                    text, ephemeral=True, allowed_mentions=NO_MENTIONS
+                )
+        except discord.HTTPException:
+            log.warning("could not tell the member about an error", exc_info=True)

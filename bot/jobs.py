@@ -1,0 +1,211 @@
+"""Domain objects: what a member asks for and the job that carries it through the bot."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+MAX_SEED = 2_147_483_647
+MIN_STEPS, MAX_STEPS, DEFAULT_STEPS = 1, 100, 25
+MIN_GUIDANCE, MAX_GUIDANCE, DEFAULT_GUIDANCE = 1.0, 10.0, 7.5
+MAX_PROMPT_LENGTH = 1000
+
+# Checkpoint file names the model accepts as `path`, with the names people see.
+CHECKPOINTS: dict[str, str] = {
+    "toonyou_beta3.safetensors": "ToonYou beta 3",
+    "lyriel_v16.safetensors": "Lyriel 1.6",
+    "rcnzCartoon3d_v10.safetensors": "RCNZ Cartoon 3D",
+    "majicmixRealistic_v5Preview.safetensors": "majicMIX realistic 5",
+    "realisticVisionV40_v20Novae.safetensors": "Realistic Vision 4.0",
+}
+DEFAULT_CHECKPOINT = "toonyou_beta3.safetensors"
+
+MOTION_MODULES: dict[str, str] = {
+    "mm_sd_v14": "Motion v1.4",
+    "mm_sd_v15": "Motion v1.5",
+    "mm_sd_v15_v2": "Motion v1.5 v2",
+}
+DEFAULT_MOTION_MODULE = "mm_sd_v15_v2"
+
+
+class InvalidRequest(ValueError):
+    """A request setting is out of range; the message is meant for the member."""
+
+
+def random_seed(rng: random.Random | None = None) -> int:
+    """Pick a seed in 1..2147483647 (0 means "pick one for me", so never 0)."""
+    return (rng or _seed_rng).randint(1, MAX_SEED)
+
+
+_seed_rng = random.SystemRandom()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """The settings of one animation, complete enough to reproduce it."""
+
+    prompt: str
+    seed: int
+    negative_prompt: str = ""
+    model: str = DEFAULT_CHECKPOINT
+    motion_module: str = DEFAULT_MOTION_MODULE
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE
+
+    def __post_init__(self) -> None:
+        """Refuse settings the model would reject, with a sentence a member understands."""
+        if not self.prompt.strip():
+            raise InvalidRequest("The prompt is empty; describe what you want to see.")
+        if len(self.prompt) > MAX_PROMPT_LENGTH:
+            raise InvalidRequest(f"The prompt is longer than {MAX_PROMPT_LENGTH} characters.")
+        if len(self.negative_prompt) > MAX_PROMPT_LENGTH:
+            raise InvalidRequest(
+                f"The negative prompt is longer than {MAX_PROMPT_LENGTH} characters."
+            )
+        if self.model not in CHECKPOINTS:
+            raise InvalidRequest(f"Unknown model {self.model!r}.")
+        if self.motion_module not in MOTION_MODULES:
+            raise InvalidRequest(f"Unknown motion module {self.motion_module!r}.")
+        if not MIN_STEPS <= self.steps <= MAX_STEPS:
+            raise InvalidRequest(f"Steps must be between {MIN_STEPS} and {MAX_STEPS}.")
+        if not MIN_GUIDANCE <= self.guidance_scale <= MAX_GUIDANCE:
+            raise InvalidRequest(
+                f"Guidance scale must be between {MIN_GUIDANCE:g} and {MAX_GUIDANCE:g}."
+            )
+        if not 1 <= self.seed <= MAX_SEED:
+            raise InvalidRequest(f"Seed must be between 1 and {MAX_SEED}.")
+
+    @classmethod
+    def create(
+        cls,
+        prompt: str,
+        *,
+        negative_prompt: str | None = None,
+        model: str | None = None,
+        motion_module: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        rng: random.Random | None = None,
+    ) -> GenerationRequest:
+        """Build a request from optional command options; no seed (or 0) picks one."""
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise InvalidRequest(f"Seed must be between 0 and {MAX_SEED} (0 picks one for you).")
+        return cls(
+            prompt=prompt.strip(),
+            negative_prompt=(negative_prompt or "").strip(),
+            model=model or DEFAULT_CHECKPOINT,
+            motion_module=motion_module or DEFAULT_MOTION_MODULE,
+            steps=DEFAULT_STEPS if steps is None else steps,
+            guidance_scale=DEFAULT_GUIDANCE if guidance_scale is None else round(guidance_scale, 2),
+            seed=seed if seed else random_seed(rng),
+        )
+
+    def with_new_seed(self, rng: random.Random | None = None) -> GenerationRequest:
+        """Return the same settings with a fresh random seed."""
+        seed = random_seed(rng)
+        while seed == self.seed:
+            seed = random_seed(rng)
+        return replace(self, seed=seed)
+
+    def to_api_input(self) -> dict[str, Any]:
+        """Return the `input` object for lucataco/animate-diff, seed always explicit."""
+        return {
+            "prompt": self.prompt,
+            "n_prompt": self.negative_prompt,
+            "path": self.model,
+            "motion_module": self.motion_module,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_api_input(cls, data: Mapping[str, Any]) -> GenerationRequest:
+        """Rebuild a request from a stored or returned `input` object."""
+        return cls(
+            prompt=str(data["prompt"]),
+            negative_prompt=str(data.get("n_prompt") or ""),
+            model=str(data.get("path") or DEFAULT_CHECKPOINT),
+            motion_module=str(data.get("motion_module") or DEFAULT_MOTION_MODULE),
+            steps=int(data.get("steps", DEFAULT_STEPS)),
+            guidance_scale=float(data.get("guidance_scale", DEFAULT_GUIDANCE)),
+            seed=int(data["seed"]),
+        )
+
+    def to_json(self) -> str:
+        """Serialise the API input for storage."""
+        return json.dumps(self.to_api_input(), sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> GenerationRequest:
+        """Inverse of `to_json`."""
+        return cls.from_api_input(json.loads(text))
+
+    @property
+    def model_name(self) -> str:
+        """The checkpoint's human name."""
+        return CHECKPOINTS.get(self.model, self.model)
+
+    @property
+    def motion_module_name(self) -> str:
+        """The motion module's human name."""
+        return MOTION_MODULES.get(self.motion_module, self.motion_module)
+
+
+class JobStatus(StrEnum):
+    """Where a job stands; each step is stored before the next begins."""
+
+    QUEUED = "queued"
+    SUBMITTED = "submitted"  # the create may have reached the API; its answer is not stored yet
+    RUNNING = "running"  # the API accepted it; `prediction_id` is known
+    DELIVERING = "delivering"  # the prediction succeeded; the result is being posted
+    DONE = "done"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_final(self) -> bool:
+        """True once nothing more will happen to the job."""
+        return self in _FINAL
+
+    @property
+    def is_pending(self) -> bool:
+        """True while the job still waits for or runs a prediction (Cancel applies)."""
+        return self in (JobStatus.QUEUED, JobStatus.SUBMITTED, JobStatus.RUNNING)
+
+
+_FINAL = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELED})
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One request as stored: who asked where, what they asked, and how far it got."""
+
+    id: int
+    guild_id: int
+    channel_id: int
+    requester_id: int
+    request: GenerationRequest
+    status: JobStatus
+    created_at: float
+    updated_at: float
+    request_message_id: int | None = None
+    prediction_id: str | None = None
+    result_message_id: int | None = None
+    error: str | None = None
+    parent_job_id: int | None = None
+    submitted_at: float | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    predict_time: float | None = None
+    deleted: bool = False
+
+    @property
+    def seed(self) -> int:
+        """The seed sent to the API."""
+        return self.request.seed

@@ -1,0 +1,418 @@
+"""Client for Replicate's prediction HTTP API (or any gateway serving the same API)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import json
+import logging
+import random
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import yarl
+
+log = logging.getLogger(__name__)
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class PredictionAPIError(Exception):
+    """The API refused or failed a request; `detail` is its explanation."""
+
+    def __init__(self, detail: str, *, status: int | None = None, title: str | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+        self.title = title
+
+
+class RateLimited(PredictionAPIError):
+    """The API kept answering 429 after every retry."""
+
+
+class ServiceUnavailable(PredictionAPIError):
+    """The API could not be reached or kept failing with server errors."""
+
+
+class CreateOutcomeUnknown(ServiceUnavailable):
+    """A create was sent but no answer came back: the prediction may exist."""
+
+
+class PredictionNotFound(PredictionAPIError):
+    """The API does not know this prediction id."""
+
+
+class DownloadError(Exception):
+    """An output file could not be fetched."""
+
+
+def _retryable_status(status: int) -> bool:
+    """Server errors and throttling are worth another try."""
+    return status == 429 or status >= 500
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """A prediction as the API last reported it."""
+
+    id: str
+    status: str
+    input: Mapping[str, Any] = field(default_factory=dict)
+    output: Any = None
+    error: str | None = None
+    logs: str = ""
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    version: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    data_removed: bool = False
+
+    @classmethod
+    def from_json(cls, data: object) -> Prediction:
+        """Parse an API prediction object, refusing anything without an id and status."""
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise PredictionAPIError("The prediction API returned an unexpected answer.")
+        status = data.get("status")
+        if not isinstance(status, str):
+            raise PredictionAPIError("The prediction API returned a prediction without status.")
+        error = data.get("error")
+        return cls(
+            id=data["id"],
+            status=status,
+            input=data.get("input") or {},
+            output=data.get("output"),
+            error=None if error is None else str(error),
+            logs=data.get("logs") or "",
+            metrics=data.get("metrics") or {},
+            version=data.get("version"),
+            created_at=data.get("created_at"),
+            started_at=data.get("started_at"),
+            completed_at=data.get("completed_at"),
+            data_removed=bool(data.get("data_removed", False)),
+        )
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the prediction will not change any more."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def output_urls(self) -> list[str]:
+        """The output as a list of URLs or data URIs, whatever shape the API used."""
+        output = self.output
+        if isinstance(output, str):
+            return [output]
+        if isinstance(output, list):
+            return [item for item in output if isinstance(item, str)]
+        return []
+
+    @property
+    def predict_time(self) -> float | None:
+        """GPU seconds billed, once known."""
+        value = self.metrics.get("predict_time")
+        return float(value) if isinstance(value, int | float) else None
+
+
+def version_id(version: str) -> str:
+    """Return the bare version id of `owner/name:id` or `id`."""
+    return version.rsplit(":", 1)[-1]
+
+
+class PredictionClient:
+    """Create, follow and cancel predictions on one shared aiohttp session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        token: str,
+        version: str,
+        wait_seconds: int = 60,
+        max_attempts: int = 6,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        request_timeout: float = 30.0,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._token = token
+        self.version = version
+        self._wait_seconds = max(1, min(60, wait_seconds))
+        self._max_attempts = max_attempts
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._request_timeout = request_timeout
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self.request_count = 0
+
+    @property
+    def base_url(self) -> str:
+        """The configured API base, without a trailing slash."""
+        return self._base
+
+    async def create(self, api_input: Mapping[str, Any], *, wait: bool = True) -> Prediction:
+        """Start a prediction; with `wait`, hold the request until it ends or the window closes."""
+        headers = {"Prefer": f"wait={self._wait_seconds}"} if wait else {}
+        timeout = self._wait_seconds + self._request_timeout if wait else self._request_timeout
+        data = await self._request(
+            "POST",
+            f"{self._base}/predictions",
+            body={"version": self.version, "input": dict(api_input)},
+            headers=headers,
+            timeout=timeout,
+            idempotent=False,
+        )
+        return Prediction.from_json(data)
+
+    async def get(self, prediction_id: str) -> Prediction:
+        """Fetch a prediction by id, from the configured base (never from `urls.get`)."""
+        data = await self._request("GET", self._prediction_url(prediction_id))
+        return Prediction.from_json(data)
+
+    async def cancel(self, prediction_id: str) -> Prediction:
+        """Ask the API to cancel a prediction; cancelling twice is harmless."""
+        data = await self._request("POST", self._prediction_url(prediction_id) + "/cancel")
+        return Prediction.from_json(data)
+
+    async def find(
+        self,
+        api_input: Mapping[str, Any],
+        *,
+        created_after: float,
+        accept: Callable[[Prediction], Awaitable[bool]] | None = None,
+        max_pages: int = 5,
+    ) -> Prediction | None:
+        """Find a prediction of this version with exactly this input, created after a time."""
+        wanted_version = version_id(self.version)
+        wanted_input = _normalise(api_input)
+        after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created_after - 120))
+        url = f"{self._base}/predictions?" + urllib.parse.urlencode({"created_after": after})
+        for _ in range(max_pages):
+            page = await self._request("GET", url)
+            if not isinstance(page, dict):
+                return None
+            for item in page.get("results") or []:
+                if not isinstance(item, dict):
+                    continue
+                same_version = version_id(str(item.get("version") or "")) == wanted_version
+                if same_version and _normalise(item.get("input") or {}) == wanted_input:
+                    found = Prediction.from_json(item)
+                    if accept is None or await accept(found):
+                        return found
+            next_url = page.get("next")
+            if not isinstance(next_url, str) or not next_url:
+                return None
+            # Keep the token on the configured host: take only the cursor from `next`.
+            query = yarl.URL(next_url).query
+            url = f"{self._base}/predictions?" + urllib.parse.urlencode(dict(query))
+        return None
+
+    async def download(self, url: str, *, max_bytes: int) -> bytes:
+        """Fetch an output file or decode a data URI, refusing anything over `max_bytes`."""
+        if url.startswith("data:"):
+            return _decode_data_uri(url, max_bytes)
+        scheme = yarl.URL(url).scheme
+        if scheme not in ("https", "http"):
+            raise DownloadError(f"Refusing to download from a {scheme or 'relative'} URL.")
+        for attempt in range(self._max_attempts):
+            try:
+                return await self._download_once(url, max_bytes)
+            except _TransientDownload as exc:
+                if attempt + 1 >= self._max_attempts:
+                    raise DownloadError(str(exc)) from None
+                await self._sleep(self._backoff(attempt))
+        raise DownloadError("The output could not be downloaded.")
+
+    async def _download_once(self, url: str, max_bytes: int) -> bytes:
+        """One streaming download attempt with a size cap; no credentials are sent."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=60)
+        try:
+            # The prediction token must never travel to the file host.
+            async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
+                self.request_count += 1
+                if _retryable_status(resp.status):
+                    raise _TransientDownload(f"The file host answered {resp.status}.")
+                if resp.status != 200:
+                    raise DownloadError(f"The output file could not be fetched ({resp.status}).")
+                if resp.content_length is not None and resp.content_length > max_bytes:
+                    raise DownloadError("The output file is larger than the download limit.")
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise DownloadError("The output file is larger than the download limit.")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _TransientDownload(f"The download failed: {type(exc).__name__}.") from None
+
+    def _prediction_url(self, prediction_id: str) -> str:
+        """Build a prediction's URL from the configured base."""
+        return f"{self._base}/predictions/{urllib.parse.quote(prediction_id, safe='')}"
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        idempotent: bool = True,
+    ) -> Any:
+        """Send one API call with retries that never risk a second paid prediction."""
+        all_headers = {"Authorization": f"Bearer {self._token}", **(headers or {})}
+        client_timeout = aiohttp.ClientTimeout(total=timeout or self._request_timeout)
+        last_error: PredictionAPIError | None = None
+        for attempt in range(self._max_attempts):
+            try:
+                async with self._session.request(
+                    method,
+                    url,
+                    json=body,
+                    headers=all_headers,
+                    timeout=client_timeout,
+                    allow_redirects=False,
+                ) as resp:
+                    self.request_count += 1
+                    raw = await resp.read()
+                    status = resp.status
+                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+            except aiohttp.ClientConnectorError:
+                # Nothing was sent, so even a create is safe to repeat.
+                last_error = ServiceUnavailable("The prediction API could not be reached.")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if not idempotent:
+                    raise CreateOutcomeUnknown(
+                        "The prediction API did not answer the create request "
+                        f"({type(exc).__name__}); it may have been accepted."
+                    ) from None
+                last_error = ServiceUnavailable(
+                    f"The prediction API did not answer ({type(exc).__name__})."
+                )
+            else:
+                if 200 <= status < 300:
+                    try:
+                        return json.loads(raw)
+                    except ValueError:
+                        if not idempotent:
+                            raise CreateOutcomeUnknown(
+                                "The prediction API answered the create with something that "
+                                "is not JSON."
+                            ) from None
+                        last_error = ServiceUnavailable(
+                            "The prediction API answered with something that is not JSON."
+                        )
+                else:
+                    error = _error_from(status, raw)
+                    if status == 429:
+                        last_error = error
+                        if attempt + 1 < self._max_attempts:
+                            delay = (
+                                retry_after if retry_after is not None else self._backoff(attempt)
+                            )
+                            log.warning(
+                                "prediction API throttled %s; retrying in %.1fs", method, delay
+                            )
+                            await self._sleep(delay)
+                        continue
+                    if status >= 500 and idempotent:
+                        last_error = error
+                    elif status >= 500:
+                        raise CreateOutcomeUnknown(
+                            f"The prediction API failed the create request ({status}); "
+                            "it may have been accepted."
+                        )
+                    else:
+                        raise error
+            if attempt + 1 < self._max_attempts:
+                await self._sleep(self._backoff(attempt))
+        assert last_error is not None
+        raise last_error
+
+    def _backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff."""
+        ceiling = min(self._backoff_cap, self._backoff_base * (2**attempt))
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+
+class _TransientDownload(Exception):
+    """A download attempt failed in a way worth retrying."""
+
+
+def _error_from(status: int, raw: bytes) -> PredictionAPIError:
+    """Turn an error response into a typed error carrying the API's `detail`."""
+    detail: str | None = None
+    title: str | None = None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        detail = str(data["detail"]) if data.get("detail") is not None else None
+        title = str(data["title"]) if data.get("title") is not None else None
+    if detail is None:
+        detail = f"The prediction API answered {status}."
+    if status == 429:
+        return RateLimited(detail, status=status, title=title)
+    if status == 404:
+        return PredictionNotFound(detail, status=status, title=title)
+    if status >= 500:
+        return ServiceUnavailable(detail, status=status, title=title)
+    return PredictionAPIError(detail, status=status, title=title)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Parse Retry-After given in seconds or as an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _decode_data_uri(uri: str, max_bytes: int) -> bytes:
+    """Decode a `data:` URI as a self-hosted Cog server returns it."""
+    header, sep, payload = uri.partition(",")
+    if not sep:
+        raise DownloadError("The output is a malformed data URI.")
+    if len(payload) * 3 // 4 > max_bytes:
+        raise DownloadError("The output file is larger than the download limit.")
+    if header.endswith(";base64"):
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise DownloadError("The output is a malformed data URI.") from None
+    else:
+        data = urllib.parse.unquote_to_bytes(payload)
+    if len(data) > max_bytes:
+        raise DownloadError("The output file is larger than the download limit.")
+    return data
+
+
+def _normalise(value: Mapping[str, Any]) -> dict[str, Any]:
+    """Compare inputs by value, treating 7.5 and 7.50 alike."""
+    return {
+        key: (float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v)
+        for key, v in value.items()
+    }

@@ -1,0 +1,731 @@
+"""Per-guild queues, fair dispatch, and the life of each job from queue to posted result."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from bot.jobs import GenerationRequest, Job, JobStatus
+from bot.predictions import (
+    CreateOutcomeUnknown,
+    DownloadError,
+    Prediction,
+    PredictionAPIError,
+    PredictionClient,
+    PredictionNotFound,
+    RateLimited,
+    ServiceUnavailable,
+)
+from bot.progress import Phase, parse_progress
+from bot.relay import StatusRelay
+from bot.store import InvalidTransition, JobStore
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+class Stage(StrEnum):
+    """What a member is told about a job that is not finished."""
+
+    QUEUED = "queued"
+    STARTING = "starting"
+    SAMPLING = "sampling"
+    RENDERING = "rendering"
+    UPLOADING = "uploading"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatusUpdate:
+    """A status line for a pending job; equal updates are not sent twice."""
+
+    stage: Stage
+    position: int | None = None
+    step: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """A finished animation, downloaded and ready to post."""
+
+    data: bytes
+    filename: str
+    content_type: str
+    prediction_id: str
+    predict_time: float | None
+    elapsed: float
+
+
+class JobReporter(Protocol):
+    """How the scheduler speaks to members; the Discord cog implements it."""
+
+    async def show_status(self, job: Job, update: JobStatusUpdate) -> None:
+        """Edit the request's message to show where the job stands."""
+        ...
+
+    async def deliver(self, job: Job, result: JobResult) -> int:
+        """Post the result and return the id of the message that carries it."""
+        ...
+
+    async def report_failure(self, job: Job, reason: str) -> None:
+        """Tell the requester the job failed and why."""
+        ...
+
+    async def report_canceled(self, job: Job) -> None:
+        """Show that the job was canceled."""
+        ...
+
+
+class QueueFull(Exception):
+    """The member already has as many requests waiting as the server allows."""
+
+
+class CancelOutcome(StrEnum):
+    """What a cancel request achieved."""
+
+    CANCELED = "canceled"  # it was still queued and is gone
+    CANCELING = "canceling"  # it is running; the API was asked to stop it
+    TOO_LATE = "too_late"  # it had already finished
+
+
+class PredictionTimedOut(Exception):
+    """The prediction ran past the configured deadline and was canceled upstream."""
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerLimits:
+    """How much work may run at once and how much a member may queue."""
+
+    running_per_guild: int = 1
+    running_total: int = 4
+    queued_per_member: int = 3
+    prediction_timeout: float = 1800.0
+    outage_patience: float = 900.0
+    max_download_bytes: int = 100 * 1024 * 1024
+    status_interval: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """One line of a guild's queue as shown to members."""
+
+    job: Job
+    position: int | None  # None while running
+
+
+_BAD_CREDENTIALS = (
+    "The bot's prediction API token was refused; the server owner needs to fix the bot's "
+    "configuration."
+)
+
+
+class Scheduler:
+    """Fair FIFO queues per guild, with global and per-guild limits on running predictions."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        client: PredictionClient,
+        *,
+        limits: SchedulerLimits | None = None,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._limits = limits or SchedulerLimits()
+        self._clock = clock
+        self._wall = wall_clock
+        self._sleep = sleep
+        self._reporter: JobReporter | None = None
+        self._queues: dict[int, deque[Job]] = defaultdict(deque)
+        self._rotation: deque[int] = deque()
+        self._running: dict[int, Job] = {}
+        self._running_by_guild: dict[int, int] = defaultdict(int)
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._cancel_wanted_ids: set[int] = set()
+        self._wakeups: dict[int, asyncio.Event] = {}
+        self._admission = asyncio.Lock()
+        self._relay: StatusRelay[int, tuple[Job, JobStatusUpdate]] = StatusRelay(
+            self._send_status, interval=self._limits.status_interval, clock=clock, sleep=sleep
+        )
+        self._started = False
+        self._stopping = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    @property
+    def limits(self) -> SchedulerLimits:
+        """The limits in force."""
+        return self._limits
+
+    def attach(self, reporter: JobReporter) -> None:
+        """Set who tells members about their jobs."""
+        self._reporter = reporter
+
+    async def start(self) -> None:
+        """Resume every unfinished job recorded in the store, then start dispatching."""
+        if self._started:
+            return
+        self._started = True
+        jobs = await self._store.unfinished()
+        resumed = 0
+        for job in jobs:
+            if job.status is JobStatus.QUEUED:
+                self._enqueue(job)
+            else:
+                # It already holds a slot upstream: follow it, even past the limits.
+                self._launch(job)
+                resumed += 1
+        if jobs:
+            log.info("resumed %d running and %d queued jobs", resumed, len(jobs) - resumed)
+        self._dispatch()
+        for guild_id in list(self._queues):
+            self._publish_positions(guild_id)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop work; every job stays recorded where it stood and resumes on the next start."""
+        self._stopping = True
+        delivering = [
+            task
+            for job_id, task in self._tasks.items()
+            if self._running[job_id].status is JobStatus.DELIVERING
+        ]
+        if delivering:
+            # Let posts in flight finish so a result is not posted again after restart.
+            await asyncio.wait(delivering, timeout=grace)
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._relay.close()
+
+    async def submit(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int,
+        requester_id: int,
+        request: GenerationRequest,
+        parent_job_id: int | None = None,
+    ) -> tuple[Job, int]:
+        """Queue a request and return the job with its place in the guild's queue (1 = next)."""
+        async with self._admission:
+            self.check_admission(guild_id, requester_id)
+            job = await self._store.add_job(
+                guild_id=guild_id,
+                channel_id=channel_id,
+                requester_id=requester_id,
+                request=request,
+                parent_job_id=parent_job_id,
+            )
+            self._enqueue(job)
+            position = self.position(job.id) or 0
+        self._dispatch()
+        return job, position
+
+    def check_admission(self, guild_id: int, requester_id: int) -> None:
+        """Raise QueueFull if the member may not queue another request in this guild."""
+        if self._stopping:
+            raise QueueFull("The bot is restarting; please try again in a moment.")
+        limit = self._limits.queued_per_member
+        if self.pending_for(guild_id, requester_id) >= limit:
+            plural = "request" if limit == 1 else "requests"
+            raise QueueFull(
+                f"You already have {limit} {plural} waiting in this server; "
+                "wait for one to finish or cancel one first."
+            )
+
+    def pending_for(self, guild_id: int, requester_id: int) -> int:
+        """Count a member's queued and running jobs in a guild."""
+        queued = sum(
+            1 for job in self._queues.get(guild_id, ()) if job.requester_id == requester_id
+        )
+        running = sum(
+            1
+            for job in self._running.values()
+            if job.guild_id == guild_id and job.requester_id == requester_id
+        )
+        return queued + running
+
+    def position(self, job_id: int) -> int | None:
+        """Return a queued job's place in its guild's queue (1 = next), or None."""
+        for queue in self._queues.values():
+            for index, job in enumerate(queue):
+                if job.id == job_id:
+                    return index + 1
+        return None
+
+    def snapshot(self, guild_id: int) -> list[QueueEntry]:
+        """Return a guild's running then waiting jobs."""
+        running = [
+            QueueEntry(job, None) for job in self._running.values() if job.guild_id == guild_id
+        ]
+        waiting = [
+            QueueEntry(job, index + 1) for index, job in enumerate(self._queues.get(guild_id, ()))
+        ]
+        return running + waiting
+
+    async def attach_message(self, job_id: int, message_id: int) -> Job:
+        """Record the message that shows a job's status, and show it there."""
+        job = await self._store.set_request_message(job_id, message_id)
+        self._refresh(job)
+        position = self.position(job_id)
+        if position is not None:
+            self._relay.publish(job_id, (job, JobStatusUpdate(Stage.QUEUED, position=position)))
+        return job
+
+    async def cancel(self, job_id: int) -> CancelOutcome:
+        """Remove a queued job, or ask the API to stop a running one."""
+        queue_job = self._remove_queued(job_id)
+        if queue_job is not None:
+            job = await self._store.mark_canceled(job_id, "Canceled before it started.")
+            await self._relay.settle(job_id)
+            await self._report(self._reporter_canceled, job)
+            self._publish_positions(job.guild_id)
+            self._update_idle()
+            return CancelOutcome.CANCELED
+        running = self._running.get(job_id)
+        if running is None or not running.status.is_pending:
+            return CancelOutcome.TOO_LATE
+        # The job's own task sends the cancel upstream, so it is sent once and retried there.
+        self._cancel_wanted_ids.add(job_id)
+        self._wakeup(job_id).set()
+        return CancelOutcome.CANCELING
+
+    async def wait_idle(self) -> None:
+        """Wait until no job is queued or running."""
+        await self.idle.wait()
+
+    # Queue bookkeeping ----------------------------------------------------------------
+
+    def _enqueue(self, job: Job) -> None:
+        """Append a job to its guild's queue and put the guild in the rotation."""
+        self._queues[job.guild_id].append(job)
+        if job.guild_id not in self._rotation:
+            self._rotation.append(job.guild_id)
+        self.idle.clear()
+
+    def _remove_queued(self, job_id: int) -> Job | None:
+        """Take a job out of whichever queue holds it."""
+        for guild_id, queue in self._queues.items():
+            for job in queue:
+                if job.id == job_id:
+                    queue.remove(job)
+                    if not queue and guild_id in self._rotation:
+                        self._rotation.remove(guild_id)
+                    return job
+        return None
+
+    def _dispatch(self) -> None:
+        """Start queued jobs, round-robin across guilds, while the limits allow."""
+        if self._stopping:
+            return
+        started: set[int] = set()
+        while len(self._running) < self._limits.running_total:
+            job = self._next_job()
+            if job is None:
+                break
+            started.add(job.guild_id)
+            self._launch(job)
+        for guild_id in started:
+            self._publish_positions(guild_id)
+        self._update_idle()
+
+    def _next_job(self) -> Job | None:
+        """Pop the next job from the first guild in the rotation that has room."""
+        for _ in range(len(self._rotation)):
+            guild_id = self._rotation[0]
+            self._rotation.rotate(-1)
+            queue = self._queues[guild_id]
+            if queue and self._running_by_guild[guild_id] < self._limits.running_per_guild:
+                job = queue.popleft()
+                if not queue:
+                    self._rotation.remove(guild_id)
+                return job
+        return None
+
+    def _launch(self, job: Job) -> None:
+        """Start the task that carries a job to its end."""
+        self._running[job.id] = job
+        self._running_by_guild[job.guild_id] += 1
+        self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+        self.idle.clear()
+
+    def _finish(self, job_id: int) -> None:
+        """Release a job's slot and let the next one start."""
+        job = self._running.pop(job_id, None)
+        self._tasks.pop(job_id, None)
+        self._cancel_wanted_ids.discard(job_id)
+        self._wakeups.pop(job_id, None)
+        if job is not None:
+            self._running_by_guild[job.guild_id] -= 1
+        self._dispatch()
+
+    def _update_idle(self) -> None:
+        """Set the idle event when nothing is queued or running."""
+        if not self._running and not any(self._queues.values()):
+            self.idle.set()
+
+    def _refresh(self, job: Job) -> None:
+        """Keep the in-memory copy of a job in step with the store."""
+        if job.id in self._running:
+            self._running[job.id] = job
+            return
+        queue = self._queues.get(job.guild_id)
+        if queue:
+            for index, queued in enumerate(queue):
+                if queued.id == job.id:
+                    queue[index] = job
+
+    def _publish_positions(self, guild_id: int) -> None:
+        """Show every waiting job in a guild its current place."""
+        for index, job in enumerate(self._queues.get(guild_id, ())):
+            self._relay.publish(job.id, (job, JobStatusUpdate(Stage.QUEUED, position=index + 1)))
+
+    # The life of one job --------------------------------------------------------------
+
+    async def _run(self, job: Job) -> None:
+        """Carry a job from wherever it stands to done, failed or canceled."""
+        try:
+            await self._advance(job)
+        except asyncio.CancelledError:
+            # Shutdown: the job stays recorded in its current state and resumes on start.
+            raise
+        except Exception:
+            log.exception("job %s crashed", job.id)
+            await self._fail(job.id, "Something went wrong on the bot's side; please try again.")
+        finally:
+            if not self._stopping:
+                self._finish(job.id)
+
+    async def _advance(self, job: Job) -> None:
+        """Step through the states, storing each before acting on it."""
+        prediction: Prediction | None = None
+        if job.status is JobStatus.QUEUED:
+            job = self._track(await self._store.mark_submitted(job.id))
+            self._relay.publish(job.id, (job, JobStatusUpdate(Stage.STARTING)))
+            prediction = await self._create(job, maybe_created=False)
+        elif job.status is JobStatus.SUBMITTED:
+            prediction = await self._create(job, maybe_created=True)
+        if prediction is None and job.status is JobStatus.SUBMITTED:
+            return  # failed or canceled inside _create
+        if prediction is not None:
+            job = self._track(await self._store.mark_running(job.id, prediction.id))
+        if job.status is JobStatus.RUNNING:
+            prediction = await self._follow(job, prediction)
+            if prediction is None:
+                return
+            job = self._track(
+                await self._store.mark_delivering(job.id, predict_time=prediction.predict_time)
+            )
+        if job.status is JobStatus.DELIVERING:
+            await self._deliver(job, prediction)
+
+    def _track(self, job: Job) -> Job:
+        """Remember the latest stored state of a running job."""
+        self._running[job.id] = job
+        return job
+
+    async def _create(self, job: Job, *, maybe_created: bool) -> Prediction | None:
+        """Create the prediction exactly once, waiting out outages instead of failing."""
+        deadline = self._clock() + self._limits.outage_patience
+        attempt = 0
+        api_input = job.request.to_api_input()
+        while True:
+            try:
+                if maybe_created:
+                    # The create may have reached the API: find it rather than pay twice.
+                    found = await self._client.find(
+                        api_input,
+                        created_after=job.submitted_at or job.created_at,
+                        accept=self._unclaimed,
+                    )
+                    if found is not None:
+                        log.info("job %s: found prediction %s from before", job.id, found.id)
+                        return found
+                    maybe_created = False
+                if self._cancel_wanted(job.id):
+                    await self._cancel_job(job.id, "Canceled before it started.")
+                    return None
+                return await self._create_cancellable(job, api_input)
+            except CreateOutcomeUnknown as exc:
+                log.warning("job %s: create outcome unknown: %s", job.id, exc.detail)
+                maybe_created = True
+            except (ServiceUnavailable, RateLimited) as exc:
+                log.warning("job %s: prediction API unavailable: %s", job.id, exc.detail)
+            except PredictionAPIError as exc:
+                await self._fail(job.id, _api_refusal(exc))
+                return None
+            if self._clock() >= deadline:
+                await self._fail(
+                    job.id,
+                    "The animation service has been unavailable for too long; "
+                    "please try again later.",
+                )
+                return None
+            self._relay.publish(job.id, (job, JobStatusUpdate(Stage.UNAVAILABLE)))
+            attempt += 1
+            await self._pause(min(60.0, 2.0 * 2 ** min(attempt, 5)), job.id)
+
+    async def _create_cancellable(self, job: Job, api_input: dict[str, object]) -> Prediction:
+        """Send the create; if Cancel is pressed while it is held open, cancel it upstream."""
+        create = asyncio.ensure_future(self._client.create(api_input))
+        wake = asyncio.ensure_future(self._wakeup(job.id).wait())
+        try:
+            await asyncio.wait({create, wake}, return_when=asyncio.FIRST_COMPLETED)
+            if not create.done() and self._cancel_wanted(job.id):
+                # The create holds for up to a minute; find the prediction to stop it now.
+                self._wakeup(job.id).clear()
+                found = await self._find_quietly(job, api_input)
+                if found is not None:
+                    await self._try_cancel(found.id)
+            return await create
+        finally:
+            wake.cancel()
+            create.cancel()
+
+    async def _find_quietly(self, job: Job, api_input: dict[str, object]) -> Prediction | None:
+        """Look a job's prediction up in the API's list; an error just means "not found"."""
+        try:
+            return await self._client.find(
+                api_input, created_after=job.submitted_at or job.created_at, accept=self._unclaimed
+            )
+        except PredictionAPIError as exc:
+            log.warning("job %s: could not look up its prediction: %s", job.id, exc.detail)
+            return None
+
+    async def _follow(self, job: Job, prediction: Prediction | None) -> Prediction | None:
+        """Poll until the prediction ends; return it if it succeeded, else settle the job."""
+        assert job.prediction_id is not None
+        started = self._clock()
+        polls = 0
+        cancel_sent = False
+        outage_since: float | None = None
+        while prediction is None or not prediction.is_terminal:
+            if self._cancel_wanted(job.id) and not cancel_sent:
+                cancel_sent = await self._try_cancel(job.prediction_id)
+                self._wakeup(job.id).clear()
+            elapsed = self._clock() - started
+            if prediction is not None:
+                self._show_progress(job, prediction)
+                if elapsed > self._limits.prediction_timeout:
+                    await self._try_cancel(job.prediction_id)
+                    minutes = self._limits.prediction_timeout / 60
+                    await self._fail(
+                        job.id,
+                        f"The animation took longer than {minutes:g} minutes and was stopped.",
+                    )
+                    return None
+                await self._pause(_poll_delay(prediction, job.request.steps, polls), job.id)
+            try:
+                prediction = await self._client.get(job.prediction_id)
+                polls += 1
+                outage_since = None
+            except PredictionNotFound:
+                await self._fail(job.id, "The animation service has no record of this request.")
+                return None
+            except (ServiceUnavailable, RateLimited) as exc:
+                # The prediction is paid for and still running: keep following it.
+                now = self._clock()
+                outage_since = outage_since if outage_since is not None else now
+                log.warning("job %s: polling failed: %s", job.id, exc.detail)
+                if now - outage_since > self._limits.outage_patience:
+                    await self._fail(
+                        job.id, "Lost contact with the animation service; please try again."
+                    )
+                    return None
+                self._relay.publish(job.id, (job, JobStatusUpdate(Stage.UNAVAILABLE)))
+                await self._pause(10.0, job.id)
+            except PredictionAPIError as exc:
+                await self._fail(job.id, _api_refusal(exc))
+                return None
+        if prediction.status == "succeeded":
+            return prediction
+        if prediction.status in ("canceled", "aborted"):
+            if self._cancel_wanted(job.id):
+                await self._cancel_job(job.id, "Canceled.")
+            else:
+                await self._fail(job.id, "The animation service stopped this request.")
+            return None
+        reason = (prediction.error or "").strip() or "The animation service reported a failure."
+        await self._fail(job.id, f"The animation failed: {reason}")
+        return None
+
+    async def _deliver(self, job: Job, prediction: Prediction | None) -> None:
+        """Download the output at once and post it."""
+        assert job.prediction_id is not None
+        self._relay.publish(job.id, (job, JobStatusUpdate(Stage.UPLOADING)))
+        try:
+            if prediction is None or not prediction.output_urls:
+                prediction = await self._client.get(job.prediction_id)
+            urls = prediction.output_urls
+            if not urls:
+                await self._fail(job.id, "The animation service returned no file.")
+                return
+            data = await self._client.download(urls[0], max_bytes=self._limits.max_download_bytes)
+        except DownloadError as exc:
+            await self._fail(job.id, f"The animation could not be downloaded: {exc}")
+            return
+        except PredictionAPIError as exc:
+            await self._fail(job.id, _api_refusal(exc))
+            return
+        extension, content_type = _file_type(urls[0])
+        result = JobResult(
+            data=data,
+            filename=f"animate-{job.seed}{extension}",
+            content_type=content_type,
+            prediction_id=job.prediction_id,
+            predict_time=prediction.predict_time or job.predict_time,
+            elapsed=max(0.0, self._wall() - job.created_at),
+        )
+        await self._relay.settle(job.id)
+        reporter = self._require_reporter()
+        message_id = await reporter.deliver(job, result)
+        await self._store.mark_done(job.id, result_message_id=message_id)
+        log.info("job %s delivered as message %s", job.id, message_id)
+
+    # Helpers --------------------------------------------------------------------------
+
+    def _cancel_wanted(self, job_id: int) -> bool:
+        """True if someone pressed Cancel on this job."""
+        return job_id in self._cancel_wanted_ids
+
+    def _wakeup(self, job_id: int) -> asyncio.Event:
+        """The event that cuts a job's pause short."""
+        return self._wakeups.setdefault(job_id, asyncio.Event())
+
+    async def _unclaimed(self, prediction: Prediction) -> bool:
+        """True if no job owns this prediction yet (identical requests can exist)."""
+        return await self._store.job_for_prediction(prediction.id) is None
+
+    async def _try_cancel(self, prediction_id: str) -> bool:
+        """Ask the API to cancel; return whether it accepted."""
+        try:
+            await self._client.cancel(prediction_id)
+        except PredictionAPIError as exc:
+            log.warning("cancel of %s failed: %s", prediction_id, exc.detail)
+            return False
+        return True
+
+    async def _pause(self, seconds: float, job_id: int) -> None:
+        """Sleep, waking early if the job is canceled."""
+        event = self._wakeup(job_id)
+        if event.is_set():
+            return
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waiter.cancel()
+
+    def _show_progress(self, job: Job, prediction: Prediction) -> None:
+        """Turn the prediction's logs into a status update."""
+        if prediction.status == "starting":
+            update = JobStatusUpdate(Stage.STARTING)
+        else:
+            progress = parse_progress(prediction.logs, job.request.steps)
+            stage = {
+                Phase.WAITING: Stage.STARTING,
+                Phase.SAMPLING: Stage.SAMPLING,
+                Phase.RENDERING: Stage.RENDERING,
+            }[progress.phase]
+            update = JobStatusUpdate(stage, step=progress.step, total=progress.total)
+        self._relay.publish(job.id, (job, update))
+
+    async def _fail(self, job_id: int, reason: str) -> None:
+        """Record a failure and tell the requester."""
+        try:
+            job = await self._store.mark_failed(job_id, reason)
+        except InvalidTransition:
+            return
+        await self._relay.settle(job_id)
+        log.info("job %s failed: %s", job_id, reason)
+        await self._report(self._reporter_failed(reason), job)
+
+    async def _cancel_job(self, job_id: int, reason: str) -> None:
+        """Record a cancellation and show it."""
+        try:
+            job = await self._store.mark_canceled(job_id, reason)
+        except InvalidTransition:
+            return
+        await self._relay.settle(job_id)
+        await self._report(self._reporter_canceled, job)
+
+    def _reporter_failed(self, reason: str) -> Callable[[Job], Awaitable[None]]:
+        """Bind the failure reason for `_report`."""
+
+        async def report(job: Job) -> None:
+            await self._require_reporter().report_failure(job, reason)
+
+        return report
+
+    async def _reporter_canceled(self, job: Job) -> None:
+        """Forward a cancellation to the reporter."""
+        await self._require_reporter().report_canceled(job)
+
+    async def _report(self, call: Callable[[Job], Awaitable[None]], job: Job) -> None:
+        """Run a reporter call; its failure is logged, never raised into the job."""
+        try:
+            await call(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("could not report on job %s", job.id, exc_info=True)
+
+    async def _send_status(self, job_id: int, value: tuple[Job, JobStatusUpdate]) -> None:
+        """Relay target: forward a status update to the reporter."""
+        job, update = value
+        await self._require_reporter().show_status(job, update)
+
+    def _require_reporter(self) -> JobReporter:
+        """Return the reporter, which must be attached before work starts."""
+        if self._reporter is None:
+            raise RuntimeError("no reporter attached to the scheduler")
+        return self._reporter
+
+
+def _poll_delay(prediction: Prediction, steps: int, polls: int) -> float:
+    """Time the next poll from the progress the logs report, so few polls are wasted."""
+    if prediction.status == "starting":
+        return min(8.0, 1.0 * 1.5**polls)
+    progress = parse_progress(prediction.logs, steps)
+    if progress.phase is Phase.SAMPLING and progress.seconds_left is not None:
+        # Aim just past the end of sampling; rendering frames takes a few seconds more.
+        return max(0.5, min(10.0, progress.seconds_left + 1.0))
+    if progress.phase is Phase.RENDERING:
+        return max(0.5, min(3.0, progress.seconds_left or 1.0))
+    return min(5.0, 1.0 * 1.5**polls)
+
+
+def _api_refusal(exc: PredictionAPIError) -> str:
+    """Word an API refusal for the requester."""
+    if exc.status in (401, 403):
+        return _BAD_CREDENTIALS
+    return f"The animation service refused the request: {exc.detail}"
+
+
+def _file_type(url: str) -> tuple[str, str]:
+    """Guess the extension and content type of an output from its URL or data URI."""
+    if url.startswith("data:"):
+        content_type = url[5:].split(";", 1)[0].split(",", 1)[0] or "video/mp4"
+        extension = mimetypes.guess_extension(content_type) or ".mp4"
+        return extension, content_type
+    path = url.split("?", 1)[0]
+    content_type, _ = mimetypes.guess_type(path)
+    if content_type is None:
+        return ".mp4", "video/mp4"
+    return mimetypes.guess_extension(content_type) or ".mp4", content_type

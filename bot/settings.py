@@ -1,0 +1,100 @@
+"""Settings read from the environment and from `.env` in the working directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL_VERSION = "beecf59c4aee8d81bf04f0381033dfa10dc16e845b4ae00d281e2fa377e48a9f"
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message is one line meant for the operator."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the bot; names match the environment variables in upper case."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    discord_token: SecretStr
+    replicate_api_token: SecretStr
+    replicate_api_base: str = "https://api.replicate.com/v1"
+    replicate_model_version: str = DEFAULT_MODEL_VERSION
+    database_path: Path = Path("data/animate-bot.sqlite3")
+    discord_guild_ids: Annotated[tuple[int, ...], NoDecode] = ()
+    discord_api_base: str = "https://discord.com/api/v10"
+    discord_gateway_url: str | None = None
+    log_level: str = "INFO"
+
+    max_running_per_guild: int = Field(default=1, ge=1, le=50)
+    max_running_total: int = Field(default=4, ge=1, le=500)
+    max_queued_per_member: int = Field(default=3, ge=1, le=100)
+    prediction_wait_seconds: int = Field(default=60, ge=1, le=60)
+    prediction_timeout_seconds: float = Field(default=1800, gt=0)
+    max_download_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+
+    @field_validator("discord_token", "replicate_api_token")
+    @classmethod
+    def _not_blank(cls, value: SecretStr) -> SecretStr:
+        """Reject tokens that are empty or only whitespace."""
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("discord_guild_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        """Accept a comma-separated list of guild ids."""
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",")]
+            return tuple(int(part) for part in parts if part)
+        return value
+
+    @field_validator("replicate_api_base", "discord_api_base")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        """Drop a trailing slash so paths can be appended."""
+        return value.rstrip("/")
+
+    @field_validator("discord_gateway_url", mode="before")
+    @classmethod
+    def _blank_is_default(cls, value: object) -> object:
+        """Treat an empty gateway URL as "use Discord's"."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        """Accept only the standard logging level names."""
+        level = value.strip().upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+
+def load_settings(env_file: str | Path | None = ".env") -> Settings:
+    """Read settings, turning validation problems into one readable line."""
+    try:
+        return Settings(_env_file=env_file)  # pyright: ignore[reportCallIssue]
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """Name the first bad variable and say what is wrong with it."""
+    error = exc.errors()[0]
+    name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+    if error["type"] == "missing":
+        return f"{name} is not set: put it in the environment or in .env"
+    return f"{name} is invalid: {error['msg']}"

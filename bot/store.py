@@ -1,0 +1,315 @@
+"""The job store: every job and every change of its state, in SQLite."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.jobs import GenerationRequest, Job, JobStatus
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+# Numbered migrations: entry N moves the schema from user_version N to N + 1. Append only.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+        guild_id           INTEGER NOT NULL,
+        channel_id         INTEGER NOT NULL,
+        requester_id       INTEGER NOT NULL,
+        request_message_id INTEGER,
+        input_json         TEXT    NOT NULL,
+        seed               INTEGER NOT NULL,
+        status             TEXT    NOT NULL CHECK (status IN
+            ('queued', 'submitted', 'running', 'delivering', 'done', 'failed', 'canceled')),
+        prediction_id      TEXT,
+        result_message_id  INTEGER,
+        error              TEXT,
+        parent_job_id      INTEGER REFERENCES jobs (id),
+        predict_time       REAL,
+        deleted            INTEGER NOT NULL DEFAULT 0,
+        created_at         REAL    NOT NULL,
+        updated_at         REAL    NOT NULL,
+        submitted_at       REAL,
+        started_at         REAL,
+        completed_at       REAL
+    );
+    CREATE INDEX jobs_unfinished ON jobs (status, id)
+        WHERE status NOT IN ('done', 'failed', 'canceled');
+    CREATE UNIQUE INDEX jobs_prediction ON jobs (prediction_id) WHERE prediction_id IS NOT NULL;
+    """,
+)
+
+_COLUMNS = (
+    "id, guild_id, channel_id, requester_id, request_message_id, input_json, status, "
+    "prediction_id, result_message_id, error, parent_job_id, predict_time, deleted, "
+    "created_at, updated_at, submitted_at, started_at, completed_at"
+)
+_UNFINISHED = tuple(s.value for s in JobStatus if not s.is_final)
+
+
+class InvalidTransition(Exception):
+    """A job was not in a state that allows the requested change (someone else moved it)."""
+
+
+class JobStore:
+    """A small facade over the SQLite file; all SQL lives here, parameterised."""
+
+    def __init__(self, db: aiosqlite.Connection, *, clock: Clock = time.time) -> None:
+        self._db = db
+        self._clock = clock
+
+    @classmethod
+    async def open(cls, path: str | Path, *, clock: Clock = time.time) -> JobStore:
+        """Open (creating folder and file as needed) and migrate the database."""
+        path = Path(path)
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await db.execute("PRAGMA busy_timeout = 5000")
+            store = cls(db, clock=clock)
+            await store._migrate()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._db.close()
+
+    async def schema_version(self) -> int:
+        """Return the migration level of the file."""
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _migrate(self) -> None:
+        """Apply every migration newer than the file, each in its own transaction."""
+        current = await self.schema_version()
+        if current > len(MIGRATIONS):
+            raise RuntimeError(
+                f"The database is at schema version {current}, newer than this bot "
+                f"({len(MIGRATIONS)}); upgrade the bot."
+            )
+        for number in range(current, len(MIGRATIONS)):
+            log.info("applying database migration %d", number + 1)
+            # executescript commits first, so wrap the step and its version bump together.
+            await self._db.executescript(
+                f"BEGIN;\n{MIGRATIONS[number]}\nPRAGMA user_version = {number + 1};\nCOMMIT;"
+            )
+
+    async def add_job(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int,
+        requester_id: int,
+        request: GenerationRequest,
+        parent_job_id: int | None = None,
+    ) -> Job:
+        """Record a new queued job and return it."""
+        now = self._clock()
+        cursor = await self._db.execute(
+            "INSERT INTO jobs (guild_id, channel_id, requester_id, input_json, seed, status, "
+            "parent_job_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                guild_id,
+                channel_id,
+                requester_id,
+                request.to_json(),
+                request.seed,
+                JobStatus.QUEUED.value,
+                parent_job_id,
+                now,
+                now,
+            ),
+        )
+        job_id = cursor.lastrowid
+        await cursor.close()
+        assert job_id is not None
+        job = await self.get(job_id)
+        assert job is not None
+        return job
+
+    async def get(self, job_id: int) -> Job | None:
+        """Return one job, or None if there is no such job."""
+        async with self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as c:
+            row = await c.fetchone()
+        return _job_from_row(row) if row else None
+
+    async def unfinished(self) -> list[Job]:
+        """Return every job that is not done, failed or canceled, oldest first."""
+        marks = ", ".join("?" for _ in _UNFINISHED)
+        async with self._db.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE status IN ({marks}) ORDER BY id", _UNFINISHED
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [_job_from_row(row) for row in rows]
+
+    async def set_request_message(self, job_id: int, message_id: int) -> Job:
+        """Remember the message that shows the request's status."""
+        return await self._update(job_id, None, request_message_id=message_id)
+
+    async def mark_submitted(self, job_id: int) -> Job:
+        """Queued -> submitted: written before the create request is sent."""
+        return await self._update(
+            job_id, (JobStatus.QUEUED,), status=JobStatus.SUBMITTED, submitted_at=self._clock()
+        )
+
+    async def mark_running(self, job_id: int, prediction_id: str) -> Job:
+        """Submitted -> running: the API accepted the prediction."""
+        return await self._update(
+            job_id,
+            (JobStatus.SUBMITTED, JobStatus.RUNNING),
+            status=JobStatus.RUNNING,
+            prediction_id=prediction_id,
+            started_at=self._clock(),
+        )
+
+    async def requeue(self, job_id: int) -> Job:
+        """Submitted -> queued: the create surely did not happen, so it may be sent again."""
+        return await self._update(
+            job_id, (JobStatus.SUBMITTED,), status=JobStatus.QUEUED, submitted_at=None
+        )
+
+    async def mark_delivering(self, job_id: int, *, predict_time: float | None) -> Job:
+        """Running -> delivering: the prediction succeeded and the result is being posted."""
+        return await self._update(
+            job_id,
+            (JobStatus.RUNNING, JobStatus.DELIVERING),
+            status=JobStatus.DELIVERING,
+            predict_time=predict_time,
+        )
+
+    async def mark_done(self, job_id: int, *, result_message_id: int) -> Job:
+        """Delivering -> done: the result message exists."""
+        return await self._update(
+            job_id,
+            (JobStatus.DELIVERING,),
+            status=JobStatus.DONE,
+            result_message_id=result_message_id,
+            completed_at=self._clock(),
+        )
+
+    async def mark_failed(self, job_id: int, error: str) -> Job:
+        """Any unfinished state -> failed, with the reason shown to the requester."""
+        return await self._update(
+            job_id,
+            tuple(JobStatus(s) for s in _UNFINISHED),
+            status=JobStatus.FAILED,
+            error=error,
+            completed_at=self._clock(),
+        )
+
+    async def mark_canceled(self, job_id: int, reason: str | None = None) -> Job:
+        """A pending state -> canceled."""
+        return await self._update(
+            job_id,
+            (JobStatus.QUEUED, JobStatus.SUBMITTED, JobStatus.RUNNING),
+            status=JobStatus.CANCELED,
+            error=reason,
+            completed_at=self._clock(),
+        )
+
+    async def mark_deleted(self, job_id: int) -> Job:
+        """Record that the result message was deleted."""
+        return await self._update(job_id, None, deleted=1)
+
+    async def job_for_prediction(self, prediction_id: str) -> int | None:
+        """Return the id of the job that owns a prediction, if any."""
+        async with self._db.execute(
+            "SELECT id FROM jobs WHERE prediction_id = ?", (prediction_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else None
+
+    async def pending_count(self, guild_id: int, requester_id: int) -> int:
+        """Count a member's unfinished jobs in a guild."""
+        marks = ", ".join("?" for _ in _UNFINISHED)
+        async with self._db.execute(
+            f"SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND requester_id = ? "
+            f"AND status IN ({marks})",
+            (guild_id, requester_id, *_UNFINISHED),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _update(
+        self, job_id: int, allowed_from: Iterable[JobStatus] | None, **changes: Any
+    ) -> Job:
+        """Apply changes in one statement, only if the job is in an allowed state."""
+        changes["updated_at"] = self._clock()
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        params: list[Any] = [
+            value.value if isinstance(value, JobStatus) else value for value in changes.values()
+        ]
+        sql = f"UPDATE jobs SET {assignments} WHERE id = ?"
+        params.append(job_id)
+        allowed: Sequence[str] = [s.value for s in allowed_from] if allowed_from else []
+        if allowed:
+            sql += f" AND status IN ({', '.join('?' for _ in allowed)})"
+            params.extend(allowed)
+        sql += f" RETURNING {_COLUMNS}"
+        async with self._db.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            current = await self.get(job_id)
+            state = current.status.value if current else "missing"
+            raise InvalidTransition(f"job {job_id} is {state}; cannot apply {sorted(changes)}")
+        return _job_from_row(row)
+
+
+def _job_from_row(row: Sequence[Any]) -> Job:
+    """Build a Job from a row in `_COLUMNS` order."""
+    (
+        job_id,
+        guild_id,
+        channel_id,
+        requester_id,
+        request_message_id,
+        input_json,
+        status,
+        prediction_id,
+        result_message_id,
+        error,
+        parent_job_id,
+        predict_time,
+        deleted,
+        created_at,
+        updated_at,
+        submitted_at,
+        started_at,
+        completed_at,
+    ) = row
+    return Job(
+        id=job_id,
+        guild_id=guild_id,
+        channel_id=channel_id,
+        requester_id=requester_id,
+        request=GenerationRequest.from_json(input_json),
+        status=JobStatus(status),
+        created_at=created_at,
+        updated_at=updated_at,
+        request_message_id=request_message_id,
+        prediction_id=prediction_id,
+        result_message_id=result_message_id,
+        error=error,
+        parent_job_id=parent_job_id,
+        submitted_at=submitted_at,
+        started_at=started_at,
+        completed_at=completed_at,
+        predict_time=predict_time,
+        deleted=bool(deleted),
+    )

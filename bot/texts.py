@@ -1,0 +1,197 @@
+"""Words the bot shows people: status lines and the result card, as plain data."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bot.jobs import CHECKPOINTS, MOTION_MODULES, GenerationRequest, Job
+from bot.progress import render_bar
+from bot.scheduler import JobResult, JobStatusUpdate, Stage
+
+# Discord's embed limits.
+TITLE_LIMIT = 256
+DESCRIPTION_LIMIT = 4096
+FIELD_VALUE_LIMIT = 1024
+FIELD_NAME_LIMIT = 256
+FOOTER_LIMIT = 2048
+EMBED_TOTAL_LIMIT = 6000
+CONTENT_LIMIT = 2000
+
+_MARKDOWN = re.compile(r"([\\*_~`|>#\[\]()-])")
+_INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+
+
+def shorten(text: str, limit: int) -> str:
+    """Cut text to a limit, visibly, with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[: max(0, limit - 1)].rstrip() + "…"
+
+
+def plain(text: str) -> str:
+    """Escape markdown and drop invisible direction and zero-width characters."""
+    return _MARKDOWN.sub(r"\\\1", _INVISIBLE.sub("", text))
+
+
+def quote(text: str, limit: int) -> str:
+    """Show member text on one visible line, escaped and shortened."""
+    flat = " ".join(_INVISIBLE.sub("", text).split())
+    return plain(shorten(flat, limit))
+
+
+def format_duration(seconds: float) -> str:
+    """Write a duration like `42s` or `3m 05s`."""
+    total = round(seconds)
+    if total < 60:
+        return f"{total}s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def request_header(job: Job) -> str:
+    """The first lines of a request's status message."""
+    return f"🎬 Animation for <@{job.requester_id}>\n> {quote(job.request.prompt, 300)}"
+
+
+def status_text(job: Job, update: JobStatusUpdate) -> str:
+    """The status message of a pending job."""
+    return f"{request_header(job)}\n{stage_line(update)}"
+
+
+def stage_line(update: JobStatusUpdate) -> str:
+    """One line that says where a pending job stands."""
+    match update.stage:
+        case Stage.QUEUED:
+            if update.position in (None, 1):
+                return "⏳ Queued: next in this server's queue."
+            return f"⏳ Queued: #{update.position} in this server's queue."
+        case Stage.STARTING:
+            return "🚀 Starting…"
+        case Stage.SAMPLING:
+            fraction = update.step / update.total if update.total else 0.0
+            return (
+                f"🎨 Generating `{render_bar(fraction)}` {update.step}/{update.total} steps "
+                f"({fraction:.0%})"
+            )
+        case Stage.RENDERING:
+            return "🎞️ Rendering frames…"
+        case Stage.UPLOADING:
+            return "📤 Uploading…"
+        case Stage.UNAVAILABLE:
+            return (
+                "⚠️ The animation service is unavailable right now; your request is waiting "
+                "and will continue by itself."
+            )
+
+
+def done_text(job: Job) -> str:
+    """The status message once the result is posted."""
+    return f"{request_header(job)}\n✅ Done: the animation is in the reply below."
+
+
+def failed_text(job: Job, reason: str) -> str:
+    """The status message of a failed job."""
+    return f"{request_header(job)}\n❌ {shorten(reason, 1500)}"
+
+
+def canceled_text(job: Job) -> str:
+    """The status message of a canceled job."""
+    return f"{request_header(job)}\n🚫 Canceled."
+
+
+def too_large_text(job: Job, size: int, limit: int) -> str:
+    """Say that a result cannot be attached in this server."""
+    return (
+        f"{request_header(job)}\n⚠️ The animation is {size / 2**20:.1f} MiB, over this "
+        f"server's {limit / 2**20:.0f} MiB upload limit, so it cannot be attached."
+    )
+
+
+def reproduce_command(request: GenerationRequest) -> str:
+    """A slash command line that reproduces a request exactly."""
+    parts = [f"prompt:{_command_value(request.prompt)}"]
+    if request.negative_prompt:
+        parts.append(f"negative_prompt:{_command_value(request.negative_prompt)}")
+    parts += [
+        f"model:{CHECKPOINTS[request.model]}",
+        f"motion_module:{MOTION_MODULES[request.motion_module]}",
+        f"steps:{request.steps}",
+        f"guidance_scale:{request.guidance_scale:g}",
+        f"seed:{request.seed}",
+    ]
+    return "/animate " + " ".join(parts)
+
+
+def _command_value(text: str) -> str:
+    """Keep member text from closing the code block it is shown in."""
+    return " ".join(_INVISIBLE.sub("", text).replace("`", "ˋ").split())
+
+
+@dataclass(frozen=True, slots=True)
+class CardField:
+    """One named value on the result card."""
+
+    name: str
+    value: str
+    inline: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ResultCard:
+    """The embed of a posted result, within Discord's limits."""
+
+    title: str
+    description: str
+    fields: tuple[CardField, ...]
+    footer: str
+
+    def total_length(self) -> int:
+        """Characters that count against Discord's 6000 total."""
+        return (
+            len(self.title)
+            + len(self.description)
+            + len(self.footer)
+            + sum(len(f.name) + len(f.value) for f in self.fields)
+        )
+
+
+def result_card(job: Job, result: JobResult) -> ResultCard:
+    """Build the card that goes with a result: every setting, the seed, the time taken."""
+    request = job.request
+    command = reproduce_command(request)
+    code = shorten(command, DESCRIPTION_LIMIT - 1200)
+    description = f"{quote(request.prompt, 1000)}\n\n**Reproduce**\n```\n{code}\n```"
+    fields = [
+        CardField("Negative prompt", quote(request.negative_prompt, 1000) or "none", inline=False),
+        CardField("Model", request.model_name),
+        CardField("Motion module", request.motion_module_name),
+        CardField("Steps", str(request.steps)),
+        CardField("Guidance", f"{request.guidance_scale:g}"),
+        CardField("Seed", str(request.seed)),
+        CardField("Time", _time_value(result)),
+    ]
+    card = ResultCard(
+        title="Animation",
+        description=shorten(description, DESCRIPTION_LIMIT),
+        fields=tuple(
+            CardField(
+                shorten(f.name, FIELD_NAME_LIMIT), shorten(f.value, FIELD_VALUE_LIMIT), f.inline
+            )
+            for f in fields
+        ),
+        footer=shorten(f"Job {job.id} · prediction {result.prediction_id}", FOOTER_LIMIT),
+    )
+    assert card.total_length() <= EMBED_TOTAL_LIMIT
+    return card
+
+
+def _time_value(result: JobResult) -> str:
+    """Elapsed time, with the GPU time when the API reported it."""
+    text = format_duration(result.elapsed)
+    if result.predict_time is not None:
+        text += f" ({result.predict_time:.1f}s on GPU)"
+    return text

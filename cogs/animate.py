@@ -1,0 +1,507 @@
+"""Discord glue for /animate: the command, its buttons and modal, and the job reports."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.jobs import (
+    CHECKPOINTS,
+    MAX_PROMPT_LENGTH,
+    MAX_SEED,
+    MOTION_MODULES,
+    GenerationRequest,
+    InvalidRequest,
+    Job,
+)
+from bot.scheduler import CancelOutcome, JobResult, JobStatusUpdate, QueueFull, Stage
+from bot.texts import (
+    canceled_text,
+    done_text,
+    failed_text,
+    result_card,
+    status_text,
+    too_large_text,
+)
+
+if TYPE_CHECKING:
+    from bot.client import AnimateBot
+
+log = logging.getLogger(__name__)
+
+NO_MENTIONS = discord.AllowedMentions.none()
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+
+MODEL_CHOICES = [app_commands.Choice(name=name, value=path) for path, name in CHECKPOINTS.items()]
+MOTION_CHOICES = [
+    app_commands.Choice(name=name, value=module) for module, name in MOTION_MODULES.items()
+]
+
+
+class JobButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"animate:x:(?P<job>[0-9]+)"
+):
+    """A button that names its job in the custom_id, so it works after a restart."""
+
+    ACTION: ClassVar[str] = "x"
+    LABEL: ClassVar[str] = ""
+    EMOJI: ClassVar[str] = ""
+    STYLE: ClassVar[discord.ButtonStyle] = discord.ButtonStyle.secondary
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=self.LABEL,
+                emoji=self.EMOJI or None,
+                style=self.STYLE,
+                custom_id=f"animate:{self.ACTION}:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> Self:
+        """Rebuild the button from a pressed custom_id."""
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        """Hand the press to the cog, turning any error into a message."""
+        bot = _bot(interaction)
+        cog = bot.get_cog(AnimateCog.__cog_name__)
+        try:
+            if not isinstance(cog, AnimateCog):
+                raise RuntimeError("the animate cog is not loaded")
+            await self.handle(cog, interaction)
+        except Exception as exc:
+            await bot.report_error(interaction, exc)
+
+    async def handle(self, cog: AnimateCog, interaction: discord.Interaction) -> None:
+        """React to a press."""
+        raise NotImplementedError
+
+
+class CancelButton(JobButton, template=r"animate:cancel:(?P<job>[0-9]+)"):
+    """Stop a request that is queued or running."""
+
+    ACTION, LABEL, EMOJI, STYLE = "cancel", "Cancel", "✖️", discord.ButtonStyle.danger
+
+    async def handle(self, cog: AnimateCog, interaction: discord.Interaction) -> None:
+        """Cancel the job if the presser may."""
+        await cog.cancel_pressed(interaction, self.job_id)
+
+
+class RerollButton(JobButton, template=r"animate:reroll:(?P<job>[0-9]+)"):
+    """Same settings, new seed."""
+
+    ACTION, LABEL, EMOJI, STYLE = "reroll", "Reroll", "🎲", discord.ButtonStyle.primary
+
+    async def handle(self, cog: AnimateCog, interaction: discord.Interaction) -> None:
+        """Queue a reroll for the presser."""
+        await cog.reroll_pressed(interaction, self.job_id)
+
+
+class RemixButton(JobButton, template=r"animate:remix:(?P<job>[0-9]+)"):
+    """Edit the settings in a modal and queue the result."""
+
+    ACTION, LABEL, EMOJI, STYLE = "remix", "Remix", "🎛️", discord.ButtonStyle.secondary
+
+    async def handle(self, cog: AnimateCog, interaction: discord.Interaction) -> None:
+        """Open the remix modal."""
+        await cog.remix_pressed(interaction, self.job_id)
+
+
+class DeleteButton(JobButton, template=r"animate:delete:(?P<job>[0-9]+)"):
+    """Remove a result (requester or Manage Messages)."""
+
+    ACTION, LABEL, EMOJI, STYLE = "delete", "Delete", "🗑️", discord.ButtonStyle.secondary
+
+    async def handle(self, cog: AnimateCog, interaction: discord.Interaction) -> None:
+        """Delete the result if the presser may."""
+        await cog.delete_pressed(interaction, self.job_id)
+
+
+def _bot(interaction: discord.Interaction) -> AnimateBot:
+    """The bot that received an interaction, typed as ours."""
+    return cast("AnimateBot", interaction.client)
+
+
+def pending_view(job_id: int) -> discord.ui.View:
+    """Buttons under a request that is still waiting or running."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
+    return view
+
+
+def result_view(job_id: int) -> discord.ui.View:
+    """Buttons under a posted result."""
+    view = discord.ui.View(timeout=None)
+    for button in (RerollButton(job_id), RemixButton(job_id), DeleteButton(job_id)):
+        view.add_item(button)
+    return view
+
+
+class RemixModal(discord.ui.Modal, title="Remix animation"):
+    """Edit a result's prompt and settings; the seed stays unless changed."""
+
+    def __init__(self, cog: AnimateCog, job: Job) -> None:
+        super().__init__(custom_id=f"animate:remix-modal:{job.id}", timeout=900)
+        self.cog = cog
+        self.job = job
+        request = job.request
+        self.prompt = discord.ui.TextInput[Self](
+            label="Prompt",
+            style=discord.TextStyle.paragraph,
+            default=request.prompt,
+            max_length=MAX_PROMPT_LENGTH,
+            custom_id="prompt",
+        )
+        self.negative_prompt = discord.ui.TextInput[Self](
+            label="Negative prompt",
+            style=discord.TextStyle.paragraph,
+            default=request.negative_prompt,
+            required=False,
+            max_length=MAX_PROMPT_LENGTH,
+            custom_id="negative_prompt",
+        )
+        self.steps = discord.ui.TextInput[Self](
+            label="Steps (1-100)", default=str(request.steps), max_length=3, custom_id="steps"
+        )
+        self.guidance = discord.ui.TextInput[Self](
+            label="Guidance scale (1-10)",
+            default=f"{request.guidance_scale:g}",
+            max_length=5,
+            custom_id="guidance_scale",
+        )
+        self.seed = discord.ui.TextInput[Self](
+            label="Seed (0 or empty for a new one)",
+            default=str(request.seed),
+            required=False,
+            max_length=10,
+            custom_id="seed",
+        )
+        for item in (self.prompt, self.negative_prompt, self.steps, self.guidance, self.seed):
+            self.add_item(item)
+
+    async def on_submit(self, interaction: discord.Interaction, /) -> None:
+        """Queue the edited request, or explain what is wrong with it."""
+        try:
+            request = remixed_request(
+                self.job.request,
+                prompt=self.prompt.value,
+                negative_prompt=self.negative_prompt.value,
+                steps=self.steps.value,
+                guidance_scale=self.guidance.value,
+                seed=self.seed.value,
+            )
+        except InvalidRequest as exc:
+            await interaction.response.send_message(
+                str(exc), ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+            return
+        await self.cog.queue_request(interaction, request, parent_job_id=self.job.id)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
+        """Send modal errors through the central handler."""
+        await _bot(interaction).report_error(interaction, error)
+
+
+def remixed_request(
+    base: GenerationRequest,
+    *,
+    prompt: str,
+    negative_prompt: str,
+    steps: str,
+    guidance_scale: str,
+    seed: str,
+) -> GenerationRequest:
+    """Parse the remix modal's text into a request, keeping the model and motion module."""
+    try:
+        step_count = int(steps.strip())
+    except ValueError:
+        raise InvalidRequest("Steps must be a whole number between 1 and 100.") from None
+    try:
+        guidance = float(guidance_scale.strip().replace(",", "."))
+    except ValueError:
+        raise InvalidRequest("Guidance scale must be a number between 1 and 10.") from None
+    seed_text = seed.strip()
+    try:
+        seed_value = int(seed_text) if seed_text else 0
+    except ValueError:
+        raise InvalidRequest(f"Seed must be a whole number between 0 and {MAX_SEED}.") from None
+    return GenerationRequest.create(
+        prompt,
+        negative_prompt=negative_prompt,
+        model=base.model,
+        motion_module=base.motion_module,
+        steps=step_count,
+        guidance_scale=guidance,
+        seed=seed_value,
+    )
+
+
+class AnimateCog(commands.Cog, name="Animate"):
+    """The /animate command and the life of its messages."""
+
+    def __init__(self, bot: AnimateBot) -> None:
+        self.bot = bot
+        self.scheduler = bot.scheduler
+        self.store = bot.store
+
+    async def cog_load(self) -> None:
+        """Register the buttons and start (or resume) the work."""
+        self.bot.add_dynamic_items(CancelButton, RerollButton, RemixButton, DeleteButton)
+        self.scheduler.attach(self)
+        await self.scheduler.start()
+
+    async def cog_unload(self) -> None:
+        """Stop the work; every job stays recorded and resumes on the next start."""
+        await self.scheduler.stop()
+        self.bot.remove_dynamic_items(CancelButton, RerollButton, RemixButton, DeleteButton)
+
+    @app_commands.command(name="animate", description="Generate a short animation from a prompt.")
+    @app_commands.guild_only()
+    @app_commands.describe(
+        prompt="What the animation shows",
+        negative_prompt="What to keep out of it",
+        model="The image model (style)",
+        motion_module="The motion model",
+        steps="Sampling steps: more is slower and finer (default 25)",
+        guidance_scale="How closely to follow the prompt (default 7.5)",
+        seed="Seed for reproducible results (0 or empty: a random one)",
+    )
+    @app_commands.choices(model=MODEL_CHOICES, motion_module=MOTION_CHOICES)
+    async def animate(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_LENGTH],
+        negative_prompt: app_commands.Range[str, 0, MAX_PROMPT_LENGTH] | None = None,
+        model: app_commands.Choice[str] | None = None,
+        motion_module: app_commands.Choice[str] | None = None,
+        steps: app_commands.Range[int, 1, 100] | None = None,
+        guidance_scale: app_commands.Range[float, 1.0, 10.0] | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+    ) -> None:
+        """Queue an animation for this server."""
+        try:
+            request = GenerationRequest.create(
+                prompt,
+                negative_prompt=negative_prompt,
+                model=model.value if model else None,
+                motion_module=motion_module.value if motion_module else None,
+                steps=steps,
+                guidance_scale=guidance_scale,
+                seed=seed,
+            )
+        except InvalidRequest as exc:
+            await interaction.response.send_message(
+                str(exc), ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+            return
+        await self.queue_request(interaction, request)
+
+    async def queue_request(
+        self,
+        interaction: discord.Interaction,
+        request: GenerationRequest,
+        *,
+        parent_job_id: int | None = None,
+    ) -> None:
+        """Acknowledge, queue the request, and show its place in the queue."""
+        guild_id, channel_id = interaction.guild_id, interaction.channel_id
+        if guild_id is None or channel_id is None:
+            await interaction.response.send_message(
+                "Animations can be made only in a server channel.",
+                ephemeral=True,
+                allowed_mentions=NO_MENTIONS,
+            )
+            return
+        try:
+            self.scheduler.check_admission(guild_id, interaction.user.id)
+        except QueueFull as exc:
+            await interaction.response.send_message(
+                str(exc), ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+            return
+        await interaction.response.defer(thinking=True)
+        try:
+            job, position = await self.scheduler.submit(
+                guild_id=guild_id,
+                channel_id=channel_id,
+                requester_id=interaction.user.id,
+                request=request,
+                parent_job_id=parent_job_id,
+            )
+        except QueueFull as exc:
+            # Lost a race with the member's other request: take back the public reply.
+            await interaction.delete_original_response()
+            await interaction.followup.send(str(exc), ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return
+        stage = JobStatusUpdate(Stage.QUEUED, position=position)
+        message = await interaction.edit_original_response(
+            content=status_text(job, stage), view=pending_view(job.id), allowed_mentions=NO_MENTIONS
+        )
+        await self.scheduler.attach_message(job.id, message.id)
+
+    # Buttons ----------------------------------------------------------------------------
+
+    async def _job_for(self, interaction: discord.Interaction, job_id: int) -> Job | None:
+        """Load the job a button names, refusing ids from another server or that do not exist."""
+        job = await self.store.get(job_id)
+        if job is None or job.guild_id != interaction.guild_id:
+            await interaction.response.send_message(
+                "That request no longer exists.", ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+            return None
+        return job
+
+    @staticmethod
+    def _may_manage(interaction: discord.Interaction, job: Job) -> bool:
+        """The requester and members with Manage Messages may cancel or delete."""
+        return interaction.user.id == job.requester_id or interaction.permissions.manage_messages
+
+    async def cancel_pressed(self, interaction: discord.Interaction, job_id: int) -> None:
+        """Cancel a pending job."""
+        job = await self._job_for(interaction, job_id)
+        if job is None:
+            return
+        if not self._may_manage(interaction, job):
+            await interaction.response.send_message(
+                "Only the person who asked for this animation, or a moderator with Manage "
+                "Messages, can cancel it.",
+                ephemeral=True,
+                allowed_mentions=NO_MENTIONS,
+            )
+            return
+        outcome = await self.scheduler.cancel(job.id)
+        reply = {
+            CancelOutcome.CANCELED: "Canceled: it was removed from the queue.",
+            CancelOutcome.CANCELING: "Stopping it: the animation service was asked to cancel.",
+            CancelOutcome.TOO_LATE: "Too late to cancel: it has already finished.",
+        }[outcome]
+        await interaction.response.send_message(reply, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    async def reroll_pressed(self, interaction: discord.Interaction, job_id: int) -> None:
+        """Queue the same settings with a new seed, for whoever pressed."""
+        job = await self._job_for(interaction, job_id)
+        if job is None:
+            return
+        await self.queue_request(interaction, job.request.with_new_seed(), parent_job_id=job.id)
+
+    async def remix_pressed(self, interaction: discord.Interaction, job_id: int) -> None:
+        """Open the remix modal, prefilled from the job."""
+        job = await self._job_for(interaction, job_id)
+        if job is None:
+            return
+        await interaction.response.send_modal(RemixModal(self, job))
+
+    async def delete_pressed(self, interaction: discord.Interaction, job_id: int) -> None:
+        """Delete a result if the presser asked for it or moderates messages."""
+        job = await self._job_for(interaction, job_id)
+        if job is None:
+            return
+        if not self._may_manage(interaction, job):
+            await interaction.response.send_message(
+                "Only the person who asked for this animation, or a moderator with Manage "
+                "Messages, can delete it.",
+                ephemeral=True,
+                allowed_mentions=NO_MENTIONS,
+            )
+            return
+        await interaction.response.send_message(
+            "Deleted the animation.", ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+        if interaction.message is not None:
+            with contextlib.suppress(discord.NotFound):
+                await interaction.message.delete()
+        await self.store.mark_deleted(job.id)
+
+    # JobReporter ------------------------------------------------------------------------
+
+    def _message(self, job: Job, message_id: int) -> discord.PartialMessage:
+        """A handle on a message in the job's channel, cached or not."""
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        return channel.get_partial_message(message_id)
+
+    async def _edit_status(self, job: Job, content: str, view: discord.ui.View | None) -> bool:
+        """Edit the request's message; a message that is gone is not an error."""
+        if job.request_message_id is None:
+            return False
+        try:
+            await self._message(job, job.request_message_id).edit(
+                content=content, view=view, allowed_mentions=NO_MENTIONS
+            )
+        except discord.NotFound:
+            log.info("status message of job %s is gone", job.id)
+            return False
+        return True
+
+    async def show_status(self, job: Job, update: JobStatusUpdate) -> None:
+        """Show where a pending job stands."""
+        await self._edit_status(job, status_text(job, update), pending_view(job.id))
+
+    async def deliver(self, job: Job, result: JobResult) -> int:
+        """Post the result as a reply to the request, with the settings and buttons."""
+        await self.bot.wait_until_ready()
+        guild = self.bot.get_guild(job.guild_id)
+        limit = guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        extra: dict[str, Any] = {}
+        if job.request_message_id is not None:
+            extra["reference"] = discord.MessageReference(
+                message_id=job.request_message_id,
+                channel_id=job.channel_id,
+                guild_id=job.guild_id,
+                fail_if_not_exists=False,
+            )
+        if len(result.data) > limit:
+            content = too_large_text(job, len(result.data), limit)
+        else:
+            content = f"🎬 Animation for <@{job.requester_id}>"
+            extra["file"] = discord.File(io.BytesIO(result.data), filename=result.filename)
+        message = await channel.send(
+            content=content,
+            embed=_embed(job, result),
+            view=result_view(job.id),
+            allowed_mentions=NO_MENTIONS,
+            **extra,
+        )
+        try:
+            await self._edit_status(job, done_text(job), None)
+        except discord.HTTPException:
+            log.warning("could not mark job %s done on its status message", job.id, exc_info=True)
+        return message.id
+
+    async def report_failure(self, job: Job, reason: str) -> None:
+        """Show the failure on the request's message, or post it if that message is gone."""
+        if await self._edit_status(job, failed_text(job, reason), None):
+            return
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        await channel.send(failed_text(job, reason), allowed_mentions=NO_MENTIONS)
+
+    async def report_canceled(self, job: Job) -> None:
+        """Show the cancellation on the request's message."""
+        await self._edit_status(job, canceled_text(job), None)
+
+
+def _embed(job: Job, result: JobResult) -> discord.Embed:
+    """Turn the result card into an embed."""
+    card = result_card(job, result)
+    embed = discord.Embed(title=card.title, description=card.description, colour=0x5865F2)
+    for field in card.fields:
+        embed.add_field(name=field.name, value=field.value, inline=field.inline)
+    embed.set_footer(text=card.footer)
+    return embed
+
+
+async def setup(bot: AnimateBot) -> None:
+    """Load the cog."""
+    await bot.add_cog(AnimateCog(bot))

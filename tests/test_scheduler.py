@@ -1,0 +1,413 @@
+"""The scheduler with the real store and client against the fake prediction API."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+
+from bot.jobs import GenerationRequest, Job, JobStatus
+from bot.predictions import PredictionClient
+from bot.scheduler import (
+    CancelOutcome,
+    JobResult,
+    JobStatusUpdate,
+    QueueFull,
+    Scheduler,
+    SchedulerLimits,
+    Stage,
+)
+from bot.store import JobStore
+from tests.fakes.predictions import Behaviour, FakePredictionAPI
+
+
+@dataclass
+class RecordingReporter:
+    """The Discord side of the scheduler, reduced to a record of what it was told."""
+
+    statuses: list[tuple[int, JobStatusUpdate]] = field(default_factory=list)
+    delivered: list[tuple[Job, JobResult]] = field(default_factory=list)
+    failures: list[tuple[Job, str]] = field(default_factory=list)
+    canceled: list[Job] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(9000))
+
+    async def show_status(self, job: Job, update: JobStatusUpdate) -> None:
+        self.statuses.append((job.id, update))
+        self._touch()
+
+    async def deliver(self, job: Job, result: JobResult) -> int:
+        self.delivered.append((job, result))
+        self._touch()
+        return next(self.ids)
+
+    async def report_failure(self, job: Job, reason: str) -> None:
+        self.failures.append((job, reason))
+        self._touch()
+
+    async def report_canceled(self, job: Job) -> None:
+        self.canceled.append(job)
+        self._touch()
+
+    def _touch(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], object], timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self.changed.wait()
+
+
+async def short_sleep(seconds: float) -> None:
+    """Sleep at most 10 ms: the fake's predictions take a fraction of a second."""
+    await asyncio.sleep(min(seconds, 0.01))
+
+
+def make_scheduler(store: JobStore, client: PredictionClient, **limits: float) -> Scheduler:
+    return Scheduler(
+        store,
+        client,
+        limits=SchedulerLimits(status_interval=0, **limits),  # type: ignore[arg-type]
+        sleep=short_sleep,
+    )
+
+
+def short_wait_client(http: aiohttp.ClientSession, api: FakePredictionAPI) -> PredictionClient:
+    """A client whose create holds only one second, so held predictions get polled."""
+    return PredictionClient(
+        http, base_url=api.base_url, token=api.token, version=api.version, wait_seconds=1
+    )
+
+
+@pytest.fixture
+async def reporter() -> RecordingReporter:
+    return RecordingReporter()
+
+
+@pytest.fixture
+async def scheduler(
+    store: JobStore, client: PredictionClient, reporter: RecordingReporter
+) -> AsyncIterator[Scheduler]:
+    scheduler = make_scheduler(store, client)
+    scheduler.attach(reporter)
+    await scheduler.start()
+    yield scheduler
+    await scheduler.stop()
+
+
+def request(prompt: str = "a lighthouse in a storm", seed: int = 7, steps: int = 10) -> GenerationRequest:
+    return GenerationRequest.create(prompt, seed=seed, steps=steps)
+
+
+async def submit(scheduler: Scheduler, guild: int = 1, user: int = 10, **kwargs: object) -> Job:
+    job, _ = await scheduler.submit(
+        guild_id=guild, channel_id=guild * 100, requester_id=user, request=request(**kwargs)  # type: ignore[arg-type]
+    )
+    return job
+
+
+async def test_happy_path_delivers_once_and_records_done(
+    scheduler: Scheduler, store: JobStore, reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    job = await submit(scheduler)
+    await scheduler.attach_message(job.id, 4242)
+    await reporter.wait_for(lambda: reporter.delivered)
+    await scheduler.wait_idle()
+    delivered, result = reporter.delivered[0]
+    assert result.data == prediction_api.sample
+    assert result.filename == "animate-7.mp4" and result.content_type == "video/mp4"
+    assert result.predict_time is not None
+    stored = await store.get(job.id)
+    assert stored is not None and stored.status is JobStatus.DONE
+    assert stored.result_message_id == 9000 and stored.request_message_id == 4242
+    assert delivered.request_message_id == 4242
+    assert prediction_api.creates == 1 and prediction_api.downloads == 1
+    sent = prediction_api.requests[0].json
+    assert sent is not None and sent["input"]["seed"] == 7
+
+
+async def test_guilds_take_turns(
+    store: JobStore, client: PredictionClient, reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    scheduler = make_scheduler(store, client, running_total=1)
+    scheduler.attach(reporter)
+    await scheduler.start()
+    hold = asyncio.Event()
+    prediction_api.next_behaviours.append(Behaviour(hold=hold))
+    try:
+        for n in range(4):
+            await submit(scheduler, guild=1, user=10 + n, prompt=f"A{n}")
+        for n in range(2):
+            await submit(scheduler, guild=2, user=20 + n, prompt=f"B{n}")
+        assert scheduler.position((await store.unfinished())[-1].id) == 2
+        hold.set()
+        await reporter.wait_for(lambda: len(reporter.delivered) == 6)
+        order = [job.request.prompt for job, _ in reporter.delivered]
+        assert order == ["A0", "A1", "B0", "A2", "B1", "A3"]
+    finally:
+        await scheduler.stop()
+
+
+async def test_limits_per_guild_and_in_total(
+    store: JobStore, client: PredictionClient, reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    scheduler = make_scheduler(store, client, running_total=2, running_per_guild=1)
+    scheduler.attach(reporter)
+    await scheduler.start()
+    hold = asyncio.Event()
+    prediction_api.behaviour_for = lambda _input: Behaviour(hold=hold)
+    try:
+        for guild in (1, 1, 2, 3):
+            await submit(scheduler, guild=guild, user=guild * 10 + len(scheduler.snapshot(guild)))
+        await prediction_api.wait_for(lambda: prediction_api.creates == 2)
+        running = [e.job.guild_id for g in (1, 2, 3) for e in scheduler.snapshot(g) if e.position is None]
+        assert sorted(running) == [1, 2]
+        assert [e.position for e in scheduler.snapshot(1)] == [None, 1]
+        hold.set()
+        await reporter.wait_for(lambda: len(reporter.delivered) == 4)
+        assert prediction_api.creates == 4
+    finally:
+        await scheduler.stop()
+
+
+async def test_member_cap_refuses_with_a_sentence(scheduler: Scheduler, prediction_api: FakePredictionAPI) -> None:
+    hold = asyncio.Event()
+    prediction_api.behaviour_for = lambda _input: Behaviour(hold=hold)
+    for _ in range(3):
+        await submit(scheduler, guild=1, user=10)
+    with pytest.raises(QueueFull, match="already have 3 requests"):
+        await submit(scheduler, guild=1, user=10)
+    await submit(scheduler, guild=1, user=11)  # someone else
+    await submit(scheduler, guild=2, user=10)  # another server
+    assert scheduler.pending_for(1, 10) == 3
+    hold.set()
+
+
+async def test_cancel_while_queued_never_creates(
+    scheduler: Scheduler, store: JobStore, reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    hold = asyncio.Event()
+    prediction_api.next_behaviours.append(Behaviour(hold=hold))
+    first = await submit(scheduler, user=1, prompt="first")
+    second = await submit(scheduler, user=2, prompt="second")
+    third = await submit(scheduler, user=3, prompt="third")
+    assert scheduler.position(third.id) == 2
+    assert await scheduler.cancel(second.id) is CancelOutcome.CANCELED
+    assert scheduler.position(third.id) == 1
+    assert reporter.canceled[0].id == second.id
+    hold.set()
+    await reporter.wait_for(lambda: len(reporter.delivered) == 2)
+    stored = await store.get(second.id)
+    assert stored is not None and stored.status is JobStatus.CANCELED
+    prompts = [r.json["input"]["prompt"] for r in prediction_api.requests if r.method == "POST"]
+    assert prompts == ["first", "third"]
+    assert await scheduler.cancel(first.id) is CancelOutcome.TOO_LATE
+
+
+async def test_cancel_while_the_create_is_held_open_cancels_upstream(
+    scheduler: Scheduler, store: JobStore, reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    prediction_api.next_behaviours.append(Behaviour(hold=asyncio.Event()))
+    job = await submit(scheduler)
+    await prediction_api.wait_for(lambda: prediction_api.latest.status == "processing")
+    stored = await store.get(job.id)
+    assert stored is not None and stored.status is JobStatus.SUBMITTED  # create still held
+    assert await scheduler.cancel(job.id) is CancelOutcome.CANCELING
+    await reporter.wait_for(lambda: reporter.canceled)
+    stored = await store.get(job.id)
+    assert stored is not None and stored.status is JobStatus.CANCELED
+    assert prediction_api.latest.status == "canceled" and prediction_api.cancels >= 1
+    assert not reporter.delivered and not reporter.failures
+
+
+async def test_cancel_while_polling_cancels_upstream(
+    store: JobStore, http: aiohttp.ClientSession, reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    scheduler = make_scheduler(store, short_wait_client(http, prediction_api))
+    scheduler.attach(reporter)
+    await scheduler.start()
+    prediction_api.next_behaviours.append(Behaviour(hold=asyncio.Event()))
+    try:
+        job = await submit(scheduler)
+        running = await store_wait(store, job.id, JobStatus.RUNNING)
+        assert await scheduler.cancel(job.id) is CancelOutcome.CANCELING
+        await reporter.wait_for(lambda: reporter.canceled)
+    finally:
+        await scheduler.stop()
+    stored = await store.get(job.id)
+    assert stored is not None and stored.status is JobStatus.CANCELED
+    assert prediction_api.cancels == 1
+    assert prediction_api.predictions[running.prediction_id or ""].status == "canceled"
+    assert not reporter.delivered and not reporter.failures
+
+
+async def test_failure_is_reported_and_the_queue_moves_on(
+    scheduler: Scheduler, store: JobStore, reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    prediction_api.next_behaviours.append(Behaviour(outcome="failed"))
+    failing = await submit(scheduler, user=1)
+    await submit(scheduler, user=2)
+    await reporter.wait_for(lambda: reporter.failures and reporter.delivered)
+    job, reason = reporter.failures[0]
+    assert job.id == failing.id
+    assert reason.startswith("The animation failed: CUDA out of memory")
+    stored = await store.get(failing.id)
+    assert stored is not None and stored.status is JobStatus.FAILED and stored.error == reason
+
+
+@pytest.mark.parametrize("outcome", ["canceled", "aborted"])
+async def test_stopped_upstream_by_someone_else_is_a_failure(
+    scheduler: Scheduler, reporter: RecordingReporter, prediction_api: FakePredictionAPI,
+    outcome: str,
+) -> None:
+    prediction_api.next_behaviours.append(Behaviour(outcome=outcome))  # type: ignore[arg-type]
+    await submit(scheduler)
+    await reporter.wait_for(lambda: reporter.failures)
+    assert "stopped this request" in reporter.failures[0][1]
+
+
+async def test_refused_input_fails_with_the_api_detail(
+    scheduler: Scheduler, reporter: RecordingReporter, prediction_api: FakePredictionAPI
+) -> None:
+    prediction_api.inject(
+        "POST", r"/v1/predictions", status=422, body={"detail": "input.prompt: too spicy"}
+    )
+    await submit(scheduler)
+    await reporter.wait_for(lambda: reporter.failures)
+    assert reporter.failures[0][1] == "The animation service refused the request: input.prompt: too spicy"
+
+
+async def test_an_outage_waits_in_the_queue_instead_of_failing(
+    scheduler: Scheduler, reporter: RecordingReporter, prediction_api: FakePredictionAPI
+) -> None:
+    prediction_api.inject("POST", r"/v1/predictions", status=503, times=12)
+    job = await submit(scheduler)
+    await scheduler.attach_message(job.id, 1)
+    await reporter.wait_for(lambda: reporter.delivered)
+    assert any(update.stage is Stage.UNAVAILABLE for _, update in reporter.statuses)
+    assert prediction_api.creates == 1 and not reporter.failures
+
+
+async def test_unknown_create_outcome_finds_the_prediction_instead_of_paying_twice(
+    scheduler: Scheduler, reporter: RecordingReporter, prediction_api: FakePredictionAPI
+) -> None:
+    prediction_api.inject("POST", r"/v1/predictions", status=502, after_create=True)
+    await submit(scheduler)
+    await reporter.wait_for(lambda: reporter.delivered)
+    assert prediction_api.creates == 1
+
+
+async def test_progress_is_reported_from_the_logs_once_polling(
+    store: JobStore, http: aiohttp.ClientSession, reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    scheduler = make_scheduler(store, short_wait_client(http, prediction_api))
+    scheduler.attach(reporter)
+    await scheduler.start()
+    hold = asyncio.Event()
+    prediction_api.next_behaviours.append(Behaviour(hold=hold))
+    try:
+        job = await submit(scheduler, steps=10)
+        await scheduler.attach_message(job.id, 1)
+        await reporter.wait_for(
+            lambda: any(u.stage is Stage.SAMPLING and u.step == 5 for _, u in reporter.statuses)
+        )
+        sampling = [u for _, u in reporter.statuses if u.stage is Stage.SAMPLING]
+        assert all(u.total == 10 for u in sampling)
+        hold.set()
+        await reporter.wait_for(lambda: reporter.delivered)
+    finally:
+        await scheduler.stop()
+    stages = [u.stage for _, u in reporter.statuses]
+    assert stages[0] is Stage.QUEUED or stages[0] is Stage.STARTING
+    assert stages[-1] is Stage.UPLOADING or Stage.RENDERING in stages
+
+
+async def test_resume_after_restart_delivers_each_job_once(
+    store: JobStore, client: PredictionClient, reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    # Jobs left behind by a bot that died at different points.
+    queued_a = await store.add_job(guild_id=1, channel_id=1, requester_id=1, request=request("qa", 1))
+    queued_b = await store.add_job(guild_id=1, channel_id=1, requester_id=2, request=request("qb", 2))
+    running = await store.add_job(guild_id=2, channel_id=2, requester_id=3, request=request("run", 3))
+    submitted = await store.add_job(guild_id=3, channel_id=3, requester_id=4, request=request("sub", 4))
+    delivering = await store.add_job(guild_id=4, channel_id=4, requester_id=5, request=request("dl", 5))
+    for job in (running, submitted, delivering):
+        await store.mark_submitted(job.id)
+    for job in (running, submitted, delivering):
+        created = await client.create(job.request.to_api_input(), wait=False)
+        if job is not submitted:  # `submitted` died before storing the answer
+            await store.mark_running(job.id, created.id)
+    await store.mark_delivering(delivering.id, predict_time=None)
+    await prediction_api.wait_for(lambda: all(p.terminal for p in prediction_api.predictions.values()))
+    creates_before = prediction_api.creates
+
+    scheduler = make_scheduler(store, client, running_total=4)
+    scheduler.attach(reporter)
+    await scheduler.start()
+    try:
+        await reporter.wait_for(lambda: len(reporter.delivered) == 5)
+        await scheduler.wait_idle()
+    finally:
+        await scheduler.stop()
+    prompts = sorted(job.request.prompt for job, _ in reporter.delivered)
+    assert prompts == ["dl", "qa", "qb", "run", "sub"]
+    assert prediction_api.creates == creates_before + 2  # only the two queued jobs
+    for job in (queued_a, queued_b, running, submitted, delivering):
+        stored = await store.get(job.id)
+        assert stored is not None and stored.status is JobStatus.DONE
+    delivered_order = [job.request.prompt for job, _ in reporter.delivered if job.guild_id == 1]
+    assert delivered_order == ["qa", "qb"]
+
+
+async def test_stop_leaves_running_jobs_recorded_for_the_next_start(
+    store: JobStore, http: aiohttp.ClientSession, reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    client = short_wait_client(http, prediction_api)
+    hold = asyncio.Event()
+    prediction_api.next_behaviours.append(Behaviour(hold=hold))
+    scheduler = make_scheduler(store, client)
+    scheduler.attach(reporter)
+    await scheduler.start()
+    job = await submit(scheduler)
+    queued = await submit(scheduler, user=11)
+    await store_wait(store, job.id, JobStatus.RUNNING)
+    await scheduler.stop()
+    stored = await store.get(job.id)
+    assert stored is not None and stored.status is JobStatus.RUNNING
+    left = await store.get(queued.id)
+    assert left is not None and left.status is JobStatus.QUEUED
+    hold.set()
+    again = make_scheduler(store, client)
+    again.attach(reporter)
+    await again.start()
+    try:
+        await reporter.wait_for(lambda: len(reporter.delivered) == 2)
+    finally:
+        await again.stop()
+    assert prediction_api.creates == 2
+    assert [j.id for j, _ in reporter.delivered] == [job.id, queued.id]
+
+
+async def store_wait(store: JobStore, job_id: int, status: JobStatus) -> Job:
+    """Wait (briefly yielding) until the stored job reaches a status."""
+    async with asyncio.timeout(10):
+        while True:
+            job = await store.get(job_id)
+            if job is not None and job.status is status:
+                return job
+            await asyncio.sleep(0.005)

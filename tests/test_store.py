@@ -1,0 +1,157 @@
+"""The job store against a real SQLite file: migrations and every transition."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bot.jobs import GenerationRequest, JobStatus
+from bot.store import MIGRATIONS, InvalidTransition, JobStore
+
+
+def _request(seed: int = 42) -> GenerationRequest:
+    return GenerationRequest.create("a fox in the snow", seed=seed)
+
+
+async def _add(store: JobStore, *, guild: int = 1, user: int = 10) -> int:
+    job = await store.add_job(guild_id=guild, channel_id=100, requester_id=user, request=_request())
+    return job.id
+
+
+async def test_open_creates_folder_file_and_migrates(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "bot.sqlite3"
+    store = await JobStore.open(path)
+    try:
+        assert path.exists()
+        assert await store.schema_version() == len(MIGRATIONS)
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert "jobs" in tables
+
+
+async def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite3"
+    store = await JobStore.open(path)
+    job_id = await _add(store)
+    await store.close()
+    store = await JobStore.open(path)
+    try:
+        job = await store.get(job_id)
+        assert job is not None and job.request == _request()
+        assert await store.schema_version() == len(MIGRATIONS)
+    finally:
+        await store.close()
+
+
+async def test_refuses_a_database_from_a_newer_bot(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(RuntimeError, match="newer than this bot"):
+        await JobStore.open(path)
+
+
+async def test_happy_path_transitions_record_each_step(store: JobStore) -> None:
+    job_id = await _add(store)
+    job = await store.set_request_message(job_id, 555)
+    assert job.status is JobStatus.QUEUED and job.request_message_id == 555
+    job = await store.mark_submitted(job_id)
+    assert job.status is JobStatus.SUBMITTED and job.submitted_at is not None
+    job = await store.mark_running(job_id, "pred123")
+    assert job.status is JobStatus.RUNNING and job.prediction_id == "pred123"
+    assert await store.job_for_prediction("pred123") == job_id
+    job = await store.mark_delivering(job_id, predict_time=12.5)
+    assert job.status is JobStatus.DELIVERING and job.predict_time == 12.5
+    job = await store.mark_done(job_id, result_message_id=777)
+    assert job.status is JobStatus.DONE and job.result_message_id == 777
+    assert job.completed_at is not None and job.status.is_final
+    assert await store.unfinished() == []
+
+
+async def test_transitions_refuse_out_of_order_steps(store: JobStore) -> None:
+    job_id = await _add(store)
+    with pytest.raises(InvalidTransition):
+        await store.mark_running(job_id, "p")
+    with pytest.raises(InvalidTransition):
+        await store.mark_done(job_id, result_message_id=1)
+    await store.mark_canceled(job_id, "by request")
+    for step in (
+        store.mark_submitted(job_id),
+        store.mark_failed(job_id, "late"),
+        store.mark_canceled(job_id),
+    ):
+        with pytest.raises(InvalidTransition):
+            await step
+    job = await store.get(job_id)
+    assert job is not None and job.status is JobStatus.CANCELED and job.error == "by request"
+
+
+async def test_requeue_only_from_submitted(store: JobStore) -> None:
+    job_id = await _add(store)
+    with pytest.raises(InvalidTransition):
+        await store.requeue(job_id)
+    await store.mark_submitted(job_id)
+    job = await store.requeue(job_id)
+    assert job.status is JobStatus.QUEUED and job.submitted_at is None
+
+
+async def test_failed_from_every_unfinished_state(store: JobStore) -> None:
+    states = []
+    for steps in range(4):
+        job_id = await _add(store)
+        if steps >= 1:
+            await store.mark_submitted(job_id)
+        if steps >= 2:
+            await store.mark_running(job_id, f"p{steps}")
+        if steps >= 3:
+            await store.mark_delivering(job_id, predict_time=None)
+        job = await store.mark_failed(job_id, "CUDA out of memory")
+        states.append(job.status)
+    assert states == [JobStatus.FAILED] * 4
+
+
+async def test_unfinished_lists_pending_jobs_oldest_first(store: JobStore) -> None:
+    first = await _add(store, guild=1)
+    second = await _add(store, guild=2)
+    done = await _add(store, guild=1)
+    await store.mark_canceled(done)
+    await store.mark_submitted(second)
+    unfinished = await store.unfinished()
+    assert [job.id for job in unfinished] == [first, second]
+    assert [job.status for job in unfinished] == [JobStatus.QUEUED, JobStatus.SUBMITTED]
+    assert await store.pending_count(1, 10) == 1
+
+
+async def test_a_prediction_belongs_to_one_job(store: JobStore) -> None:
+    first, second = await _add(store), await _add(store)
+    for job_id in (first, second):
+        await store.mark_submitted(job_id)
+    await store.mark_running(first, "same")
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.mark_running(second, "same")
+
+
+async def test_inputs_are_stored_in_full(store: JobStore) -> None:
+    request = GenerationRequest.create(
+        "@everyone 🎉 «quotes» `code`",
+        negative_prompt="blurry",
+        model="lyriel_v16.safetensors",
+        motion_module="mm_sd_v14",
+        steps=40,
+        guidance_scale=3.25,
+        seed=2_147_483_647,
+    )
+    job = await store.add_job(guild_id=1, channel_id=2, requester_id=3, request=request)
+    again = await store.get(job.id)
+    assert again is not None and again.request == request and again.seed == 2_147_483_647
+
+
+async def test_deleted_flag(store: JobStore) -> None:
+    job_id = await _add(store)
+    job = await store.mark_deleted(job_id)
+    assert job.deleted
