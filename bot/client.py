@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import aiohttp
 import discord
@@ -21,6 +24,7 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.animate",)
 NO_MENTIONS = discord.AllowedMentions.none()
+SHUTDOWN_GRACE_SECONDS = 5.0
 
 
 def use_discord_endpoints(settings: Settings) -> None:
@@ -28,6 +32,32 @@ def use_discord_endpoints(settings: Settings) -> None:
     discord.http.Route.BASE = settings.discord_api_base
     if settings.discord_gateway_url:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+class InFlight:
+    """Counts interaction handlers still running, so shutdown lets them finish first."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def track(self) -> AsyncIterator[None]:
+        """Mark a handler as running for the duration of the block."""
+        self._count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Wait until no handler runs, or the time-out passes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
 
 
 class AnimateTree(app_commands.CommandTree["AnimateBot"]):
@@ -55,6 +85,7 @@ class AnimateBot(commands.Bot):
             tree_cls=AnimateTree,
         )
         self.settings = settings
+        self.in_flight = InFlight()
         self.session = session
         self.store = store
         self.predictions = PredictionClient(
@@ -101,6 +132,11 @@ class AnimateBot(commands.Bot):
                 log.error("could not sync commands to guild %s: %s", guild_id, exc.text)
                 continue
             log.info("synced %d commands to guild %s", len(synced), guild_id)
+
+    async def close(self) -> None:
+        """Let interaction handlers finish, then unload the cogs (stopping the scheduler)."""
+        await self.in_flight.wait(timeout=SHUTDOWN_GRACE_SECONDS)
+        await super().close()
 
     async def on_ready(self) -> None:
         """Log who we are once connected."""

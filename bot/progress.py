@@ -48,13 +48,15 @@ def parse_progress(logs: str, steps: int) -> Progress:
     seed = int(seed_match["seed"]) if seed_match else None
     last_sampling: re.Match[str] | None = None
     last_frames: re.Match[str] | None = None
+    sampling_finished = False
     # tqdm rewrites its line with carriage returns; treat them as line breaks.
     for match in _TQDM.finditer(logs.replace("\r", "\n")):
-        total = int(match["total"])
-        if total == steps and last_frames is None:
-            last_sampling = match
-        elif total == FRAME_COUNT and (last_sampling is not None or steps != FRAME_COUNT):
+        total, done = int(match["total"]), int(match["done"])
+        if total == FRAME_COUNT and (sampling_finished or steps != FRAME_COUNT):
             last_frames = match
+        elif total == steps and last_frames is None:
+            last_sampling = match
+            sampling_finished = done >= steps
     if last_frames is not None:
         return Progress(
             Phase.RENDERING,

@@ -43,9 +43,12 @@ class StatusRelay(Generic[K, V]):
         self._clock = clock
         self._sleep = sleep
         self._lanes: dict[K, _Lane[V]] = {}
+        self._closed = False
 
     def publish(self, key: K, value: V) -> None:
         """Queue a value for a key; an unsent older value is replaced, a repeat is dropped."""
+        if self._closed:
+            return
         lane = self._lanes.setdefault(key, _Lane())
         if lane.closed or (value == lane.last_sent and lane.pending is None):
             return
@@ -68,7 +71,8 @@ class StatusRelay(Generic[K, V]):
         await asyncio.wait({task})
 
     async def close(self) -> None:
-        """Stop every lane."""
+        """Stop every lane and accept nothing more."""
+        self._closed = True
         for key in list(self._lanes):
             await self.settle(key)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+READY_WAIT_SECONDS = 30
 
 MODEL_CHOICES = [app_commands.Choice(name=name, value=path) for path, name in CHECKPOINTS.items()]
 MOTION_CHOICES = [
@@ -77,12 +79,13 @@ class JobButton(
         """Hand the press to the cog, turning any error into a message."""
         bot = _bot(interaction)
         cog = bot.get_cog(AnimateCog.__cog_name__)
-        try:
-            if not isinstance(cog, AnimateCog):
-                raise RuntimeError("the animate cog is not loaded")
-            await self.handle(cog, interaction)
-        except Exception as exc:
-            await bot.report_error(interaction, exc)
+        async with bot.in_flight.track():
+            try:
+                if not isinstance(cog, AnimateCog):
+                    raise RuntimeError("the animate cog is not loaded")
+                await self.handle(cog, interaction)
+            except Exception as exc:
+                await bot.report_error(interaction, exc)
 
     async def handle(self, cog: AnimateCog, interaction: discord.Interaction) -> None:
         """React to a press."""
@@ -193,6 +196,11 @@ class RemixModal(discord.ui.Modal, title="Remix animation"):
 
     async def on_submit(self, interaction: discord.Interaction, /) -> None:
         """Queue the edited request, or explain what is wrong with it."""
+        async with _bot(interaction).in_flight.track():
+            await self._submit(interaction)
+
+    async def _submit(self, interaction: discord.Interaction) -> None:
+        """Validate the modal's values and queue them."""
         try:
             request = remixed_request(
                 self.job.request,
@@ -291,6 +299,30 @@ class AnimateCog(commands.Cog, name="Animate"):
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
     ) -> None:
         """Queue an animation for this server."""
+        async with self.bot.in_flight.track():
+            await self._animate(
+                interaction,
+                prompt,
+                negative_prompt,
+                model,
+                motion_module,
+                steps,
+                guidance_scale,
+                seed,
+            )
+
+    async def _animate(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        negative_prompt: str | None,
+        model: app_commands.Choice[str] | None,
+        motion_module: app_commands.Choice[str] | None,
+        steps: int | None,
+        guidance_scale: float | None,
+        seed: int | None,
+    ) -> None:
+        """Validate the options and queue the request."""
         try:
             request = GenerationRequest.create(
                 prompt,
@@ -381,13 +413,15 @@ class AnimateCog(commands.Cog, name="Animate"):
                 allowed_mentions=NO_MENTIONS,
             )
             return
+        # Canceling edits the request's message first, which may be slow: acknowledge now.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         outcome = await self.scheduler.cancel(job.id)
         reply = {
             CancelOutcome.CANCELED: "Canceled: it was removed from the queue.",
             CancelOutcome.CANCELING: "Stopping it: the animation service was asked to cancel.",
             CancelOutcome.TOO_LATE: "Too late to cancel: it has already finished.",
         }[outcome]
-        await interaction.response.send_message(reply, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await interaction.edit_original_response(content=reply, allowed_mentions=NO_MENTIONS)
 
     async def reroll_pressed(self, interaction: discord.Interaction, job_id: int) -> None:
         """Queue the same settings with a new seed, for whoever pressed."""
@@ -450,9 +484,7 @@ class AnimateCog(commands.Cog, name="Animate"):
 
     async def deliver(self, job: Job, result: JobResult) -> int:
         """Post the result as a reply to the request, with the settings and buttons."""
-        await self.bot.wait_until_ready()
-        guild = self.bot.get_guild(job.guild_id)
-        limit = guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
+        limit = await self._upload_limit(job.guild_id)
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         extra: dict[str, Any] = {}
         if job.request_message_id is not None:
@@ -479,6 +511,15 @@ class AnimateCog(commands.Cog, name="Animate"):
         except discord.HTTPException:
             log.warning("could not mark job %s done on its status message", job.id, exc_info=True)
         return message.id
+
+    async def _upload_limit(self, guild_id: int) -> int:
+        """The guild's upload limit; right after a restart, wait briefly for the guild to load."""
+        guild = self.bot.get_guild(guild_id)
+        if guild is None and not self.bot.is_ready():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.bot.wait_until_ready(), timeout=READY_WAIT_SECONDS)
+            guild = self.bot.get_guild(guild_id)
+        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
     async def report_failure(self, job: Job, reason: str) -> None:
         """Show the failure on the request's message, or post it if that message is gone."""

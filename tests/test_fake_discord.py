@@ -215,7 +215,7 @@ async def test_fail_next_raises_not_found_in_bot(fake: FakeDiscord, bot: SmokeBo
     command = await fake.invoke_command(
         "edit", guild_id=GUILD_ID, channel_id=CHANNEL_ID, user_id=USER_ID
     )
-    followup = await fake.wait_for(lambda: command.followups and command.followups[0])
+    followup = await fake.wait_for(lambda: next(iter(command.followups), None))
     assert followup.content == "edit failed: 10008"
     assert isinstance(bot.errors[0], discord.NotFound)
     draft = next(m for m in fake.channel_messages(CHANNEL_ID) if m.content == "draft")

@@ -100,19 +100,26 @@ async def scheduler(
     await scheduler.stop()
 
 
-def request(prompt: str = "a lighthouse in a storm", seed: int = 7, steps: int = 10) -> GenerationRequest:
+def request(
+    prompt: str = "a lighthouse in a storm", seed: int = 7, steps: int = 10
+) -> GenerationRequest:
     return GenerationRequest.create(prompt, seed=seed, steps=steps)
 
 
 async def submit(scheduler: Scheduler, guild: int = 1, user: int = 10, **kwargs: object) -> Job:
     job, _ = await scheduler.submit(
-        guild_id=guild, channel_id=guild * 100, requester_id=user, request=request(**kwargs)  # type: ignore[arg-type]
+        guild_id=guild,
+        channel_id=guild * 100,
+        requester_id=user,
+        request=request(**kwargs),  # type: ignore[arg-type]
     )
     return job
 
 
 async def test_happy_path_delivers_once_and_records_done(
-    scheduler: Scheduler, store: JobStore, reporter: RecordingReporter,
+    scheduler: Scheduler,
+    store: JobStore,
+    reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
     job = await submit(scheduler)
@@ -128,12 +135,13 @@ async def test_happy_path_delivers_once_and_records_done(
     assert stored.result_message_id == 9000 and stored.request_message_id == 4242
     assert delivered.request_message_id == 4242
     assert prediction_api.creates == 1 and prediction_api.downloads == 1
-    sent = prediction_api.requests[0].json
-    assert sent is not None and sent["input"]["seed"] == 7
+    assert prediction_api.create_bodies[0]["input"]["seed"] == 7
 
 
 async def test_guilds_take_turns(
-    store: JobStore, client: PredictionClient, reporter: RecordingReporter,
+    store: JobStore,
+    client: PredictionClient,
+    reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
     scheduler = make_scheduler(store, client, running_total=1)
@@ -156,7 +164,9 @@ async def test_guilds_take_turns(
 
 
 async def test_limits_per_guild_and_in_total(
-    store: JobStore, client: PredictionClient, reporter: RecordingReporter,
+    store: JobStore,
+    client: PredictionClient,
+    reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
     scheduler = make_scheduler(store, client, running_total=2, running_per_guild=1)
@@ -168,7 +178,9 @@ async def test_limits_per_guild_and_in_total(
         for guild in (1, 1, 2, 3):
             await submit(scheduler, guild=guild, user=guild * 10 + len(scheduler.snapshot(guild)))
         await prediction_api.wait_for(lambda: prediction_api.creates == 2)
-        running = [e.job.guild_id for g in (1, 2, 3) for e in scheduler.snapshot(g) if e.position is None]
+        running = [
+            e.job.guild_id for g in (1, 2, 3) for e in scheduler.snapshot(g) if e.position is None
+        ]
         assert sorted(running) == [1, 2]
         assert [e.position for e in scheduler.snapshot(1)] == [None, 1]
         hold.set()
@@ -178,7 +190,9 @@ async def test_limits_per_guild_and_in_total(
         await scheduler.stop()
 
 
-async def test_member_cap_refuses_with_a_sentence(scheduler: Scheduler, prediction_api: FakePredictionAPI) -> None:
+async def test_member_cap_refuses_with_a_sentence(
+    scheduler: Scheduler, prediction_api: FakePredictionAPI
+) -> None:
     hold = asyncio.Event()
     prediction_api.behaviour_for = lambda _input: Behaviour(hold=hold)
     for _ in range(3):
@@ -192,7 +206,9 @@ async def test_member_cap_refuses_with_a_sentence(scheduler: Scheduler, predicti
 
 
 async def test_cancel_while_queued_never_creates(
-    scheduler: Scheduler, store: JobStore, reporter: RecordingReporter,
+    scheduler: Scheduler,
+    store: JobStore,
+    reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
     hold = asyncio.Event()
@@ -208,13 +224,15 @@ async def test_cancel_while_queued_never_creates(
     await reporter.wait_for(lambda: len(reporter.delivered) == 2)
     stored = await store.get(second.id)
     assert stored is not None and stored.status is JobStatus.CANCELED
-    prompts = [r.json["input"]["prompt"] for r in prediction_api.requests if r.method == "POST"]
+    prompts = [body["input"]["prompt"] for body in prediction_api.create_bodies]
     assert prompts == ["first", "third"]
     assert await scheduler.cancel(first.id) is CancelOutcome.TOO_LATE
 
 
 async def test_cancel_while_the_create_is_held_open_cancels_upstream(
-    scheduler: Scheduler, store: JobStore, reporter: RecordingReporter,
+    scheduler: Scheduler,
+    store: JobStore,
+    reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
     prediction_api.next_behaviours.append(Behaviour(hold=asyncio.Event()))
@@ -231,7 +249,9 @@ async def test_cancel_while_the_create_is_held_open_cancels_upstream(
 
 
 async def test_cancel_while_polling_cancels_upstream(
-    store: JobStore, http: aiohttp.ClientSession, reporter: RecordingReporter,
+    store: JobStore,
+    http: aiohttp.ClientSession,
+    reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
     scheduler = make_scheduler(store, short_wait_client(http, prediction_api))
@@ -253,7 +273,9 @@ async def test_cancel_while_polling_cancels_upstream(
 
 
 async def test_failure_is_reported_and_the_queue_moves_on(
-    scheduler: Scheduler, store: JobStore, reporter: RecordingReporter,
+    scheduler: Scheduler,
+    store: JobStore,
+    reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
     prediction_api.next_behaviours.append(Behaviour(outcome="failed"))
@@ -269,7 +291,9 @@ async def test_failure_is_reported_and_the_queue_moves_on(
 
 @pytest.mark.parametrize("outcome", ["canceled", "aborted"])
 async def test_stopped_upstream_by_someone_else_is_a_failure(
-    scheduler: Scheduler, reporter: RecordingReporter, prediction_api: FakePredictionAPI,
+    scheduler: Scheduler,
+    reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
     outcome: str,
 ) -> None:
     prediction_api.next_behaviours.append(Behaviour(outcome=outcome))  # type: ignore[arg-type]
@@ -286,7 +310,10 @@ async def test_refused_input_fails_with_the_api_detail(
     )
     await submit(scheduler)
     await reporter.wait_for(lambda: reporter.failures)
-    assert reporter.failures[0][1] == "The animation service refused the request: input.prompt: too spicy"
+    assert (
+        reporter.failures[0][1]
+        == "The animation service refused the request: input.prompt: too spicy"
+    )
 
 
 async def test_an_outage_waits_in_the_queue_instead_of_failing(
@@ -310,7 +337,9 @@ async def test_unknown_create_outcome_finds_the_prediction_instead_of_paying_twi
 
 
 async def test_progress_is_reported_from_the_logs_once_polling(
-    store: JobStore, http: aiohttp.ClientSession, reporter: RecordingReporter,
+    store: JobStore,
+    http: aiohttp.ClientSession,
+    reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
     scheduler = make_scheduler(store, short_wait_client(http, prediction_api))
@@ -336,15 +365,27 @@ async def test_progress_is_reported_from_the_logs_once_polling(
 
 
 async def test_resume_after_restart_delivers_each_job_once(
-    store: JobStore, client: PredictionClient, reporter: RecordingReporter,
+    store: JobStore,
+    client: PredictionClient,
+    reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
     # Jobs left behind by a bot that died at different points.
-    queued_a = await store.add_job(guild_id=1, channel_id=1, requester_id=1, request=request("qa", 1))
-    queued_b = await store.add_job(guild_id=1, channel_id=1, requester_id=2, request=request("qb", 2))
-    running = await store.add_job(guild_id=2, channel_id=2, requester_id=3, request=request("run", 3))
-    submitted = await store.add_job(guild_id=3, channel_id=3, requester_id=4, request=request("sub", 4))
-    delivering = await store.add_job(guild_id=4, channel_id=4, requester_id=5, request=request("dl", 5))
+    queued_a = await store.add_job(
+        guild_id=1, channel_id=1, requester_id=1, request=request("qa", 1)
+    )
+    queued_b = await store.add_job(
+        guild_id=1, channel_id=1, requester_id=2, request=request("qb", 2)
+    )
+    running = await store.add_job(
+        guild_id=2, channel_id=2, requester_id=3, request=request("run", 3)
+    )
+    submitted = await store.add_job(
+        guild_id=3, channel_id=3, requester_id=4, request=request("sub", 4)
+    )
+    delivering = await store.add_job(
+        guild_id=4, channel_id=4, requester_id=5, request=request("dl", 5)
+    )
     for job in (running, submitted, delivering):
         await store.mark_submitted(job.id)
     for job in (running, submitted, delivering):
@@ -352,7 +393,9 @@ async def test_resume_after_restart_delivers_each_job_once(
         if job is not submitted:  # `submitted` died before storing the answer
             await store.mark_running(job.id, created.id)
     await store.mark_delivering(delivering.id, predict_time=None)
-    await prediction_api.wait_for(lambda: all(p.terminal for p in prediction_api.predictions.values()))
+    await prediction_api.wait_for(
+        lambda: all(p.terminal for p in prediction_api.predictions.values())
+    )
     creates_before = prediction_api.creates
 
     scheduler = make_scheduler(store, client, running_total=4)
@@ -374,7 +417,9 @@ async def test_resume_after_restart_delivers_each_job_once(
 
 
 async def test_stop_leaves_running_jobs_recorded_for_the_next_start(
-    store: JobStore, http: aiohttp.ClientSession, reporter: RecordingReporter,
+    store: JobStore,
+    http: aiohttp.ClientSession,
+    reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
     client = short_wait_client(http, prediction_api)

@@ -1456,7 +1456,7 @@ class FakeDiscord:
         data: JSON = body.get("data") or {}
         has_message = interaction.message_id is not None and interaction.message_id in self.messages
         if callback_type in (CALLBACK_DEFERRED_UPDATE, CALLBACK_UPDATE_MESSAGE) and not has_message:
-            return _error(400, "Invalid interaction application command", 50035)
+            return _error(400, "Invalid Form Body: no message to update", 50035)
         if callback_type == CALLBACK_MODAL and interaction.type == INTERACTION_MODAL_SUBMIT:
             return _error(400, "Invalid Form Body: cannot respond to a modal with a modal", 50035)
         if callback_type not in (

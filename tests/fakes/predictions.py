@@ -409,6 +409,15 @@ class FakePredictionAPI:
         return self._count("POST", r"/v1/predictions")
 
     @property
+    def create_bodies(self) -> list[dict[str, Any]]:
+        """The JSON bodies of every POST /v1/predictions, in order."""
+        return [
+            r.json
+            for r in self.requests
+            if r.method == "POST" and r.path == "/v1/predictions" and isinstance(r.json, dict)
+        ]
+
+    @property
     def polls(self) -> int:
         """GET /v1/predictions/{id} requests received."""
         return self._count("GET", r"/v1/predictions/[^/]+")

@@ -1,0 +1,207 @@
+"""End-to-end harness: the real bot (`python -m bot`) against fake Discord and prediction API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.discord import (
+    DEFAULT_MEMBER_PERMISSIONS,
+    MANAGE_MESSAGES,
+    FakeDiscord,
+    FakeMessage,
+)
+from tests.fakes.predictions import FakePredictionAPI
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GUILD_A, GUILD_B = 800_000_000_000_000_001, 800_000_000_000_000_002
+CHANNEL_A, CHANNEL_B = 810_000_000_000_000_001, 810_000_000_000_000_002
+ALICE, BOB, MODERATOR, CAROL = (
+    900_000_000_000_000_001,
+    900_000_000_000_000_002,
+    900_000_000_000_000_003,
+    900_000_000_000_000_004,
+)
+
+
+class BotProcess:
+    """The bot as a user runs it: `python -m bot` in its own process."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.log_path = workdir / "bot.log"
+        self.process: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    async def start(self) -> None:
+        """Start the bot, appending its output to the log file."""
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"----- start {self.starts} -----\n".encode())
+            log.flush()
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bot",
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 15) -> int:
+        """Send a signal and wait for the process to end; return its exit code."""
+        process = self.process
+        assert process is not None
+        if process.returncode is None:
+            process.send_signal(sig)
+        async with asyncio.timeout(timeout):
+            code = await process.wait()
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        """Everything the bot printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class World:
+    """One running bot with its fakes and helpers for what tests do most."""
+
+    discord: FakeDiscord
+    api: FakePredictionAPI
+    bot: BotProcess
+
+    async def animate(
+        self,
+        prompt: str,
+        *,
+        user: int = ALICE,
+        guild: int = GUILD_A,
+        channel: int = CHANNEL_A,
+        **options: Any,
+    ) -> Any:
+        """Invoke /animate as a member."""
+        return await self.discord.invoke_command(
+            "animate",
+            {"prompt": prompt, **options},
+            guild_id=guild,
+            channel_id=channel,
+            user_id=user,
+        )
+
+    async def result_for(self, request: FakeMessage, timeout: float = 20) -> FakeMessage:
+        """Wait for the message that replies to a request with its result."""
+
+        def find() -> FakeMessage | None:
+            for message in self.discord.messages.values():
+                reference = message.message_reference or {}
+                if str(reference.get("message_id")) == str(request.id) and not message.deleted:
+                    return message
+            return None
+
+        return await self.discord.wait_for(find, timeout=timeout)
+
+    async def request_message(self, interaction: Any) -> FakeMessage:
+        """Wait until a request's status message shows its Cancel button, and return it."""
+
+        def ready() -> FakeMessage | None:
+            original = interaction.original
+            if original is not None and "Cancel" in _labels(original):
+                return original
+            return None
+
+        return await self.discord.wait_for(ready)
+
+    async def restart(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Stop the bot with a signal and start it again; return the exit code."""
+        code = await self.bot.stop(sig)
+        ready_before = self.discord.ready_count
+        await self.bot.start()
+        await self.discord.wait_for(lambda: self.discord.ready_count > ready_before, timeout=30)
+        return code
+
+    def results(self, channel: int = CHANNEL_A) -> list[FakeMessage]:
+        """Messages in a channel that carry a file."""
+        return [m for m in self.discord.channel_messages(channel) if m.attachments]
+
+
+def _labels(message: FakeMessage) -> list[str]:
+    """Labels of every button on a message."""
+    labels: list[str] = []
+    for row in message.components:
+        for component in row.get("components", []):
+            if component.get("type") == 2:
+                labels.append(str(component.get("label")))
+    return labels
+
+
+labels = _labels
+
+
+@pytest.fixture
+async def world(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    """Fakes on 127.0.0.1 and the real bot connected to them."""
+    discord = FakeDiscord()
+    api = FakePredictionAPI()
+    await discord.start()
+    await api.start()
+    discord.add_guild(GUILD_A, name="Alpha", channel_ids=[CHANNEL_A])
+    discord.add_guild(GUILD_B, name="Beta", channel_ids=[CHANNEL_B])
+    for guild in (GUILD_A, GUILD_B):
+        discord.add_member(guild, ALICE, name="alice")
+        discord.add_member(guild, BOB, name="bob")
+        discord.add_member(guild, CAROL, name="carol")
+        discord.add_member(
+            guild, MODERATOR, name="mod", permissions=DEFAULT_MEMBER_PERMISSIONS | MANAGE_MESSAGES
+        )
+    marker = request.node.get_closest_marker("bot_env")
+    extra_env: dict[str, str] = dict(marker.kwargs) if marker else {}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DISCORD_", "REPLICATE_", "DATABASE_", "MAX_", "PREDICTION_"))
+    }
+    env.update(
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+        DISCORD_TOKEN=discord.token,
+        REPLICATE_API_TOKEN=api.token,
+        REPLICATE_API_BASE=api.base_url,
+        DATABASE_PATH=str(tmp_path / "state" / "bot.sqlite3"),
+        DISCORD_GUILD_IDS=f"{GUILD_A},{GUILD_B}",
+        DISCORD_API_BASE=discord.api_base,
+        DISCORD_GATEWAY_URL=discord.gateway_url,
+        LOG_LEVEL="INFO",
+        **extra_env,
+    )
+    bot = BotProcess(env, tmp_path)
+    world = World(discord, api, bot)
+    await bot.start()
+    try:
+        await discord.wait_until_ready(timeout=30)
+        yield world
+    finally:
+        code = await bot.stop() if bot.process is not None else 0
+        await api.close()
+        await discord.close()
+    log = bot.log()
+    problems = []
+    if code != 0:
+        problems.append(f"the bot exited with {code}")
+    if discord.unknown_routes:
+        problems.append(f"unexpected Discord routes: {discord.unknown_routes}")
+    if "Traceback" in log:
+        problems.append("the bot logged a traceback")
+    assert not problems, "; ".join(problems) + f"\n===== bot log =====\n{log}"

@@ -1,0 +1,94 @@
+"""Settings from the environment and .env, and the entry point's refusal without tokens."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.settings import DEFAULT_MODEL_VERSION, SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith(("DISCORD_", "REPLICATE_", "DATABASE_", "MAX_", "PREDICTION_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults_with_only_the_two_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "d")
+    monkeypatch.setenv("REPLICATE_API_TOKEN", "r")
+    settings = load_settings()
+    assert settings.replicate_api_base == "https://api.replicate.com/v1"
+    assert settings.replicate_model_version == DEFAULT_MODEL_VERSION
+    assert settings.database_path == Path("data/animate-bot.sqlite3")
+    assert settings.discord_guild_ids == ()
+    assert settings.discord_api_base == "https://discord.com/api/v10"
+    assert settings.discord_gateway_url is None
+    assert (settings.max_running_per_guild, settings.max_running_total) == (1, 4)
+    assert settings.max_queued_per_member == 3
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "DISCORD_TOKEN=from-file\nREPLICATE_API_TOKEN=r\nDISCORD_GUILD_IDS=1, 22 ,333\n"
+        "REPLICATE_API_BASE=http://gateway.local/v1/\nLOG_LEVEL=debug\n"
+    )
+    settings = load_settings()
+    assert settings.discord_token.get_secret_value() == "from-file"
+    assert settings.discord_guild_ids == (1, 22, 333)
+    assert settings.replicate_api_base == "http://gateway.local/v1"
+    assert settings.log_level == "DEBUG"
+    assert "from-file" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REPLICATE_API_TOKEN": "r"}, "DISCORD_TOKEN is not set"),
+        ({"DISCORD_TOKEN": "d"}, "REPLICATE_API_TOKEN is not set"),
+        ({"DISCORD_TOKEN": "", "REPLICATE_API_TOKEN": "r"}, "DISCORD_TOKEN is invalid"),
+        (
+            {"DISCORD_TOKEN": "d", "REPLICATE_API_TOKEN": "r", "MAX_RUNNING_TOTAL": "0"},
+            "MAX_RUNNING_TOTAL is invalid",
+        ),
+        (
+            {"DISCORD_TOKEN": "d", "REPLICATE_API_TOKEN": "r", "DISCORD_GUILD_IDS": "abc"},
+            "DISCORD_GUILD_IDS is invalid",
+        ),
+    ],
+)
+def test_bad_settings_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=message) as caught:
+        load_settings()
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_token_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "REPLICATE_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "animate-bot: DISCORD_TOKEN is not set: put it in the environment or in .env"
+    )
+    assert "Traceback" not in done.stderr
