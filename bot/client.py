@@ -76,6 +76,10 @@ class AnimateBot(commands.Bot):
     def __init__(
         self, settings: Settings, *, session: aiohttp.ClientSession, store: JobStore
     ) -> None:
+        # The bot never joins voice: spare operators two warnings about voice libraries.
+        discord.VoiceClient.warn_nacl = False
+        if hasattr(discord.VoiceClient, "warn_dave"):
+            discord.VoiceClient.warn_dave = False
         # Only the guilds intent: no message content, no member list (nothing privileged).
         super().__init__(
             command_prefix=commands.when_mentioned,

@@ -291,8 +291,7 @@ class Scheduler:
         queue_job = self._remove_queued(job_id)
         if queue_job is not None:
             job = await self._store.mark_canceled(job_id, "Canceled before it started.")
-            await self._relay.settle(job_id)
-            await self._report(self._reporter_canceled, job)
+            await self._report(job, lambda reporter: reporter.report_canceled(job))
             self._publish_positions(job.guild_id)
             self._update_idle()
             return CancelOutcome.CANCELED
@@ -652,9 +651,8 @@ class Scheduler:
             job = await self._store.mark_failed(job_id, reason)
         except InvalidTransition:
             return
-        await self._relay.settle(job_id)
         log.info("job %s failed: %s", job_id, reason)
-        await self._report(self._reporter_failed(reason), job)
+        await self._report(job, lambda reporter: reporter.report_failure(job, reason))
 
     async def _cancel_job(self, job_id: int, reason: str) -> None:
         """Record a cancellation and show it."""
@@ -662,25 +660,13 @@ class Scheduler:
             job = await self._store.mark_canceled(job_id, reason)
         except InvalidTransition:
             return
-        await self._relay.settle(job_id)
-        await self._report(self._reporter_canceled, job)
+        await self._report(job, lambda reporter: reporter.report_canceled(job))
 
-    def _reporter_failed(self, reason: str) -> Callable[[Job], Awaitable[None]]:
-        """Bind the failure reason for `_report`."""
-
-        async def report(job: Job) -> None:
-            await self._require_reporter().report_failure(job, reason)
-
-        return report
-
-    async def _reporter_canceled(self, job: Job) -> None:
-        """Forward a cancellation to the reporter."""
-        await self._require_reporter().report_canceled(job)
-
-    async def _report(self, call: Callable[[Job], Awaitable[None]], job: Job) -> None:
-        """Run a reporter call; its failure is logged, never raised into the job."""
+    async def _report(self, job: Job, call: Callable[[JobReporter], Awaitable[None]]) -> None:
+        """Send a final word on a job after any pending status edit; never raise into the job."""
+        await self._relay.settle(job.id)
         try:
-            await call(job)
+            await call(self._require_reporter())
         except asyncio.CancelledError:
             raise
         except Exception:

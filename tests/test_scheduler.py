@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,20 @@ def make_scheduler(store: JobStore, client: PredictionClient, **limits: float) -
     )
 
 
+@contextlib.asynccontextmanager
+async def started_scheduler(
+    store: JobStore, client: PredictionClient, reporter: RecordingReporter, **limits: float
+) -> AsyncIterator[Scheduler]:
+    """A started scheduler with its own limits, stopped at the end of the block."""
+    scheduler = make_scheduler(store, client, **limits)
+    scheduler.attach(reporter)
+    await scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        await scheduler.stop()
+
+
 def short_wait_client(http: aiohttp.ClientSession, api: FakePredictionAPI) -> PredictionClient:
     """A client whose create holds only one second, so held predictions get polled."""
     return PredictionClient(
@@ -144,12 +159,9 @@ async def test_guilds_take_turns(
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
-    scheduler = make_scheduler(store, client, running_total=1)
-    scheduler.attach(reporter)
-    await scheduler.start()
     hold = asyncio.Event()
     prediction_api.next_behaviours.append(Behaviour(hold=hold))
-    try:
+    async with started_scheduler(store, client, reporter, running_total=1) as scheduler:
         for n in range(4):
             await submit(scheduler, guild=1, user=10 + n, prompt=f"A{n}")
         for n in range(2):
@@ -159,8 +171,6 @@ async def test_guilds_take_turns(
         await reporter.wait_for(lambda: len(reporter.delivered) == 6)
         order = [job.request.prompt for job, _ in reporter.delivered]
         assert order == ["A0", "A1", "B0", "A2", "B1", "A3"]
-    finally:
-        await scheduler.stop()
 
 
 async def test_limits_per_guild_and_in_total(
@@ -169,12 +179,11 @@ async def test_limits_per_guild_and_in_total(
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
-    scheduler = make_scheduler(store, client, running_total=2, running_per_guild=1)
-    scheduler.attach(reporter)
-    await scheduler.start()
     hold = asyncio.Event()
     prediction_api.behaviour_for = lambda _input: Behaviour(hold=hold)
-    try:
+    async with started_scheduler(
+        store, client, reporter, running_total=2, running_per_guild=1
+    ) as scheduler:
         for guild in (1, 1, 2, 3):
             await submit(scheduler, guild=guild, user=guild * 10 + len(scheduler.snapshot(guild)))
         await prediction_api.wait_for(lambda: prediction_api.creates == 2)
@@ -186,8 +195,6 @@ async def test_limits_per_guild_and_in_total(
         hold.set()
         await reporter.wait_for(lambda: len(reporter.delivered) == 4)
         assert prediction_api.creates == 4
-    finally:
-        await scheduler.stop()
 
 
 async def test_member_cap_refuses_with_a_sentence(
@@ -254,17 +261,14 @@ async def test_cancel_while_polling_cancels_upstream(
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
-    scheduler = make_scheduler(store, short_wait_client(http, prediction_api))
-    scheduler.attach(reporter)
-    await scheduler.start()
     prediction_api.next_behaviours.append(Behaviour(hold=asyncio.Event()))
-    try:
+    async with started_scheduler(
+        store, short_wait_client(http, prediction_api), reporter
+    ) as scheduler:
         job = await submit(scheduler)
         running = await store_wait(store, job.id, JobStatus.RUNNING)
         assert await scheduler.cancel(job.id) is CancelOutcome.CANCELING
         await reporter.wait_for(lambda: reporter.canceled)
-    finally:
-        await scheduler.stop()
     stored = await store.get(job.id)
     assert stored is not None and stored.status is JobStatus.CANCELED
     assert prediction_api.cancels == 1
@@ -342,12 +346,11 @@ async def test_progress_is_reported_from_the_logs_once_polling(
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
-    scheduler = make_scheduler(store, short_wait_client(http, prediction_api))
-    scheduler.attach(reporter)
-    await scheduler.start()
     hold = asyncio.Event()
     prediction_api.next_behaviours.append(Behaviour(hold=hold))
-    try:
+    async with started_scheduler(
+        store, short_wait_client(http, prediction_api), reporter
+    ) as scheduler:
         job = await submit(scheduler, steps=10)
         await scheduler.attach_message(job.id, 1)
         await reporter.wait_for(
@@ -357,8 +360,6 @@ async def test_progress_is_reported_from_the_logs_once_polling(
         assert all(u.total == 10 for u in sampling)
         hold.set()
         await reporter.wait_for(lambda: reporter.delivered)
-    finally:
-        await scheduler.stop()
     stages = [u.stage for _, u in reporter.statuses]
     assert stages[0] is Stage.QUEUED or stages[0] is Stage.STARTING
     assert stages[-1] is Stage.UPLOADING or Stage.RENDERING in stages
@@ -398,14 +399,9 @@ async def test_resume_after_restart_delivers_each_job_once(
     )
     creates_before = prediction_api.creates
 
-    scheduler = make_scheduler(store, client, running_total=4)
-    scheduler.attach(reporter)
-    await scheduler.start()
-    try:
+    async with started_scheduler(store, client, reporter, running_total=4) as scheduler:
         await reporter.wait_for(lambda: len(reporter.delivered) == 5)
         await scheduler.wait_idle()
-    finally:
-        await scheduler.stop()
     prompts = sorted(job.request.prompt for job, _ in reporter.delivered)
     assert prompts == ["dl", "qa", "qb", "run", "sub"]
     assert prediction_api.creates == creates_before + 2  # only the two queued jobs
