@@ -74,7 +74,7 @@ class JobReporter(Protocol):
         ...
 
     async def deliver(self, job: Job, result: JobResult) -> int:
-        """Post the result and return the id of the message that carries it."""
+        """Post the result and return its message id; raise DeliveryFailed if it cannot."""
         ...
 
     async def report_failure(self, job: Job, reason: str) -> None:
@@ -84,6 +84,10 @@ class JobReporter(Protocol):
     async def report_canceled(self, job: Job) -> None:
         """Show that the job was canceled."""
         ...
+
+
+class DeliveryFailed(Exception):
+    """The result could not be posted; the message says why, for the requester."""
 
 
 class QueueFull(Exception):
@@ -591,7 +595,11 @@ class Scheduler:
         )
         await self._relay.settle(job.id)
         reporter = self._require_reporter()
-        message_id = await reporter.deliver(job, result)
+        try:
+            message_id = await reporter.deliver(job, result)
+        except DeliveryFailed as exc:
+            await self._fail(job.id, str(exc))
+            return
         await self._store.mark_done(job.id, result_message_id=message_id)
         log.info("job %s delivered as message %s", job.id, message_id)
 

@@ -22,7 +22,14 @@ from bot.jobs import (
     InvalidRequest,
     Job,
 )
-from bot.scheduler import CancelOutcome, JobResult, JobStatusUpdate, QueueFull, Stage
+from bot.scheduler import (
+    CancelOutcome,
+    DeliveryFailed,
+    JobResult,
+    JobStatusUpdate,
+    QueueFull,
+    Stage,
+)
 from bot.texts import (
     canceled_text,
     done_text,
@@ -499,13 +506,21 @@ class AnimateCog(commands.Cog, name="Animate"):
         else:
             content = f"🎬 Animation for <@{job.requester_id}>"
             extra["file"] = discord.File(io.BytesIO(result.data), filename=result.filename)
-        message = await channel.send(
-            content=content,
-            embed=_embed(job, result),
-            view=result_view(job.id),
-            allowed_mentions=NO_MENTIONS,
-            **extra,
-        )
+        try:
+            message = await channel.send(
+                content=content,
+                embed=_embed(job, result),
+                view=result_view(job.id),
+                allowed_mentions=NO_MENTIONS,
+                **extra,
+            )
+        except discord.Forbidden as exc:
+            raise DeliveryFailed(
+                "The animation is ready, but the bot may not post it in this channel "
+                "(it needs Send Messages, Embed Links, Attach Files and Read Message History)."
+            ) from exc
+        except discord.NotFound as exc:
+            raise DeliveryFailed("The animation is ready, but its channel is gone.") from exc
         try:
             await self._edit_status(job, done_text(job), None)
         except discord.HTTPException:

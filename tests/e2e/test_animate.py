@@ -259,6 +259,21 @@ async def test_a_failed_prediction_tells_the_requester_and_the_queue_moves_on(
     await world.result_for(following)
 
 
+async def test_missing_permission_to_post_is_explained(world: World) -> None:
+    world.discord.fail_next(
+        "POST",
+        rf"^/channels/{CHANNEL_A}/messages$",
+        status=403,
+        body={"message": "Missing Permissions", "code": 50013},
+    )
+    request = await world.request_message(await world.animate("forbidden", steps=5))
+    await world.discord.wait_for(lambda: "❌" in request.content)
+    assert "may not post it in this channel" in request.content
+    assert world.results() == []
+    following = await world.request_message(await world.animate("allowed", steps=5))
+    await world.result_for(following)
+
+
 async def test_buttons_of_another_server_or_unknown_jobs_are_refused(world: World) -> None:
     theirs = await world.result_for(
         await world.request_message(
