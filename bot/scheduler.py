@@ -286,8 +286,12 @@ class Scheduler:
         job = await self._store.set_request_message(job_id, message_id)
         self._refresh(job)
         position = self.position(job_id)
+        running = self._running.get(job_id)
         if position is not None:
             self._relay.publish(job_id, (job, JobStatusUpdate(Stage.QUEUED, position=position)))
+        elif running is not None and running.status.is_pending and not self._stopping:
+            # It started before its message existed, so the "starting" update had nowhere to go.
+            self._relay.publish(job_id, (job, JobStatusUpdate(Stage.STARTING)))
         return job
 
     async def cancel(self, job_id: int) -> CancelOutcome:
@@ -683,7 +687,19 @@ class Scheduler:
     async def _send_status(self, job_id: int, value: tuple[Job, JobStatusUpdate]) -> None:
         """Relay target: forward a status update to the reporter."""
         job, update = value
-        await self._require_reporter().show_status(job, update)
+        # Prefer the newest copy: the message id may have been recorded after the update.
+        current = self._running.get(job_id) or job
+        if current.request_message_id is None:
+            current = self._queued_copy(job_id) or current
+        await self._require_reporter().show_status(current, update)
+
+    def _queued_copy(self, job_id: int) -> Job | None:
+        """The in-memory copy of a queued job, if it is queued."""
+        for queue in self._queues.values():
+            for job in queue:
+                if job.id == job_id:
+                    return job
+        return None
 
     def _require_reporter(self) -> JobReporter:
         """Return the reporter, which must be attached before work starts."""

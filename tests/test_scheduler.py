@@ -31,6 +31,7 @@ class RecordingReporter:
     """The Discord side of the scheduler, reduced to a record of what it was told."""
 
     statuses: list[tuple[int, JobStatusUpdate]] = field(default_factory=list)
+    status_messages: list[int | None] = field(default_factory=list)
     delivered: list[tuple[Job, JobResult]] = field(default_factory=list)
     failures: list[tuple[Job, str]] = field(default_factory=list)
     canceled: list[Job] = field(default_factory=list)
@@ -39,6 +40,7 @@ class RecordingReporter:
 
     async def show_status(self, job: Job, update: JobStatusUpdate) -> None:
         self.statuses.append((job.id, update))
+        self.status_messages.append(job.request_message_id)
         self._touch()
 
     async def deliver(self, job: Job, result: JobResult) -> int:
@@ -151,6 +153,22 @@ async def test_happy_path_delivers_once_and_records_done(
     assert delivered.request_message_id == 4242
     assert prediction_api.creates == 1 and prediction_api.downloads == 1
     assert prediction_api.create_bodies[0]["input"]["seed"] == 7
+
+
+async def test_a_job_that_starts_before_its_message_exists_still_shows_it_started(
+    scheduler: Scheduler, reporter: RecordingReporter, prediction_api: FakePredictionAPI
+) -> None:
+    hold = asyncio.Event()
+    prediction_api.next_behaviours.append(Behaviour(hold=hold))
+    job = await submit(scheduler)
+    await prediction_api.wait_for(lambda: prediction_api.latest.status == "processing")
+    await scheduler.attach_message(job.id, 31337)
+    await reporter.wait_for(lambda: 31337 in reporter.status_messages)
+    index = reporter.status_messages.index(31337)
+    assert reporter.statuses[index][1].stage is Stage.STARTING
+    hold.set()
+    await reporter.wait_for(lambda: reporter.delivered)
+    assert reporter.delivered[0][0].request_message_id == 31337
 
 
 async def test_guilds_take_turns(
