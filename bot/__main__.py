@@ -10,6 +10,7 @@ import sys
 
 import aiohttp
 import discord
+import discord.http
 
 from bot.client import AnimateBot, use_discord_endpoints
 from bot.settings import Settings, SettingsError, load_settings
@@ -60,6 +61,13 @@ async def _serve(bot: AnimateBot, token: str) -> int:
         error = await asyncio.gather(runner, return_exceptions=True)
         if isinstance(error[0], discord.LoginFailure):
             print("animate-bot: Discord refused DISCORD_TOKEN; check the token.", file=sys.stderr)
+            return 1
+        if isinstance(error[0], aiohttp.ClientError | OSError) and not bot.is_ready():
+            print(
+                f"animate-bot: could not reach Discord at {discord.http.Route.BASE} "
+                f"({error[0]}); check the network or DISCORD_API_BASE.",
+                file=sys.stderr,
+            )
             return 1
         if isinstance(error[0], BaseException) and not isinstance(error[0], asyncio.CancelledError):
             log.error("the bot stopped with an error", exc_info=error[0])
