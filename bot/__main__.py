@@ -12,7 +12,7 @@ import aiohttp
 import discord
 import discord.http
 
-from bot.client import AnimateBot, use_discord_endpoints
+from bot.client import AnimateBot, ExtensionsFailed, use_discord_endpoints
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import JobStore
 
@@ -59,6 +59,9 @@ async def _serve(bot: AnimateBot, token: str) -> int:
         runner.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         error = await asyncio.gather(runner, return_exceptions=True)
+        if isinstance(error[0], ExtensionsFailed):
+            print(f"animate-bot: {error[0]}; see the log above.", file=sys.stderr)
+            return 1
         if isinstance(error[0], discord.LoginFailure):
             print("animate-bot: Discord refused DISCORD_TOKEN; check the token.", file=sys.stderr)
             return 1

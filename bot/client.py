@@ -34,6 +34,14 @@ def use_discord_endpoints(settings: Settings) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
+class ExtensionsFailed(Exception):
+    """Some extensions did not load; the bot must not run (or sync commands) without them."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(f"could not load {', '.join(names)}")
+        self.names = names
+
+
 class InFlight:
     """Counts interaction handlers still running, so shutdown lets them finish first."""
 
@@ -113,11 +121,16 @@ class AnimateBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         """Load extensions (logging each failure) and sync the slash commands."""
+        failed = []
         for extension in EXTENSIONS:
             try:
                 await self.load_extension(extension)
             except Exception:
                 log.exception("failed to load extension %s", extension)
+                failed.append(extension)
+        if failed:
+            # Syncing now would remove the missing commands from every server.
+            raise ExtensionsFailed(failed)
         await self.sync_commands()
 
     async def sync_commands(self) -> None:

@@ -32,10 +32,11 @@ class PredictionAPIError(Exception):
         self.detail = detail
         self.status = status
         self.title = title
+        self.retry_after: float | None = None  # seconds the API asked us to wait, if any
 
 
 class RateLimited(PredictionAPIError):
-    """The API kept answering 429 after every retry."""
+    """The API kept answering 429, or asked for a longer wait than the client makes."""
 
 
 class ServiceUnavailable(PredictionAPIError):
@@ -44,6 +45,10 @@ class ServiceUnavailable(PredictionAPIError):
 
 class CreateOutcomeUnknown(ServiceUnavailable):
     """A create was sent but no answer came back: the prediction may exist."""
+
+
+class SearchIncomplete(PredictionAPIError):
+    """The prediction list had more pages than a search may read: nothing can be concluded."""
 
 
 class PredictionNotFound(PredictionAPIError):
@@ -193,9 +198,13 @@ class PredictionClient:
         *,
         created_after: float,
         accept: Callable[[Prediction], Awaitable[bool]] | None = None,
-        max_pages: int = 5,
+        max_pages: int = 20,
     ) -> Prediction | None:
-        """Find a prediction of this version with exactly this input, created after a time."""
+        """Find a prediction of this version with exactly this input, created after a time.
+
+        None means the whole list since then was read and holds no match; a list too long to
+        read raises SearchIncomplete, since "not found" would then be a guess.
+        """
         wanted_version = version_id(self.version)
         wanted_input = _normalise(api_input)
         after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created_after - 120))
@@ -218,7 +227,7 @@ class PredictionClient:
             # Keep the token on the configured host: take only the cursor from `next`.
             query = yarl.URL(next_url).query
             url = f"{self._base}/predictions?" + urllib.parse.urlencode(dict(query))
-        return None
+        raise SearchIncomplete(f"More than {max_pages} pages of predictions to search.")
 
     async def download(self, url: str, *, max_bytes: int) -> bytes:
         """Fetch an output file or decode a data URI, refusing anything over `max_bytes`."""
@@ -321,6 +330,10 @@ class PredictionClient:
                     error = _error_from(status, raw)
                     if status == 429:
                         last_error = error
+                        if retry_after is not None and retry_after > self._backoff_cap:
+                            # A long wait belongs to the caller, where Cancel can cut it short.
+                            error.retry_after = retry_after
+                            raise error
                         if attempt + 1 < self._max_attempts:
                             delay = (
                                 retry_after if retry_after is not None else self._backoff(attempt)

@@ -56,6 +56,11 @@ class StatusRelay(Generic[K, V]):
         if lane.task is None or lane.task.done():
             lane.task = asyncio.create_task(self._drain(key, lane), name=f"status-{key}")
 
+    def prime(self, key: K, value: V) -> None:
+        """Record a value as already shown (sent by other means), so it is not sent again."""
+        if not self._closed:
+            self._lanes.setdefault(key, _Lane()).last_sent = value
+
     async def settle(self, key: K) -> None:
         """Drop unsent values for a key and wait for a send in flight, before a final message."""
         lane = self._lanes.pop(key, None)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import mimetypes
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -21,6 +22,7 @@ from bot.predictions import (
     PredictionClient,
     PredictionNotFound,
     RateLimited,
+    SearchIncomplete,
     ServiceUnavailable,
 )
 from bot.progress import Phase, parse_progress
@@ -77,6 +79,14 @@ class JobReporter(Protocol):
         """Post the result and return its message id; raise DeliveryFailed if it cannot."""
         ...
 
+    async def find_delivered(self, job: Job) -> int | None:
+        """Return the id of a result already posted for this job (before a crash), if any."""
+        ...
+
+    async def report_done(self, job: Job) -> None:
+        """Show on the request's message that its result was posted."""
+        ...
+
     async def report_failure(self, job: Job, reason: str) -> None:
         """Tell the requester the job failed and why."""
         ...
@@ -102,10 +112,6 @@ class CancelOutcome(StrEnum):
     TOO_LATE = "too_late"  # it had already finished
 
 
-class PredictionTimedOut(Exception):
-    """The prediction ran past the configured deadline and was canceled upstream."""
-
-
 @dataclass(frozen=True, slots=True)
 class SchedulerLimits:
     """How much work may run at once and how much a member may queue."""
@@ -125,6 +131,28 @@ class QueueEntry:
 
     job: Job
     position: int | None  # None while running
+
+
+class _KeyedLocks:
+    """One lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Hold the lock of a key for the duration of the block."""
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
 
 _BAD_CREDENTIALS = (
@@ -160,8 +188,11 @@ class Scheduler:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._cancel_wanted_ids: set[int] = set()
         self._wakeups: dict[int, asyncio.Event] = {}
+        self._unannounced: set[int] = set()
+        self._posting: set[int] = set()
+        self._same_input = _KeyedLocks()
         self._admission = asyncio.Lock()
-        self._relay: StatusRelay[int, tuple[Job, JobStatusUpdate]] = StatusRelay(
+        self._relay: StatusRelay[int, JobStatusUpdate] = StatusRelay(
             self._send_status, interval=self._limits.status_interval, clock=clock, sleep=sleep
         )
         self._started = False
@@ -201,14 +232,13 @@ class Scheduler:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop work; every job stays recorded where it stood and resumes on the next start."""
         self._stopping = True
-        delivering = [
-            task
-            for job_id, task in self._tasks.items()
-            if self._running[job_id].status is JobStatus.DELIVERING
-        ]
-        if delivering:
-            # Let posts in flight finish so a result is not posted again after restart.
-            await asyncio.wait(delivering, timeout=grace)
+        deadline = self._clock() + grace
+        # Let posts in flight finish, so a result is not posted again after the restart.
+        while posting := [self._tasks[i] for i in self._posting if i in self._tasks]:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            await asyncio.wait(posting, timeout=remaining)
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -224,7 +254,10 @@ class Scheduler:
         request: GenerationRequest,
         parent_job_id: int | None = None,
     ) -> tuple[Job, int]:
-        """Queue a request and return the job with its place in the guild's queue (1 = next)."""
+        """Queue a request; return the job and its place in the guild's queue (1 = next).
+
+        The caller shows the request, then calls `attach_message`, which lets the job start.
+        """
         async with self._admission:
             self.check_admission(guild_id, requester_id)
             job = await self._store.add_job(
@@ -234,9 +267,11 @@ class Scheduler:
                 request=request,
                 parent_job_id=parent_job_id,
             )
+            # It starts only once its status message exists (attach_message), so every
+            # update, and a failure in the first second, has a message to land on.
+            self._unannounced.add(job.id)
             self._enqueue(job)
             position = self.position(job.id) or 0
-        self._dispatch()
         return job, position
 
     def check_admission(self, guild_id: int, requester_id: int) -> None:
@@ -281,23 +316,33 @@ class Scheduler:
         ]
         return running + waiting
 
-    async def attach_message(self, job_id: int, message_id: int) -> Job:
-        """Record the message that shows a job's status, and show it there."""
-        job = await self._store.set_request_message(job_id, message_id)
-        self._refresh(job)
-        position = self.position(job_id)
-        running = self._running.get(job_id)
-        if position is not None:
-            self._relay.publish(job_id, (job, JobStatusUpdate(Stage.QUEUED, position=position)))
-        elif running is not None and running.status.is_pending and not self._stopping:
-            # It started before its message existed, so the "starting" update had nowhere to go.
-            self._relay.publish(job_id, (job, JobStatusUpdate(Stage.STARTING)))
-        return job
+    async def attach_message(
+        self, job_id: int, message_id: int | None, *, shown: JobStatusUpdate | None = None
+    ) -> None:
+        """Record the message showing a job (`shown` is what it says now) and let the job start."""
+        self._unannounced.discard(job_id)
+        try:
+            if message_id is None:
+                return
+            job = await self._store.set_request_message(job_id, message_id)
+            self._refresh(job)
+            if job.status.is_final:
+                # Canceled from its message before we got here: say so on it.
+                await self._report_final(job)
+                return
+            if shown is not None:
+                self._relay.prime(job_id, shown)
+            position = self.position(job_id)
+            if position is not None:
+                self._relay.publish(job_id, JobStatusUpdate(Stage.QUEUED, position=position))
+        finally:
+            self._dispatch()
 
     async def cancel(self, job_id: int) -> CancelOutcome:
         """Remove a queued job, or ask the API to stop a running one."""
         queue_job = self._remove_queued(job_id)
         if queue_job is not None:
+            self._unannounced.discard(job_id)
             job = await self._store.mark_canceled(job_id, "Canceled before it started.")
             await self._report(job, lambda reporter: reporter.report_canceled(job))
             self._publish_positions(job.guild_id)
@@ -307,8 +352,9 @@ class Scheduler:
         if running is None or not running.status.is_pending:
             return CancelOutcome.TOO_LATE
         # The job's own task sends the cancel upstream, so it is sent once and retried there.
-        self._cancel_wanted_ids.add(job_id)
-        self._wakeup(job_id).set()
+        if job_id not in self._cancel_wanted_ids:
+            self._cancel_wanted_ids.add(job_id)
+            self._wakeup(job_id).set()
         return CancelOutcome.CANCELING
 
     async def wait_idle(self) -> None:
@@ -356,7 +402,11 @@ class Scheduler:
             guild_id = self._rotation[0]
             self._rotation.rotate(-1)
             queue = self._queues[guild_id]
-            if queue and self._running_by_guild[guild_id] < self._limits.running_per_guild:
+            if (
+                queue
+                and queue[0].id not in self._unannounced
+                and self._running_by_guild[guild_id] < self._limits.running_per_guild
+            ):
                 job = queue.popleft()
                 if not queue:
                     self._rotation.remove(guild_id)
@@ -399,7 +449,7 @@ class Scheduler:
     def _publish_positions(self, guild_id: int) -> None:
         """Show every waiting job in a guild its current place."""
         for index, job in enumerate(self._queues.get(guild_id, ())):
-            self._relay.publish(job.id, (job, JobStatusUpdate(Stage.QUEUED, position=index + 1)))
+            self._relay.publish(job.id, JobStatusUpdate(Stage.QUEUED, position=index + 1))
 
     # The life of one job --------------------------------------------------------------
 
@@ -420,16 +470,19 @@ class Scheduler:
     async def _advance(self, job: Job) -> None:
         """Step through the states, storing each before acting on it."""
         prediction: Prediction | None = None
-        if job.status is JobStatus.QUEUED:
-            job = self._track(await self._store.mark_submitted(job.id))
-            self._relay.publish(job.id, (job, JobStatusUpdate(Stage.STARTING)))
-            prediction = await self._create(job, maybe_created=False)
-        elif job.status is JobStatus.SUBMITTED:
-            prediction = await self._create(job, maybe_created=True)
-        if prediction is None and job.status is JobStatus.SUBMITTED:
-            return  # failed or canceled inside _create
-        if prediction is not None:
-            job = self._track(await self._store.mark_running(job.id, prediction.id))
+        resumed_delivery = job.status is JobStatus.DELIVERING
+        if job.status in (JobStatus.QUEUED, JobStatus.SUBMITTED):
+            # Two jobs with the same input and seed cannot be told apart in the API's list,
+            # so their creates never overlap: each finds only its own prediction.
+            async with self._same_input.hold(job.request.to_json()):
+                maybe_created = job.status is JobStatus.SUBMITTED
+                if not maybe_created:
+                    job = self._track(await self._store.mark_submitted(job.id))
+                    self._relay.publish(job.id, JobStatusUpdate(Stage.STARTING))
+                prediction = await self._create(job, maybe_created=maybe_created)
+                if prediction is None:
+                    return  # failed or canceled
+                job = self._track(await self._store.mark_running(job.id, prediction.id))
         if job.status is JobStatus.RUNNING:
             prediction = await self._follow(job, prediction)
             if prediction is None:
@@ -438,7 +491,7 @@ class Scheduler:
                 await self._store.mark_delivering(job.id, predict_time=prediction.predict_time)
             )
         if job.status is JobStatus.DELIVERING:
-            await self._deliver(job, prediction)
+            await self._deliver(job, prediction, resumed=resumed_delivery)
 
     def _track(self, job: Job) -> Job:
         """Remember the latest stored state of a running job."""
@@ -451,6 +504,14 @@ class Scheduler:
         attempt = 0
         api_input = job.request.to_api_input()
         while True:
+            wait_at_least = 0.0
+            if self._cancel_wanted(job.id):
+                self._wakeup(job.id).clear()
+                found = await self._find_quietly(job, api_input) if maybe_created else None
+                if found is not None:
+                    return found  # following it sends the cancel upstream
+                await self._cancel_job(job.id, "Canceled before it started.")
+                return None
             try:
                 if maybe_created:
                     # The create may have reached the API: find it rather than pay twice.
@@ -463,15 +524,20 @@ class Scheduler:
                         log.info("job %s: found prediction %s from before", job.id, found.id)
                         return found
                     maybe_created = False
-                if self._cancel_wanted(job.id):
-                    await self._cancel_job(job.id, "Canceled before it started.")
-                    return None
                 return await self._create_cancellable(job, api_input)
+            except SearchIncomplete:
+                await self._fail(
+                    job.id,
+                    "The bot could not confirm whether the animation service had started this "
+                    "request, so it did not send it again; please try again.",
+                )
+                return None
             except CreateOutcomeUnknown as exc:
                 log.warning("job %s: create outcome unknown: %s", job.id, exc.detail)
                 maybe_created = True
             except (ServiceUnavailable, RateLimited) as exc:
                 log.warning("job %s: prediction API unavailable: %s", job.id, exc.detail)
+                wait_at_least = exc.retry_after or 0.0
             except PredictionAPIError as exc:
                 await self._fail(job.id, _api_refusal(exc))
                 return None
@@ -482,9 +548,9 @@ class Scheduler:
                     "please try again later.",
                 )
                 return None
-            self._relay.publish(job.id, (job, JobStatusUpdate(Stage.UNAVAILABLE)))
+            self._relay.publish(job.id, JobStatusUpdate(Stage.UNAVAILABLE))
             attempt += 1
-            await self._pause(min(60.0, 2.0 * 2 ** min(attempt, 5)), job.id)
+            await self._pause(max(wait_at_least, min(60.0, 2.0 * 2 ** min(attempt, 5))), job.id)
 
     async def _create_cancellable(self, job: Job, api_input: dict[str, object]) -> Prediction:
         """Send the create; if Cancel is pressed while it is held open, cancel it upstream."""
@@ -494,7 +560,7 @@ class Scheduler:
             await asyncio.wait({create, wake}, return_when=asyncio.FIRST_COMPLETED)
             if not create.done() and self._cancel_wanted(job.id):
                 # The create holds for up to a minute; find the prediction to stop it now.
-                self._wakeup(job.id).clear()
+                # (Its following cancels it again if this finds nothing yet.)
                 found = await self._find_quietly(job, api_input)
                 if found is not None:
                     await self._try_cancel(found.id)
@@ -516,18 +582,19 @@ class Scheduler:
     async def _follow(self, job: Job, prediction: Prediction | None) -> Prediction | None:
         """Poll until the prediction ends; return it if it succeeded, else settle the job."""
         assert job.prediction_id is not None
-        started = self._clock()
+        # Wall clock from the stored start, so the deadline holds across restarts.
+        started = job.started_at if job.started_at is not None else self._wall()
         polls = 0
         cancel_sent = False
         outage_since: float | None = None
         while prediction is None or not prediction.is_terminal:
-            if self._cancel_wanted(job.id) and not cancel_sent:
-                cancel_sent = await self._try_cancel(job.prediction_id)
+            if self._cancel_wanted(job.id):
                 self._wakeup(job.id).clear()
-            elapsed = self._clock() - started
+                if not cancel_sent:
+                    cancel_sent = await self._try_cancel(job.prediction_id)
             if prediction is not None:
                 self._show_progress(job, prediction)
-                if elapsed > self._limits.prediction_timeout:
+                if self._wall() - started > self._limits.prediction_timeout:
                     await self._try_cancel(job.prediction_id)
                     minutes = self._limits.prediction_timeout / 60
                     await self._fail(
@@ -553,27 +620,37 @@ class Scheduler:
                         job.id, "Lost contact with the animation service; please try again."
                     )
                     return None
-                self._relay.publish(job.id, (job, JobStatusUpdate(Stage.UNAVAILABLE)))
-                await self._pause(10.0, job.id)
+                self._relay.publish(job.id, JobStatusUpdate(Stage.UNAVAILABLE))
+                await self._pause(max(10.0, exc.retry_after or 0.0), job.id)
             except PredictionAPIError as exc:
                 await self._fail(job.id, _api_refusal(exc))
                 return None
+        if self._cancel_wanted(job.id):
+            # Whatever the outcome, the member was told it is being stopped: keep that promise.
+            await self._cancel_job(job.id, "Canceled.")
+            return None
         if prediction.status == "succeeded":
             return prediction
         if prediction.status in ("canceled", "aborted"):
-            if self._cancel_wanted(job.id):
-                await self._cancel_job(job.id, "Canceled.")
-            else:
-                await self._fail(job.id, "The animation service stopped this request.")
+            await self._fail(job.id, "The animation service stopped this request.")
             return None
         reason = (prediction.error or "").strip() or "The animation service reported a failure."
         await self._fail(job.id, f"The animation failed: {reason}")
         return None
 
-    async def _deliver(self, job: Job, prediction: Prediction | None) -> None:
-        """Download the output at once and post it."""
+    async def _deliver(self, job: Job, prediction: Prediction | None, *, resumed: bool) -> None:
+        """Download the output at once and post it, exactly once."""
         assert job.prediction_id is not None
-        self._relay.publish(job.id, (job, JobStatusUpdate(Stage.UPLOADING)))
+        reporter = self._require_reporter()
+        if resumed:
+            # The last run may have died between posting and recording the post.
+            existing = await reporter.find_delivered(job)
+            if existing is not None:
+                log.info("job %s was already posted as message %s", job.id, existing)
+                done = await self._store.mark_done(job.id, result_message_id=existing)
+                await self._report(done, lambda reporter: reporter.report_done(done))
+                return
+        self._relay.publish(job.id, JobStatusUpdate(Stage.UPLOADING))
         try:
             if prediction is None or not prediction.output_urls:
                 prediction = await self._client.get(job.prediction_id)
@@ -598,13 +675,17 @@ class Scheduler:
             elapsed=max(0.0, self._wall() - job.created_at),
         )
         await self._relay.settle(job.id)
-        reporter = self._require_reporter()
+        if self._stopping:
+            return  # stays `delivering`; the next start posts it
+        self._posting.add(job.id)
         try:
             message_id = await reporter.deliver(job, result)
+            await self._store.mark_done(job.id, result_message_id=message_id)
         except DeliveryFailed as exc:
             await self._fail(job.id, str(exc))
             return
-        await self._store.mark_done(job.id, result_message_id=message_id)
+        finally:
+            self._posting.discard(job.id)
         log.info("job %s delivered as message %s", job.id, message_id)
 
     # Helpers --------------------------------------------------------------------------
@@ -655,7 +736,7 @@ class Scheduler:
                 Phase.RENDERING: Stage.RENDERING,
             }[progress.phase]
             update = JobStatusUpdate(stage, step=progress.step, total=progress.total)
-        self._relay.publish(job.id, (job, update))
+        self._relay.publish(job.id, update)
 
     async def _fail(self, job_id: int, reason: str) -> None:
         """Record a failure and tell the requester."""
@@ -684,17 +765,24 @@ class Scheduler:
         except Exception:
             log.warning("could not report on job %s", job.id, exc_info=True)
 
-    async def _send_status(self, job_id: int, value: tuple[Job, JobStatusUpdate]) -> None:
-        """Relay target: forward a status update to the reporter."""
-        job, update = value
-        # Prefer the newest copy: the message id may have been recorded after the update.
-        current = self._running.get(job_id) or job
-        if current.request_message_id is None:
-            current = self._queued_copy(job_id) or current
-        await self._require_reporter().show_status(current, update)
+    async def _report_final(self, job: Job) -> None:
+        """Show a finished job's outcome on its message."""
+        if job.status is JobStatus.CANCELED:
+            await self._report(job, lambda reporter: reporter.report_canceled(job))
+        elif job.status is JobStatus.FAILED:
+            reason = job.error or "The request failed."
+            await self._report(job, lambda reporter: reporter.report_failure(job, reason))
 
-    def _queued_copy(self, job_id: int) -> Job | None:
-        """The in-memory copy of a queued job, if it is queued."""
+    async def _send_status(self, job_id: int, update: JobStatusUpdate) -> None:
+        """Relay target: show a status update on the job's message, if it has one yet."""
+        job = self._current(job_id)
+        if job is not None and job.request_message_id is not None:
+            await self._require_reporter().show_status(job, update)
+
+    def _current(self, job_id: int) -> Job | None:
+        """The newest in-memory copy of a running or queued job."""
+        if job_id in self._running:
+            return self._running[job_id]
         for queue in self._queues.values():
             for job in queue:
                 if job.id == job_id:

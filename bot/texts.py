@@ -183,10 +183,17 @@ def result_card(job: Job, result: JobResult) -> ResultCard:
             )
             for f in fields
         ),
-        footer=shorten(f"Job {job.id} · prediction {result.prediction_id}", FOOTER_LIMIT),
+        footer=shorten(
+            f"{result_footer_prefix(job)}prediction {result.prediction_id}", FOOTER_LIMIT
+        ),
     )
     assert card.total_length() <= EMBED_TOTAL_LIMIT
     return card
+
+
+def result_footer_prefix(job: Job) -> str:
+    """The start of a result's footer, which names its job (how a restart finds the post)."""
+    return f"Job {job.id} · "
 
 
 def _time_value(result: JobResult) -> str:

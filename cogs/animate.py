@@ -7,6 +7,7 @@ import contextlib
 import io
 import logging
 import re
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
 import discord
@@ -35,6 +36,7 @@ from bot.texts import (
     done_text,
     failed_text,
     result_card,
+    result_footer_prefix,
     status_text,
     too_large_text,
 )
@@ -384,11 +386,18 @@ class AnimateCog(commands.Cog, name="Animate"):
             await interaction.delete_original_response()
             await interaction.followup.send(str(exc), ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
-        stage = JobStatusUpdate(Stage.QUEUED, position=position)
-        message = await interaction.edit_original_response(
-            content=status_text(job, stage), view=pending_view(job.id), allowed_mentions=NO_MENTIONS
-        )
-        await self.scheduler.attach_message(job.id, message.id)
+        shown = JobStatusUpdate(Stage.QUEUED, position=position)
+        message_id: int | None = None
+        try:
+            message = await interaction.edit_original_response(
+                content=status_text(job, shown),
+                view=pending_view(job.id),
+                allowed_mentions=NO_MENTIONS,
+            )
+            message_id = message.id
+        finally:
+            # Even without a message the job must run: it is already accepted and stored.
+            await self.scheduler.attach_message(job.id, message_id, shown=shown)
 
     # Buttons ----------------------------------------------------------------------------
 
@@ -522,10 +531,35 @@ class AnimateCog(commands.Cog, name="Animate"):
         except discord.NotFound as exc:
             raise DeliveryFailed("The animation is ready, but its channel is gone.") from exc
         try:
-            await self._edit_status(job, done_text(job), None)
+            await self.report_done(job)
         except discord.HTTPException:
             log.warning("could not mark job %s done on its status message", job.id, exc_info=True)
         return message.id
+
+    async def report_done(self, job: Job) -> None:
+        """Show on the request's message that the result is posted."""
+        await self._edit_status(job, done_text(job), None)
+
+    async def find_delivered(self, job: Job) -> int | None:
+        """Look for our own result message for this job among the channel's recent messages."""
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        after = discord.Object(
+            job.request_message_id
+            or discord.utils.time_snowflake(datetime.fromtimestamp(job.created_at, tz=UTC))
+        )
+        footer = result_footer_prefix(job)
+        me = self.bot.user
+        if me is None:
+            return None
+        try:
+            async for message in channel.history(limit=100, after=after):
+                if message.author.id != me.id:
+                    continue
+                if any((embed.footer.text or "").startswith(footer) for embed in message.embeds):
+                    return message.id
+        except discord.HTTPException as exc:
+            log.warning("could not search channel %s for job %s: %s", job.channel_id, job.id, exc)
+        return None
 
     async def _upload_limit(self, guild_id: int) -> int:
         """The guild's upload limit; right after a restart, wait briefly for the guild to load."""

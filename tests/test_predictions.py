@@ -18,6 +18,7 @@ from bot.predictions import (
     PredictionClient,
     PredictionNotFound,
     RateLimited,
+    SearchIncomplete,
     ServiceUnavailable,
 )
 from tests.fakes.predictions import Behaviour, FakePredictionAPI
@@ -141,6 +142,18 @@ async def test_throttling_honours_retry_after(
     assert prediction.status == "succeeded"
     assert sleeps[0] == 7.0 and 0 < sleeps[1] <= 1.0
     assert prediction_api.creates == 1
+
+
+async def test_a_long_retry_after_is_left_to_the_caller(
+    http: aiohttp.ClientSession, prediction_api: FakePredictionAPI
+) -> None:
+    sleeps: list[float] = []
+    client = _client(http, prediction_api, sleeps)
+    prediction_api.inject("POST", r"/v1/predictions", status=429, headers={"Retry-After": "90"})
+    with pytest.raises(RateLimited) as caught:
+        await client.create(INPUT)
+    assert caught.value.retry_after == 90.0 and sleeps == []
+    assert prediction_api.create_requests == 1
 
 
 async def test_throttled_every_time_raises_rate_limited(
@@ -274,6 +287,16 @@ async def test_find_follows_pages_on_the_configured_host(
     assert found is not None and found.id == wanted.id
     list_calls = [r for r in prediction_api.requests if r.method == "GET"]
     assert len(list_calls) >= 3
+
+
+async def test_find_refuses_to_guess_when_the_list_is_too_long(
+    client: PredictionClient, prediction_api: FakePredictionAPI
+) -> None:
+    prediction_api.page_size = 1
+    for seed in range(4):
+        await client.create({**INPUT, "seed": 100 + seed}, wait=False)
+    with pytest.raises(SearchIncomplete):
+        await client.find(INPUT, created_after=0, max_pages=3)
 
 
 async def test_download_fetches_output_without_credentials(

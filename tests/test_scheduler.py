@@ -35,8 +35,10 @@ class RecordingReporter:
     delivered: list[tuple[Job, JobResult]] = field(default_factory=list)
     failures: list[tuple[Job, str]] = field(default_factory=list)
     canceled: list[Job] = field(default_factory=list)
+    done: list[Job] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(9000))
+    already_posted: dict[int, int] = field(default_factory=dict)
 
     async def show_status(self, job: Job, update: JobStatusUpdate) -> None:
         self.statuses.append((job.id, update))
@@ -47,6 +49,13 @@ class RecordingReporter:
         self.delivered.append((job, result))
         self._touch()
         return next(self.ids)
+
+    async def find_delivered(self, job: Job) -> int | None:
+        return self.already_posted.get(job.id)
+
+    async def report_done(self, job: Job) -> None:
+        self.done.append(job)
+        self._touch()
 
     async def report_failure(self, job: Job, reason: str) -> None:
         self.failures.append((job, reason))
@@ -124,12 +133,15 @@ def request(
 
 
 async def submit(scheduler: Scheduler, guild: int = 1, user: int = 10, **kwargs: object) -> Job:
-    job, _ = await scheduler.submit(
+    """Queue a request and show it, as the cog does (message id = 5000 + job id)."""
+    job, position = await scheduler.submit(
         guild_id=guild,
         channel_id=guild * 100,
         requester_id=user,
         request=request(**kwargs),  # type: ignore[arg-type]
     )
+    shown = JobStatusUpdate(Stage.QUEUED, position=position)
+    await scheduler.attach_message(job.id, 5000 + job.id, shown=shown)
     return job
 
 
@@ -140,7 +152,6 @@ async def test_happy_path_delivers_once_and_records_done(
     prediction_api: FakePredictionAPI,
 ) -> None:
     job = await submit(scheduler)
-    await scheduler.attach_message(job.id, 4242)
     await reporter.wait_for(lambda: reporter.delivered)
     await scheduler.wait_idle()
     delivered, result = reporter.delivered[0]
@@ -149,26 +160,48 @@ async def test_happy_path_delivers_once_and_records_done(
     assert result.predict_time is not None
     stored = await store.get(job.id)
     assert stored is not None and stored.status is JobStatus.DONE
-    assert stored.result_message_id == 9000 and stored.request_message_id == 4242
-    assert delivered.request_message_id == 4242
+    assert stored.result_message_id == 9000 and stored.request_message_id == 5000 + job.id
+    assert delivered.request_message_id == 5000 + job.id
+    # The queue position was already shown by the caller: no edit repeats it.
+    assert all(update.stage is not Stage.QUEUED for _, update in reporter.statuses)
     assert prediction_api.creates == 1 and prediction_api.downloads == 1
     assert prediction_api.create_bodies[0]["input"]["seed"] == 7
 
 
-async def test_a_job_that_starts_before_its_message_exists_still_shows_it_started(
-    scheduler: Scheduler, reporter: RecordingReporter, prediction_api: FakePredictionAPI
+async def test_a_job_waits_for_its_message_before_it_starts(
+    scheduler: Scheduler,
+    store: JobStore,
+    reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
 ) -> None:
-    hold = asyncio.Event()
-    prediction_api.next_behaviours.append(Behaviour(hold=hold))
-    job = await submit(scheduler)
-    await prediction_api.wait_for(lambda: prediction_api.latest.status == "processing")
+    prediction_api.next_behaviours.append(Behaviour(outcome="failed"))
+    job, _ = await scheduler.submit(guild_id=1, channel_id=100, requester_id=10, request=request())
+    await asyncio.sleep(0.05)
+    assert prediction_api.create_requests == 0  # not before its message exists
     await scheduler.attach_message(job.id, 31337)
-    await reporter.wait_for(lambda: 31337 in reporter.status_messages)
-    index = reporter.status_messages.index(31337)
-    assert reporter.statuses[index][1].stage is Stage.STARTING
-    hold.set()
+    await reporter.wait_for(lambda: reporter.failures)
+    failed, reason = reporter.failures[0]
+    assert failed.request_message_id == 31337 and "CUDA out of memory" in reason
+
+
+async def test_a_job_without_a_message_still_runs(
+    scheduler: Scheduler, reporter: RecordingReporter
+) -> None:
+    job, _ = await scheduler.submit(guild_id=1, channel_id=100, requester_id=10, request=request())
+    await scheduler.attach_message(job.id, None)  # showing it failed
     await reporter.wait_for(lambda: reporter.delivered)
-    assert reporter.delivered[0][0].request_message_id == 31337
+    assert reporter.delivered[0][0].request_message_id is None
+
+
+async def test_canceled_before_its_message_was_recorded_is_shown_on_it(
+    scheduler: Scheduler, store: JobStore, reporter: RecordingReporter
+) -> None:
+    job, _ = await scheduler.submit(guild_id=1, channel_id=100, requester_id=10, request=request())
+    assert await scheduler.cancel(job.id) is CancelOutcome.CANCELED
+    await scheduler.attach_message(job.id, 777)
+    assert [j.request_message_id for j in reporter.canceled] == [None, 777]
+    stored = await store.get(job.id)
+    assert stored is not None and stored.status is JobStatus.CANCELED
 
 
 async def test_guilds_take_turns(
@@ -202,8 +235,8 @@ async def test_limits_per_guild_and_in_total(
     async with started_scheduler(
         store, client, reporter, running_total=2, running_per_guild=1
     ) as scheduler:
-        for guild in (1, 1, 2, 3):
-            await submit(scheduler, guild=guild, user=guild * 10 + len(scheduler.snapshot(guild)))
+        for n, guild in enumerate((1, 1, 2, 3)):
+            await submit(scheduler, guild=guild, user=10 + n, prompt=f"job {n}")
         await prediction_api.wait_for(lambda: prediction_api.creates == 2)
         running = [
             e.job.guild_id for g in (1, 2, 3) for e in scheduler.snapshot(g) if e.position is None
@@ -213,6 +246,28 @@ async def test_limits_per_guild_and_in_total(
         hold.set()
         await reporter.wait_for(lambda: len(reporter.delivered) == 4)
         assert prediction_api.creates == 4
+
+
+async def test_identical_requests_never_claim_each_others_prediction(
+    scheduler: Scheduler,
+    store: JobStore,
+    reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    hold = asyncio.Event()
+    prediction_api.next_behaviours.append(Behaviour(hold=hold))
+    first = await submit(scheduler, guild=1, user=1)
+    await prediction_api.wait_for(lambda: prediction_api.latest.status == "processing")
+    # Same prompt and seed in another server; its create is lost on the way.
+    prediction_api.inject("POST", r"/v1/predictions", drop=True)
+    second = await submit(scheduler, guild=2, user=2)
+    hold.set()
+    await reporter.wait_for(lambda: len(reporter.delivered) == 2)
+    assert not reporter.failures
+    first_job, second_job = await store.get(first.id), await store.get(second.id)
+    assert first_job is not None and second_job is not None
+    assert first_job.prediction_id != second_job.prediction_id
+    assert prediction_api.creates == 2
 
 
 async def test_member_cap_refuses_with_a_sentence(
@@ -294,6 +349,99 @@ async def test_cancel_while_polling_cancels_upstream(
     assert not reporter.delivered and not reporter.failures
 
 
+async def test_pressing_cancel_again_does_not_hurry_the_polls(
+    store: JobStore,
+    http: aiohttp.ClientSession,
+    reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    hold = asyncio.Event()
+    prediction_api.next_behaviours.append(Behaviour(hold=hold))
+    scheduler = Scheduler(
+        store,
+        short_wait_client(http, prediction_api),
+        limits=SchedulerLimits(status_interval=0),  # real sleeps: polls are >= 0.5 s apart
+    )
+    scheduler.attach(reporter)
+    await scheduler.start()
+    try:
+        job = await submit(scheduler)
+        running = await store_wait(store, job.id, JobStatus.RUNNING)
+        # The API accepts the cancel, but the prediction takes a while to stop.
+        prediction_api.inject(
+            "POST",
+            r"/v1/predictions/[^/]+/cancel",
+            status=200,
+            body={"id": running.prediction_id, "status": "processing"},
+            times=100,
+        )
+        assert await scheduler.cancel(job.id) is CancelOutcome.CANCELING
+        await prediction_api.wait_for(lambda: prediction_api.cancels >= 1)
+        assert await scheduler.cancel(job.id) is CancelOutcome.CANCELING
+        before = prediction_api.polls
+        await asyncio.sleep(0.3)
+        assert prediction_api.polls - before <= 1
+        assert prediction_api.cancels == 1
+    finally:
+        hold.set()
+        await scheduler.stop()
+
+
+async def test_cancel_pressed_as_it_succeeds_is_still_honoured(
+    scheduler: Scheduler,
+    store: JobStore,
+    reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    hold = asyncio.Event()
+    prediction_api.next_behaviours.append(Behaviour(hold=hold))
+    job = await submit(scheduler)
+    await prediction_api.wait_for(lambda: prediction_api.latest.status == "processing")
+    # The cancel request is lost; the prediction then succeeds anyway.
+    prediction_api.inject("POST", r"/v1/predictions/[^/]+/cancel", status=500, times=100)
+    assert await scheduler.cancel(job.id) is CancelOutcome.CANCELING
+    hold.set()
+    await reporter.wait_for(lambda: reporter.canceled)
+    stored = await store.get(job.id)
+    assert stored is not None and stored.status is JobStatus.CANCELED
+    assert not reporter.delivered
+
+
+async def test_a_long_retry_after_is_waited_out_by_the_scheduler(
+    scheduler: Scheduler, reporter: RecordingReporter, prediction_api: FakePredictionAPI
+) -> None:
+    prediction_api.inject(
+        "POST",
+        r"/v1/predictions",
+        status=429,
+        headers={"Retry-After": "600"},
+        body={"detail": "Request was throttled.", "status": 429},
+    )
+    await submit(scheduler)
+    await reporter.wait_for(lambda: reporter.delivered)
+    assert any(u.stage is Stage.UNAVAILABLE for _, u in reporter.statuses)
+    assert prediction_api.create_requests == 2
+
+
+async def test_a_result_posted_just_before_a_crash_is_not_posted_again(
+    store: JobStore,
+    client: PredictionClient,
+    reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    job = await store.add_job(guild_id=1, channel_id=1, requester_id=1, request=request())
+    await store.mark_submitted(job.id)
+    created = await client.create(job.request.to_api_input())
+    await store.mark_running(job.id, created.id)
+    await store.mark_delivering(job.id, predict_time=None)
+    reporter.already_posted[job.id] = 4444  # the last run posted it, then died
+    async with started_scheduler(store, client, reporter):
+        await reporter.wait_for(lambda: reporter.done)
+    stored = await store.get(job.id)
+    assert stored is not None and stored.result_message_id == 4444
+    assert not reporter.delivered and prediction_api.downloads == 0
+
+
 async def test_failure_is_reported_and_the_queue_moves_on(
     scheduler: Scheduler,
     store: JobStore,
@@ -342,8 +490,7 @@ async def test_an_outage_waits_in_the_queue_instead_of_failing(
     scheduler: Scheduler, reporter: RecordingReporter, prediction_api: FakePredictionAPI
 ) -> None:
     prediction_api.inject("POST", r"/v1/predictions", status=503, times=12)
-    job = await submit(scheduler)
-    await scheduler.attach_message(job.id, 1)
+    await submit(scheduler)
     await reporter.wait_for(lambda: reporter.delivered)
     assert any(update.stage is Stage.UNAVAILABLE for _, update in reporter.statuses)
     assert prediction_api.creates == 1 and not reporter.failures
@@ -369,8 +516,7 @@ async def test_progress_is_reported_from_the_logs_once_polling(
     async with started_scheduler(
         store, short_wait_client(http, prediction_api), reporter
     ) as scheduler:
-        job = await submit(scheduler, steps=10)
-        await scheduler.attach_message(job.id, 1)
+        await submit(scheduler, steps=10)
         await reporter.wait_for(
             lambda: any(u.stage is Stage.SAMPLING and u.step == 5 for _, u in reporter.statuses)
         )

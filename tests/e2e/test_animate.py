@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 
 import pytest
 
@@ -317,10 +318,11 @@ async def test_restart_mid_prediction_delivers_exactly_once(world: World) -> Non
     await world.discord.wait_for(lambda: "Done" in request.content)
     assert world.api.creates == 1  # found again, not paid for twice
     assert len(world.results()) == 1
-    # A clean restart afterwards posts nothing more.
+    # A clean restart afterwards posts nothing more: a new request is served and the old
+    # one is not posted again.
     assert await world.restart() == 0
-    await asyncio.sleep(0.5)
-    assert len(world.results()) == 1 and world.api.creates == 1
+    await world.result_for(await world.request_message(await world.animate("later", steps=5)))
+    assert len(world.results()) == 2 and world.api.creates == 2
 
 
 @pytest.mark.bot_env(PREDICTION_WAIT_SECONDS="1")
@@ -335,6 +337,26 @@ async def test_sigterm_while_running_resumes_polling_after_restart(world: World)
     await world.result_for(request)
     assert world.api.polls > polls_before and world.api.creates == 1
     assert len(world.results()) == 1
+
+
+async def test_a_result_posted_just_before_a_crash_is_not_posted_again(world: World) -> None:
+    request = await world.request_message(await world.animate("posted once", steps=5))
+    await world.result_for(request)
+    await world.discord.wait_for(lambda: "Done" in request.content)
+    await world.bot.stop(signal.SIGKILL)
+    # Rewind the job to where a crash between posting and recording the post leaves it.
+    database = world.bot.env["DATABASE_PATH"]
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE jobs SET status = 'delivering', result_message_id = NULL")
+    edits_before = len(request.edits)
+    await world.bot.start()
+    # The bot finds its post, records it, then marks the request done once more.
+    await world.discord.wait_for(lambda: len(request.edits) > edits_before, timeout=30)
+    with sqlite3.connect(database) as db:
+        status, message_id = db.execute("SELECT status, result_message_id FROM jobs").fetchone()
+    assert status == "done" and "Done" in request.content
+    assert len(world.results()) == 1 and world.results()[0].id == message_id
+    assert world.api.downloads == 1
 
 
 async def test_buttons_work_after_a_restart(world: World) -> None:
