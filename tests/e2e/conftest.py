@@ -184,8 +184,8 @@ async def world(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
         DISCORD_API_BASE=discord.api_base,
         DISCORD_GATEWAY_URL=discord.gateway_url,
         LOG_LEVEL="INFO",
-        **extra_env,
     )
+    env.update(extra_env)
     bot = BotProcess(env, tmp_path)
     world = World(discord, api, bot)
     await bot.start()

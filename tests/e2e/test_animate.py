@@ -14,6 +14,7 @@ from tests.e2e.conftest import (
     CAROL,
     CHANNEL_A,
     CHANNEL_B,
+    GUILD_A,
     GUILD_B,
     MODERATOR,
     World,
@@ -273,6 +274,32 @@ async def test_missing_permission_to_post_is_explained(world: World) -> None:
     assert world.results() == []
     following = await world.request_message(await world.animate("allowed", steps=5))
     await world.result_for(following)
+
+
+async def test_a_result_over_the_upload_limit_is_explained_not_attached(world: World) -> None:
+    world.api.sample = b"\0" * (10 * 2**20 + 1)  # just over an unboosted server's 10 MiB
+    request = await world.request_message(await world.animate("huge", steps=5, seed=8))
+    result = await world.result_for(request)
+    assert result.attachments == []
+    assert "over this server's 10 MiB upload limit" in result.content
+    assert embed_fields(result)["Seed"] == "8"
+    assert labels(result) == ["Reroll", "Remix", "Delete"]
+
+
+@pytest.mark.bot_env(DISCORD_GUILD_IDS="")
+async def test_without_guild_ids_commands_are_synced_globally(world: World) -> None:
+    assert [c["name"] for c in world.discord.commands[None]] == ["animate"]
+    assert not world.discord.commands.get(GUILD_A)
+    options = {o["name"]: o for o in world.discord.commands[None][0]["options"]}
+    assert options["steps"]["min_value"] == 1 and options["steps"]["max_value"] == 100
+    assert options["guidance_scale"]["min_value"] == 1.0
+    assert options["guidance_scale"]["max_value"] == 10.0
+    assert options["seed"]["min_value"] == 0 and options["seed"]["max_value"] == 2_147_483_647
+    models = {c["name"]: c["value"] for c in options["model"]["choices"]}
+    assert models["ToonYou beta 3"] == "toonyou_beta3.safetensors" and len(models) == 5
+    assert len(options["motion_module"]["choices"]) == 3
+    assert options["prompt"]["required"] is True
+    await world.result_for(await world.request_message(await world.animate("global", steps=5)))
 
 
 async def test_buttons_of_another_server_or_unknown_jobs_are_refused(world: World) -> None:
