@@ -112,6 +112,37 @@ class GenerationRequest:
             seed = random_seed(rng)
         return replace(self, seed=seed)
 
+    def remixed(
+        self, *, prompt: str, negative_prompt: str, steps: str, guidance_scale: str, seed: str
+    ) -> GenerationRequest:
+        """Parse edited text fields into a new request, keeping the model and motion module."""
+        try:
+            step_count = int(steps.strip())
+        except ValueError:
+            raise InvalidRequest(
+                f"Steps must be a whole number between {MIN_STEPS} and {MAX_STEPS}."
+            ) from None
+        try:
+            guidance = float(guidance_scale.strip().replace(",", "."))
+        except ValueError:
+            raise InvalidRequest(
+                f"Guidance scale must be a number between {MIN_GUIDANCE:g} and {MAX_GUIDANCE:g}."
+            ) from None
+        seed_text = seed.strip()
+        try:
+            seed_value = int(seed_text) if seed_text else 0
+        except ValueError:
+            raise InvalidRequest(f"Seed must be a whole number between 0 and {MAX_SEED}.") from None
+        return GenerationRequest.create(
+            prompt,
+            negative_prompt=negative_prompt,
+            model=self.model,
+            motion_module=self.motion_module,
+            steps=step_count,
+            guidance_scale=guidance,
+            seed=seed_value,
+        )
+
     def to_api_input(self) -> dict[str, Any]:
         """Return the `input` object for lucataco/animate-diff, seed always explicit."""
         return {

@@ -161,7 +161,6 @@ class PredictionClient:
         self._request_timeout = request_timeout
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self.request_count = 0
 
     @property
     def base_url(self) -> str:
@@ -251,7 +250,6 @@ class PredictionClient:
         try:
             # The prediction token must never travel to the file host.
             async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
-                self.request_count += 1
                 if _retryable_status(resp.status):
                     raise _TransientDownload(f"The file host answered {resp.status}.")
                 if resp.status != 200:
@@ -297,7 +295,6 @@ class PredictionClient:
                     timeout=client_timeout,
                     allow_redirects=False,
                 ) as resp:
-                    self.request_count += 1
                     raw = await resp.read()
                     status = resp.status
                     retry_after = _retry_after(resp.headers.get("Retry-After"))

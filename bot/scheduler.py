@@ -25,7 +25,7 @@ from bot.predictions import (
     SearchIncomplete,
     ServiceUnavailable,
 )
-from bot.progress import Phase, parse_progress
+from bot.progress import Phase, Progress, parse_progress
 from bot.relay import StatusRelay
 from bot.store import InvalidTransition, JobStore
 
@@ -200,11 +200,6 @@ class Scheduler:
         self.idle = asyncio.Event()
         self.idle.set()
 
-    @property
-    def limits(self) -> SchedulerLimits:
-        """The limits in force."""
-        return self._limits
-
     def attach(self, reporter: JobReporter) -> None:
         """Set who tells members about their jobs."""
         self._reporter = reporter
@@ -300,11 +295,8 @@ class Scheduler:
 
     def position(self, job_id: int) -> int | None:
         """Return a queued job's place in its guild's queue (1 = next), or None."""
-        for queue in self._queues.values():
-            for index, job in enumerate(queue):
-                if job.id == job_id:
-                    return index + 1
-        return None
+        found = self._find_queued(job_id)
+        return found[1] + 1 if found else None
 
     def snapshot(self, guild_id: int) -> list[QueueEntry]:
         """Return a guild's running then waiting jobs."""
@@ -343,9 +335,8 @@ class Scheduler:
         queue_job = self._remove_queued(job_id)
         if queue_job is not None:
             self._unannounced.discard(job_id)
-            job = await self._store.mark_canceled(job_id, "Canceled before it started.")
-            await self._report(job, lambda reporter: reporter.report_canceled(job))
-            self._publish_positions(job.guild_id)
+            await self._cancel_job(job_id, "Canceled before it started.")
+            self._publish_positions(queue_job.guild_id)
             self._update_idle()
             return CancelOutcome.CANCELED
         running = self._running.get(job_id)
@@ -370,16 +361,25 @@ class Scheduler:
             self._rotation.append(job.guild_id)
         self.idle.clear()
 
+    def _find_queued(self, job_id: int) -> tuple[deque[Job], int] | None:
+        """Locate a queued job: its guild's queue and its index there."""
+        for queue in self._queues.values():
+            for index, job in enumerate(queue):
+                if job.id == job_id:
+                    return queue, index
+        return None
+
     def _remove_queued(self, job_id: int) -> Job | None:
         """Take a job out of whichever queue holds it."""
-        for guild_id, queue in self._queues.items():
-            for job in queue:
-                if job.id == job_id:
-                    queue.remove(job)
-                    if not queue and guild_id in self._rotation:
-                        self._rotation.remove(guild_id)
-                    return job
-        return None
+        found = self._find_queued(job_id)
+        if found is None:
+            return None
+        queue, index = found
+        job = queue[index]
+        del queue[index]
+        if not queue and job.guild_id in self._rotation:
+            self._rotation.remove(job.guild_id)
+        return job
 
     def _dispatch(self) -> None:
         """Start queued jobs, round-robin across guilds, while the limits allow."""
@@ -439,12 +439,9 @@ class Scheduler:
         """Keep the in-memory copy of a job in step with the store."""
         if job.id in self._running:
             self._running[job.id] = job
-            return
-        queue = self._queues.get(job.guild_id)
-        if queue:
-            for index, queued in enumerate(queue):
-                if queued.id == job.id:
-                    queue[index] = job
+        elif found := self._find_queued(job.id):
+            queue, index = found
+            queue[index] = job
 
     def _publish_positions(self, guild_id: int) -> None:
         """Show every waiting job in a guild its current place."""
@@ -515,11 +512,7 @@ class Scheduler:
             try:
                 if maybe_created:
                     # The create may have reached the API: find it rather than pay twice.
-                    found = await self._client.find(
-                        api_input,
-                        created_after=job.submitted_at or job.created_at,
-                        accept=self._unclaimed,
-                    )
+                    found = await self._find(job, api_input)
                     if found is not None:
                         log.info("job %s: found prediction %s from before", job.id, found.id)
                         return found
@@ -569,12 +562,16 @@ class Scheduler:
             wake.cancel()
             create.cancel()
 
+    async def _find(self, job: Job, api_input: dict[str, object]) -> Prediction | None:
+        """Look up this job's prediction, unclaimed by others, in the API's list."""
+        return await self._client.find(
+            api_input, created_after=job.submitted_at or job.created_at, accept=self._unclaimed
+        )
+
     async def _find_quietly(self, job: Job, api_input: dict[str, object]) -> Prediction | None:
-        """Look a job's prediction up in the API's list; an error just means "not found"."""
+        """Like `_find`, but an error just means "not found"."""
         try:
-            return await self._client.find(
-                api_input, created_after=job.submitted_at or job.created_at, accept=self._unclaimed
-            )
+            return await self._find(job, api_input)
         except PredictionAPIError as exc:
             log.warning("job %s: could not look up its prediction: %s", job.id, exc.detail)
             return None
@@ -593,7 +590,8 @@ class Scheduler:
                 if not cancel_sent:
                     cancel_sent = await self._try_cancel(job.prediction_id)
             if prediction is not None:
-                self._show_progress(job, prediction)
+                progress = parse_progress(prediction.logs, job.request.steps)
+                self._show_progress(job, prediction, progress)
                 if self._wall() - started > self._limits.prediction_timeout:
                     await self._try_cancel(job.prediction_id)
                     minutes = self._limits.prediction_timeout / 60
@@ -602,7 +600,7 @@ class Scheduler:
                         f"The animation took longer than {minutes:g} minutes and was stopped.",
                     )
                     return None
-                await self._pause(_poll_delay(prediction, job.request.steps, polls), job.id)
+                await self._pause(_poll_delay(prediction, progress, polls), job.id)
             try:
                 prediction = await self._client.get(job.prediction_id)
                 polls += 1
@@ -724,12 +722,11 @@ class Scheduler:
             sleeper.cancel()
             waiter.cancel()
 
-    def _show_progress(self, job: Job, prediction: Prediction) -> None:
-        """Turn the prediction's logs into a status update."""
+    def _show_progress(self, job: Job, prediction: Prediction, progress: Progress) -> None:
+        """Turn the progress read from the logs into a status update."""
         if prediction.status == "starting":
             update = JobStatusUpdate(Stage.STARTING)
         else:
-            progress = parse_progress(prediction.logs, job.request.steps)
             stage = {
                 Phase.WAITING: Stage.STARTING,
                 Phase.SAMPLING: Stage.SAMPLING,
@@ -783,11 +780,8 @@ class Scheduler:
         """The newest in-memory copy of a running or queued job."""
         if job_id in self._running:
             return self._running[job_id]
-        for queue in self._queues.values():
-            for job in queue:
-                if job.id == job_id:
-                    return job
-        return None
+        found = self._find_queued(job_id)
+        return found[0][found[1]] if found else None
 
     def _require_reporter(self) -> JobReporter:
         """Return the reporter, which must be attached before work starts."""
@@ -796,11 +790,10 @@ class Scheduler:
         return self._reporter
 
 
-def _poll_delay(prediction: Prediction, steps: int, polls: int) -> float:
+def _poll_delay(prediction: Prediction, progress: Progress, polls: int) -> float:
     """Time the next poll from the progress the logs report, so few polls are wasted."""
     if prediction.status == "starting":
         return min(8.0, 1.0 * 1.5**polls)
-    progress = parse_progress(prediction.logs, steps)
     if progress.phase is Phase.SAMPLING and progress.seconds_left is not None:
         # Aim just past the end of sampling; rendering frames takes a few seconds more.
         return max(0.5, min(10.0, progress.seconds_left + 1.0))

@@ -178,12 +178,6 @@ class JobStore:
             started_at=self._clock(),
         )
 
-    async def requeue(self, job_id: int) -> Job:
-        """Submitted -> queued: the create surely did not happen, so it may be sent again."""
-        return await self._update(
-            job_id, (JobStatus.SUBMITTED,), status=JobStatus.QUEUED, submitted_at=None
-        )
-
     async def mark_delivering(self, job_id: int, *, predict_time: float | None) -> Job:
         """Running -> delivering: the prediction succeeded and the result is being posted."""
         return await self._update(
@@ -234,17 +228,6 @@ class JobStore:
         ) as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else None
-
-    async def pending_count(self, guild_id: int, requester_id: int) -> int:
-        """Count a member's unfinished jobs in a guild."""
-        marks = ", ".join("?" for _ in _UNFINISHED)
-        async with self._db.execute(
-            f"SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND requester_id = ? "
-            f"AND status IN ({marks})",
-            (guild_id, requester_id, *_UNFINISHED),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
 
     async def _update(
         self, job_id: int, allowed_from: Iterable[JobStatus] | None, **changes: Any

@@ -10,13 +10,11 @@ from bot.progress import render_bar
 from bot.scheduler import JobResult, JobStatusUpdate, Stage
 
 # Discord's embed limits.
-TITLE_LIMIT = 256
 DESCRIPTION_LIMIT = 4096
 FIELD_VALUE_LIMIT = 1024
 FIELD_NAME_LIMIT = 256
 FOOTER_LIMIT = 2048
 EMBED_TOTAL_LIMIT = 6000
-CONTENT_LIMIT = 2000
 
 _MARKDOWN = re.compile(r"([\\*_~`|>#\[\]()-])")
 _INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")

@@ -211,8 +211,7 @@ class RemixModal(discord.ui.Modal, title="Remix animation"):
     async def _submit(self, interaction: discord.Interaction) -> None:
         """Validate the modal's values and queue them."""
         try:
-            request = remixed_request(
-                self.job.request,
+            request = self.job.request.remixed(
                 prompt=self.prompt.value,
                 negative_prompt=self.negative_prompt.value,
                 steps=self.steps.value,
@@ -229,40 +228,6 @@ class RemixModal(discord.ui.Modal, title="Remix animation"):
     async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
         """Send modal errors through the central handler."""
         await _bot(interaction).report_error(interaction, error)
-
-
-def remixed_request(
-    base: GenerationRequest,
-    *,
-    prompt: str,
-    negative_prompt: str,
-    steps: str,
-    guidance_scale: str,
-    seed: str,
-) -> GenerationRequest:
-    """Parse the remix modal's text into a request, keeping the model and motion module."""
-    try:
-        step_count = int(steps.strip())
-    except ValueError:
-        raise InvalidRequest("Steps must be a whole number between 1 and 100.") from None
-    try:
-        guidance = float(guidance_scale.strip().replace(",", "."))
-    except ValueError:
-        raise InvalidRequest("Guidance scale must be a number between 1 and 10.") from None
-    seed_text = seed.strip()
-    try:
-        seed_value = int(seed_text) if seed_text else 0
-    except ValueError:
-        raise InvalidRequest(f"Seed must be a whole number between 0 and {MAX_SEED}.") from None
-    return GenerationRequest.create(
-        prompt,
-        negative_prompt=negative_prompt,
-        model=base.model,
-        motion_module=base.motion_module,
-        steps=step_count,
-        guidance_scale=guidance,
-        seed=seed_value,
-    )
 
 
 class AnimateCog(commands.Cog, name="Animate"):

@@ -91,15 +91,6 @@ async def test_transitions_refuse_out_of_order_steps(store: JobStore) -> None:
     assert job is not None and job.status is JobStatus.CANCELED and job.error == "by request"
 
 
-async def test_requeue_only_from_submitted(store: JobStore) -> None:
-    job_id = await _add(store)
-    with pytest.raises(InvalidTransition):
-        await store.requeue(job_id)
-    await store.mark_submitted(job_id)
-    job = await store.requeue(job_id)
-    assert job.status is JobStatus.QUEUED and job.submitted_at is None
-
-
 async def test_failed_from_every_unfinished_state(store: JobStore) -> None:
     states = []
     for steps in range(4):
@@ -124,7 +115,6 @@ async def test_unfinished_lists_pending_jobs_oldest_first(store: JobStore) -> No
     unfinished = await store.unfinished()
     assert [job.id for job in unfinished] == [first, second]
     assert [job.status for job in unfinished] == [JobStatus.QUEUED, JobStatus.SUBMITTED]
-    assert await store.pending_count(1, 10) == 1
 
 
 async def test_a_prediction_belongs_to_one_job(store: JobStore) -> None:

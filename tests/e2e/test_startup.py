@@ -6,7 +6,10 @@ import asyncio
 import os
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from tests.e2e.conftest import ROOT
 from tests.fakes.discord import FakeDiscord
@@ -34,21 +37,27 @@ async def run_bot(env: dict[str, str], workdir: Path) -> tuple[int, str]:
     return process.returncode, output.decode()
 
 
-async def test_a_token_discord_refuses(tmp_path: Path) -> None:
-    discord = FakeDiscord()
-    await discord.start()
+@pytest.fixture
+async def discord() -> AsyncIterator[FakeDiscord]:
+    """A fake Discord on 127.0.0.1 that knows no token the tests below use."""
+    fake = FakeDiscord()
+    await fake.start()
     try:
-        code, output = await run_bot(
-            {
-                "DISCORD_TOKEN": "not-the-right-token",
-                "REPLICATE_API_TOKEN": "r",
-                "DISCORD_API_BASE": discord.api_base,
-                "DISCORD_GATEWAY_URL": discord.gateway_url,
-            },
-            tmp_path,
-        )
+        yield fake
     finally:
-        await discord.close()
+        await fake.close()
+
+
+async def test_a_token_discord_refuses(tmp_path: Path, discord: FakeDiscord) -> None:
+    code, output = await run_bot(
+        {
+            "DISCORD_TOKEN": "not-the-right-token",
+            "REPLICATE_API_TOKEN": "r",
+            "DISCORD_API_BASE": discord.api_base,
+            "DISCORD_GATEWAY_URL": discord.gateway_url,
+        },
+        tmp_path,
+    )
     assert code == 1
     assert "animate-bot: Discord refused DISCORD_TOKEN; check the token." in output
     assert "Traceback" not in output and "not-the-right-token" not in output
@@ -71,19 +80,10 @@ async def test_discord_out_of_reach(tmp_path: Path) -> None:
     assert "Traceback" not in output
 
 
-async def test_the_database_folder_is_created(tmp_path: Path) -> None:
-    discord = FakeDiscord()
-    await discord.start()
-    try:
-        code, output = await run_bot(
-            {
-                "DISCORD_TOKEN": "bad",
-                "REPLICATE_API_TOKEN": "r",
-                "DISCORD_API_BASE": discord.api_base,
-            },
-            tmp_path,
-        )
-    finally:
-        await discord.close()
+async def test_the_database_folder_is_created(tmp_path: Path, discord: FakeDiscord) -> None:
+    code, output = await run_bot(
+        {"DISCORD_TOKEN": "bad", "REPLICATE_API_TOKEN": "r", "DISCORD_API_BASE": discord.api_base},
+        tmp_path,
+    )
     assert code == 1, output
     assert (tmp_path / "data" / "animate-bot.sqlite3").is_file()
