@@ -115,6 +115,7 @@ class AnimateBot(commands.Bot):
                 running_total=settings.max_running_total,
                 queued_per_member=settings.max_queued_per_member,
                 prediction_timeout=settings.prediction_timeout_seconds,
+                start_timeout=settings.prediction_start_timeout_seconds,
                 max_download_bytes=settings.max_download_bytes,
             ),
         )

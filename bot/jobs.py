@@ -235,6 +235,7 @@ class Job:
     completed_at: float | None = None
     predict_time: float | None = None
     deleted: bool = False
+    reruns: int = 0  # times the prediction was made again because its output expired
 
     @property
     def seed(self) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from bot.crashpoints import crash_point
 from bot.jobs import GenerationRequest, Job, JobStatus
 from bot.predictions import (
     CreateOutcomeUnknown,
@@ -96,6 +97,10 @@ class JobReporter(Protocol):
         ...
 
 
+class _OutputExpired(Exception):
+    """The prediction's output was removed upstream before it was posted."""
+
+
 class DeliveryFailed(Exception):
     """The result could not be posted; the message says why, for the requester."""
 
@@ -120,7 +125,8 @@ class SchedulerLimits:
     running_total: int = 4
     queued_per_member: int = 3
     prediction_timeout: float = 1800.0
-    outage_patience: float = 900.0
+    start_timeout: float = 600.0
+    outage_patience: float = 1800.0  # how long a running job waits out an outage
     max_download_bytes: int = 100 * 1024 * 1024
     status_interval: float = 2.0
 
@@ -154,6 +160,8 @@ class _KeyedLocks:
             else:
                 self._locks[key] = (lock, users - 1)
 
+
+MAX_RERUNS = 2  # an expired output is made again at most this often
 
 _BAD_CREDENTIALS = (
     "The bot's prediction API token was refused; the server owner needs to fix the bot's "
@@ -195,6 +203,8 @@ class Scheduler:
         self._relay: StatusRelay[int, JobStatusUpdate] = StatusRelay(
             self._send_status, interval=self._limits.status_interval, clock=clock, sleep=sleep
         )
+        # While the API is down only the jobs already running keep trying; the rest wait.
+        self._outage_since: float | None = None
         self._started = False
         self._stopping = False
         self.idle = asyncio.Event()
@@ -326,7 +336,7 @@ class Scheduler:
                 self._relay.prime(job_id, shown)
             position = self.position(job_id)
             if position is not None:
-                self._relay.publish(job_id, JobStatusUpdate(Stage.QUEUED, position=position))
+                self._relay.publish(job_id, self._waiting(position))
         finally:
             self._dispatch()
 
@@ -403,7 +413,8 @@ class Scheduler:
             self._rotation.rotate(-1)
             queue = self._queues[guild_id]
             if (
-                queue
+                not self._in_outage()
+                and queue
                 and queue[0].id not in self._unannounced
                 and self._running_by_guild[guild_id] < self._limits.running_per_guild
             ):
@@ -428,6 +439,9 @@ class Scheduler:
         self._wakeups.pop(job_id, None)
         if job is not None:
             self._running_by_guild[job.guild_id] -= 1
+        if not self._running and self._outage_since is not None:
+            # The job that was probing the outage is gone: let the next one probe.
+            self._leave_outage()
         self._dispatch()
 
     def _update_idle(self) -> None:
@@ -444,9 +458,35 @@ class Scheduler:
             queue[index] = job
 
     def _publish_positions(self, guild_id: int) -> None:
-        """Show every waiting job in a guild its current place."""
+        """Show every waiting job in a guild its current place (and any outage)."""
         for index, job in enumerate(self._queues.get(guild_id, ())):
-            self._relay.publish(job.id, JobStatusUpdate(Stage.QUEUED, position=index + 1))
+            self._relay.publish(job.id, self._waiting(index + 1))
+
+    def _waiting(self, position: int) -> JobStatusUpdate:
+        """The status of a queued job at a place in its queue."""
+        stage = Stage.UNAVAILABLE if self._outage_since is not None else Stage.QUEUED
+        return JobStatusUpdate(stage, position=position)
+
+    def _in_outage(self) -> bool:
+        """True while the API is down and a running job is already probing it."""
+        return self._outage_since is not None and bool(self._running)
+
+    def _enter_outage(self) -> None:
+        """Hold the queues: nothing new starts until the API answers again."""
+        if self._outage_since is None:
+            log.warning("the prediction API is unavailable; holding the queues")
+            self._outage_since = self._clock()
+            for guild_id in list(self._queues):
+                self._publish_positions(guild_id)
+
+    def _leave_outage(self) -> None:
+        """The API answered: start queued work again."""
+        if self._outage_since is not None:
+            log.info("the prediction API is back after %.0f s", self._clock() - self._outage_since)
+            self._outage_since = None
+            for guild_id in list(self._queues):
+                self._publish_positions(guild_id)
+            self._dispatch()
 
     # The life of one job --------------------------------------------------------------
 
@@ -468,27 +508,56 @@ class Scheduler:
         """Step through the states, storing each before acting on it."""
         prediction: Prediction | None = None
         resumed_delivery = job.status is JobStatus.DELIVERING
-        if job.status in (JobStatus.QUEUED, JobStatus.SUBMITTED):
-            # Two jobs with the same input and seed cannot be told apart in the API's list,
-            # so their creates never overlap: each finds only its own prediction.
-            async with self._same_input.hold(job.request.to_json()):
-                maybe_created = job.status is JobStatus.SUBMITTED
-                if not maybe_created:
-                    job = self._track(await self._store.mark_submitted(job.id))
-                    self._relay.publish(job.id, JobStatusUpdate(Stage.STARTING))
-                prediction = await self._create(job, maybe_created=maybe_created)
+        # Submitted before a restart: the create may have reached the API.
+        maybe_created = job.status is JobStatus.SUBMITTED
+        while True:
+            if job.status in (JobStatus.QUEUED, JobStatus.SUBMITTED):
+                # Two jobs with the same input and seed cannot be told apart in the API's
+                # list, so their creates never overlap: each finds only its own prediction.
+                async with self._same_input.hold(job.request.to_json()):
+                    if job.status is JobStatus.QUEUED:
+                        job = self._track(await self._store.mark_submitted(job.id))
+                        self._relay.publish(job.id, JobStatusUpdate(Stage.STARTING))
+                        crash_point("submitted")
+                    prediction = await self._create(job, maybe_created=maybe_created)
+                    if prediction is None:
+                        return  # failed or canceled
+                    crash_point("created")
+                    job = self._track(await self._store.mark_running(job.id, prediction.id))
+                    crash_point("running")
+            if job.status is JobStatus.RUNNING:
+                prediction = await self._follow(job, prediction)
                 if prediction is None:
-                    return  # failed or canceled
-                job = self._track(await self._store.mark_running(job.id, prediction.id))
-        if job.status is JobStatus.RUNNING:
-            prediction = await self._follow(job, prediction)
-            if prediction is None:
+                    return
+                crash_point("succeeded")
+                job = self._track(
+                    await self._store.mark_delivering(job.id, predict_time=prediction.predict_time)
+                )
+                crash_point("delivering")
+            if job.status is not JobStatus.DELIVERING:
                 return
-            job = self._track(
-                await self._store.mark_delivering(job.id, predict_time=prediction.predict_time)
+            try:
+                await self._deliver(job, prediction, resumed=resumed_delivery)
+                return
+            except _OutputExpired:
+                rerun = await self._rerun(job)
+                if rerun is None:
+                    return
+                job = rerun
+                prediction, resumed_delivery, maybe_created = None, False, False
+
+    async def _rerun(self, job: Job) -> Job | None:
+        """Make an expired output again: same input and seed give the same animation."""
+        if job.reruns >= MAX_RERUNS:
+            await self._fail(
+                job.id,
+                "The animation expired at the animation service before the bot could post it.",
             )
-        if job.status is JobStatus.DELIVERING:
-            await self._deliver(job, prediction, resumed=resumed_delivery)
+            return None
+        log.info("job %s: output of %s expired; running it again", job.id, job.prediction_id)
+        job = self._track(await self._store.mark_rerun(job.id))
+        self._relay.publish(job.id, JobStatusUpdate(Stage.STARTING))
+        return job
 
     def _track(self, job: Job) -> Job:
         """Remember the latest stored state of a running job."""
@@ -517,7 +586,9 @@ class Scheduler:
                         log.info("job %s: found prediction %s from before", job.id, found.id)
                         return found
                     maybe_created = False
-                return await self._create_cancellable(job, api_input)
+                created = await self._create_cancellable(job, api_input)
+                self._leave_outage()
+                return created
             except SearchIncomplete:
                 await self._fail(
                     job.id,
@@ -530,6 +601,7 @@ class Scheduler:
                 maybe_created = True
             except (ServiceUnavailable, RateLimited) as exc:
                 log.warning("job %s: prediction API unavailable: %s", job.id, exc.detail)
+                self._enter_outage()
                 wait_at_least = exc.retry_after or 0.0
             except PredictionAPIError as exc:
                 await self._fail(job.id, _api_refusal(exc))
@@ -592,7 +664,18 @@ class Scheduler:
             if prediction is not None:
                 progress = parse_progress(prediction.logs, job.request.steps)
                 self._show_progress(job, prediction, progress)
-                if self._wall() - started > self._limits.prediction_timeout:
+                waited = self._wall() - started
+                if prediction.status == "starting" and waited > self._limits.start_timeout:
+                    # Stuck upstream (no capacity, a broken boot): free the member's slot.
+                    await self._try_cancel(job.prediction_id)
+                    minutes = self._limits.start_timeout / 60
+                    await self._fail(
+                        job.id,
+                        f"The animation service did not start this request within {minutes:g} "
+                        "minutes, so it was canceled; please try again later.",
+                    )
+                    return None
+                if waited > self._limits.prediction_timeout:
                     await self._try_cancel(job.prediction_id)
                     minutes = self._limits.prediction_timeout / 60
                     await self._fail(
@@ -605,6 +688,7 @@ class Scheduler:
                 prediction = await self._client.get(job.prediction_id)
                 polls += 1
                 outage_since = None
+                self._leave_outage()
             except PredictionNotFound:
                 await self._fail(job.id, "The animation service has no record of this request.")
                 return None
@@ -613,6 +697,7 @@ class Scheduler:
                 now = self._clock()
                 outage_since = outage_since if outage_since is not None else now
                 log.warning("job %s: polling failed: %s", job.id, exc.detail)
+                self._enter_outage()
                 if now - outage_since > self._limits.outage_patience:
                     await self._fail(
                         job.id, "Lost contact with the animation service; please try again."
@@ -653,10 +738,14 @@ class Scheduler:
             if prediction is None or not prediction.output_urls:
                 prediction = await self._client.get(job.prediction_id)
             urls = prediction.output_urls
+            if prediction.data_removed:
+                # Outputs live an hour upstream; the bot was away longer than that.
+                raise _OutputExpired
             if not urls:
                 await self._fail(job.id, "The animation service returned no file.")
                 return
             data = await self._client.download(urls[0], max_bytes=self._limits.max_download_bytes)
+            crash_point("downloaded")
         except DownloadError as exc:
             await self._fail(job.id, f"The animation could not be downloaded: {exc}")
             return
@@ -678,6 +767,7 @@ class Scheduler:
         self._posting.add(job.id)
         try:
             message_id = await reporter.deliver(job, result)
+            crash_point("posted")
             await self._store.mark_done(job.id, result_message_id=message_id)
         except DeliveryFailed as exc:
             await self._fail(job.id, str(exc))
@@ -697,7 +787,12 @@ class Scheduler:
         return self._wakeups.setdefault(job_id, asyncio.Event())
 
     async def _unclaimed(self, prediction: Prediction) -> bool:
-        """True if no job owns this prediction yet (identical requests can exist)."""
+        """True if no job owns this prediction yet (identical requests can exist).
+
+        An expired one is never ours to resume: a rerun needs a new prediction.
+        """
+        if prediction.data_removed:
+            return False
         return await self._store.job_for_prediction(prediction.id) is None
 
     async def _try_cancel(self, prediction_id: str) -> bool:

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     max_queued_per_member: int = Field(default=3, ge=1, le=100)
     prediction_wait_seconds: int = Field(default=60, ge=1, le=60)
     prediction_timeout_seconds: float = Field(default=1800, gt=0)
+    prediction_start_timeout_seconds: float = Field(default=600, gt=0)
     max_download_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
 
     @field_validator("discord_token", "replicate_api_token")

@@ -45,14 +45,22 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE status NOT IN ('done', 'failed', 'canceled');
     CREATE UNIQUE INDEX jobs_prediction ON jobs (prediction_id) WHERE prediction_id IS NOT NULL;
     """,
+    # 2: how many times the prediction was made again because its output had expired.
+    """
+    ALTER TABLE jobs ADD COLUMN reruns INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 _COLUMNS = (
     "id, guild_id, channel_id, requester_id, request_message_id, input_json, status, "
     "prediction_id, result_message_id, error, parent_job_id, predict_time, deleted, "
-    "created_at, updated_at, submitted_at, started_at, completed_at"
+    "created_at, updated_at, submitted_at, started_at, completed_at, reruns"
 )
 _UNFINISHED = tuple(s.value for s in JobStatus if not s.is_final)
+
+
+class _Increment:
+    """A column change that adds one to the stored value."""
 
 
 class InvalidTransition(Exception):
@@ -187,6 +195,19 @@ class JobStore:
             predict_time=predict_time,
         )
 
+    async def mark_rerun(self, job_id: int) -> Job:
+        """Running or delivering -> submitted again: the output expired before it was posted."""
+        return await self._update(
+            job_id,
+            (JobStatus.RUNNING, JobStatus.DELIVERING),
+            status=JobStatus.SUBMITTED,
+            prediction_id=None,
+            predict_time=None,
+            submitted_at=self._clock(),
+            started_at=None,
+            reruns=_Increment(),
+        )
+
     async def mark_done(self, job_id: int, *, result_message_id: int) -> Job:
         """Delivering -> done: the result message exists."""
         return await self._update(
@@ -234,9 +255,14 @@ class JobStore:
     ) -> Job:
         """Apply changes in one statement, only if the job is in an allowed state."""
         changes["updated_at"] = self._clock()
-        assignments = ", ".join(f"{name} = ?" for name in changes)
+        assignments = ", ".join(
+            f"{name} = {name} + 1" if isinstance(value, _Increment) else f"{name} = ?"
+            for name, value in changes.items()
+        )
         params: list[Any] = [
-            value.value if isinstance(value, JobStatus) else value for value in changes.values()
+            value.value if isinstance(value, JobStatus) else value
+            for value in changes.values()
+            if not isinstance(value, _Increment)
         ]
         sql = f"UPDATE jobs SET {assignments} WHERE id = ?"
         params.append(job_id)
@@ -275,6 +301,7 @@ def _job_from_row(row: Sequence[Any]) -> Job:
         submitted_at,
         started_at,
         completed_at,
+        reruns,
     ) = row
     return Job(
         id=job_id,
@@ -295,4 +322,5 @@ def _job_from_row(row: Sequence[Any]) -> Job:
         completed_at=completed_at,
         predict_time=predict_time,
         deleted=bool(deleted),
+        reruns=reruns,
     )

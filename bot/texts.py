@@ -80,15 +80,39 @@ def stage_line(update: JobStatusUpdate) -> str:
         case Stage.UPLOADING:
             return "📤 Uploading…"
         case Stage.UNAVAILABLE:
+            place = (
+                "" if update.position is None else f" (#{update.position} in this server's queue)"
+            )
             return (
-                "⚠️ The animation service is unavailable right now; your request is waiting "
-                "and will continue by itself."
+                "⚠️ The animation service is unavailable right now; your request is waiting"
+                f"{place} and will continue by itself."
             )
 
 
-def done_text(job: Job) -> str:
+RERUN_NOTE = (
+    "The first result expired at the animation service while the bot was away, so it was "
+    "made again with the same input and seed: it is the same animation."
+)
+
+
+def done_text(job: Job, *, by_dm: bool = False) -> str:
     """The status message once the result is posted."""
+    if by_dm:
+        return (
+            f"{request_header(job)}\n✅ Done: the bot could not post it here, so it was sent "
+            "to the requester by direct message."
+        )
     return f"{request_header(job)}\n✅ Done: the animation is in the reply below."
+
+
+def dm_delivery_text(job: Job, *, channel_gone: bool) -> str:
+    """The note on a result sent by direct message because its channel refused it."""
+    why = (
+        "that channel no longer exists"
+        if channel_gone
+        else "the bot is no longer allowed to post there"
+    )
+    return f"🎬 Your animation from <#{job.channel_id}> is ready, but {why}, so here it is."
 
 
 def failed_text(job: Job, reason: str) -> str:
@@ -172,6 +196,8 @@ def result_card(job: Job, result: JobResult) -> ResultCard:
         CardField("Seed", str(request.seed)),
         CardField("Time", _time_value(result)),
     ]
+    if job.reruns:
+        fields.append(CardField("Note", RERUN_NOTE, inline=False))
     card = ResultCard(
         title="Animation",
         description=shorten(description, DESCRIPTION_LIMIT),

@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.crashpoints import crash_point
 from bot.jobs import (
     CHECKPOINTS,
     MAX_PROMPT_LENGTH,
@@ -33,6 +34,7 @@ from bot.scheduler import (
 )
 from bot.texts import (
     canceled_text,
+    dm_delivery_text,
     done_text,
     failed_text,
     result_card,
@@ -346,6 +348,7 @@ class AnimateCog(commands.Cog, name="Animate"):
                 request=request,
                 parent_job_id=parent_job_id,
             )
+            crash_point("accepted")
         except QueueFull as exc:
             # Lost a race with the member's other request: take back the public reply.
             await interaction.delete_original_response()
@@ -454,8 +457,8 @@ class AnimateCog(commands.Cog, name="Animate"):
             await self._message(job, job.request_message_id).edit(
                 content=content, view=view, allowed_mentions=NO_MENTIONS
             )
-        except discord.NotFound:
-            log.info("status message of job %s is gone", job.id)
+        except (discord.NotFound, discord.Forbidden) as exc:
+            log.info("status message of job %s cannot be edited: %s", job.id, exc)
             return False
         return True
 
@@ -464,8 +467,9 @@ class AnimateCog(commands.Cog, name="Animate"):
         await self._edit_status(job, status_text(job, update), pending_view(job.id))
 
     async def deliver(self, job: Job, result: JobResult) -> int:
-        """Post the result as a reply to the request, with the settings and buttons."""
+        """Post the result as a reply to the request; by DM if the channel refuses it."""
         limit = await self._upload_limit(job.guild_id)
+        fits = len(result.data) <= limit
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         extra: dict[str, Any] = {}
         if job.request_message_id is not None:
@@ -475,31 +479,61 @@ class AnimateCog(commands.Cog, name="Animate"):
                 guild_id=job.guild_id,
                 fail_if_not_exists=False,
             )
-        if len(result.data) > limit:
-            content = too_large_text(job, len(result.data), limit)
-        else:
-            content = f"🎬 Animation for <@{job.requester_id}>"
-            extra["file"] = discord.File(io.BytesIO(result.data), filename=result.filename)
+        content = (
+            f"🎬 Animation for <@{job.requester_id}>"
+            if fits
+            else too_large_text(job, len(result.data), limit)
+        )
         try:
             message = await channel.send(
                 content=content,
                 embed=_embed(job, result),
                 view=result_view(job.id),
                 allowed_mentions=NO_MENTIONS,
+                **_attachment(result, fits),
                 **extra,
             )
-        except discord.Forbidden as exc:
-            raise DeliveryFailed(
-                "The animation is ready, but the bot may not post it in this channel "
-                "(it needs Send Messages, Embed Links, Attach Files and Read Message History)."
-            ) from exc
-        except discord.NotFound as exc:
-            raise DeliveryFailed("The animation is ready, but its channel is gone.") from exc
+        except (discord.Forbidden, discord.NotFound) as exc:
+            channel_gone = isinstance(exc, discord.NotFound)
+            log.warning("job %s: channel %s refused the result: %s", job.id, job.channel_id, exc)
+            message = await self._deliver_by_dm(job, result, channel_gone=channel_gone)
+            if message is None:
+                raise DeliveryFailed(
+                    "The animation is ready, but its channel is gone and the requester does "
+                    "not accept direct messages."
+                    if channel_gone
+                    else "The animation is ready, but the bot may not post it in this channel "
+                    "(it needs Send Messages, Embed Links, Attach Files and Read Message "
+                    "History), and the requester does not accept direct messages."
+                ) from exc
+            await self._quietly_report_done(job, by_dm=True)
+            return message.id
+        await self._quietly_report_done(job)
+        return message.id
+
+    async def _deliver_by_dm(
+        self, job: Job, result: JobResult, *, channel_gone: bool
+    ) -> discord.Message | None:
+        """Send the result to the requester directly; None if they do not accept it."""
+        # Buttons stay off: they act on the server the result was made for.
         try:
-            await self.report_done(job)
+            dm = await self.bot.create_dm(discord.Object(job.requester_id))
+            return await dm.send(
+                content=dm_delivery_text(job, channel_gone=channel_gone),
+                embed=_embed(job, result),
+                allowed_mentions=NO_MENTIONS,
+                **_attachment(result, len(result.data) <= DEFAULT_UPLOAD_LIMIT),
+            )
+        except discord.HTTPException as exc:
+            log.warning("job %s: could not send the result by DM either: %s", job.id, exc)
+            return None
+
+    async def _quietly_report_done(self, job: Job, *, by_dm: bool = False) -> None:
+        """Mark the request done; the result is out, so a failed edit only gets logged."""
+        try:
+            await self._edit_status(job, done_text(job, by_dm=by_dm), None)
         except discord.HTTPException:
             log.warning("could not mark job %s done on its status message", job.id, exc_info=True)
-        return message.id
 
     async def report_done(self, job: Job) -> None:
         """Show on the request's message that the result is posted."""
@@ -540,11 +574,22 @@ class AnimateCog(commands.Cog, name="Animate"):
         if await self._edit_status(job, failed_text(job, reason), None):
             return
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-        await channel.send(failed_text(job, reason), allowed_mentions=NO_MENTIONS)
+        try:
+            await channel.send(failed_text(job, reason), allowed_mentions=NO_MENTIONS)
+        except (discord.NotFound, discord.Forbidden) as exc:
+            # The failure is recorded; there is just nowhere left to show it.
+            log.info("job %s: could not post its failure in its channel: %s", job.id, exc)
 
     async def report_canceled(self, job: Job) -> None:
         """Show the cancellation on the request's message."""
         await self._edit_status(job, canceled_text(job), None)
+
+
+def _attachment(result: JobResult, fits: bool) -> dict[str, Any]:
+    """The result's file as a send() argument, or nothing when it is over the limit."""
+    if not fits:
+        return {}
+    return {"file": discord.File(io.BytesIO(result.data), filename=result.filename)}
 
 
 def _embed(job: Job, result: JobResult) -> discord.Embed:

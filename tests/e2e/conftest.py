@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -131,6 +133,21 @@ class World:
         await self.bot.start()
         await self.discord.wait_for(lambda: self.discord.ready_count > ready_before, timeout=30)
         return code
+
+    def job(self, job_id: int = 1) -> sqlite3.Row:
+        """A job's row, read from the bot's database."""
+        with contextlib.closing(sqlite3.connect(self.bot.env["DATABASE_PATH"])) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        assert row is not None, f"no job {job_id}"
+        return row
+
+    async def job_reaches(self, status: str, job_id: int = 1, timeout: float = 20) -> sqlite3.Row:
+        """Wait until the bot records a job in a status (another process: polled briefly)."""
+        async with asyncio.timeout(timeout):
+            while (row := self.job(job_id))["status"] != status:
+                await asyncio.sleep(0.05)
+        return row
 
     def results(self, channel: int = CHANNEL_A) -> list[FakeMessage]:
         """Messages in a channel that carry a file."""

@@ -261,21 +261,6 @@ async def test_a_failed_prediction_tells_the_requester_and_the_queue_moves_on(
     await world.result_for(following)
 
 
-async def test_missing_permission_to_post_is_explained(world: World) -> None:
-    world.discord.fail_next(
-        "POST",
-        rf"^/channels/{CHANNEL_A}/messages$",
-        status=403,
-        body={"message": "Missing Permissions", "code": 50013},
-    )
-    request = await world.request_message(await world.animate("forbidden", steps=5))
-    await world.discord.wait_for(lambda: "❌" in request.content)
-    assert "may not post it in this channel" in request.content
-    assert world.results() == []
-    following = await world.request_message(await world.animate("allowed", steps=5))
-    await world.result_for(following)
-
-
 async def test_a_result_over_the_upload_limit_is_explained_not_attached(world: World) -> None:
     world.api.sample = b"\0" * (10 * 2**20 + 1)  # just over an unboosted server's 10 MiB
     request = await world.request_message(await world.animate("huge", steps=5, seed=8))

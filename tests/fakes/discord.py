@@ -466,6 +466,7 @@ class FakeDiscord:
         self._channels: dict[int, _Channel] = {}
         self._users: dict[int, str] = {bot_user_id: self.bot_name}
         self._dm_channels: dict[int, int] = {}
+        self._closed_dms: set[int] = set()
         self._faults: list[_Fault] = []
         self._session: _Session | None = None
         self._connections: set[_Connection] = set()
@@ -570,6 +571,17 @@ class FakeDiscord:
         guild.members[user_id] = _Member(user_id, permissions, role_ids, _now_iso())
         self._notify()
 
+    async def delete_channel(self, channel_id: int) -> None:
+        """Delete a guild channel: the client is told, and every later request gets 10003."""
+        channel = self._channels.pop(channel_id)
+        if channel.guild_id is not None:
+            self._guilds[channel.guild_id].channel_ids.remove(channel_id)
+        await self._dispatch("CHANNEL_DELETE", self._channel_payload(channel))
+
+    def close_dms(self, user_id: int) -> None:
+        """Make a user refuse direct messages (403, code 50007), as the privacy setting does."""
+        self._closed_dms.add(user_id)
+
     def fail_next(
         self,
         method: str,
@@ -649,6 +661,11 @@ class FakeDiscord:
             for m in self.messages.values()
             if m.channel_id == channel_id and not m.deleted and not m.ephemeral
         ]
+
+    def dm_messages(self, user_id: int) -> list[FakeMessage]:
+        """Return the messages the bot sent a user directly, oldest first."""
+        channel_id = self._dm_channels.get(user_id)
+        return [] if channel_id is None else self.channel_messages(channel_id)
 
     # ------------------------------------------------------------------ interactions
 
@@ -1592,7 +1609,9 @@ class FakeDiscord:
         return channel if channel is not None else _error(404, "Unknown Channel", 10003)
 
     def _message_or_error(self, match: re.Match[str]) -> FakeMessage | web.Response:
-        """Return the live message addressed by the path or an Unknown Message error."""
+        """Return the live message addressed by the path or an Unknown Channel/Message error."""
+        if int(match["channel_id"]) not in self._channels:
+            return _error(404, "Unknown Channel", 10003)
         message = self.messages.get(int(match["message_id"]))
         if message is None or message.deleted or message.channel_id != int(match["channel_id"]):
             return _unknown_message()
@@ -1638,6 +1657,8 @@ class FakeDiscord:
         channel = self._channel_or_error(match)
         if isinstance(channel, web.Response):
             return channel
+        if channel.recipient_id in self._closed_dms:
+            return _error(403, "Cannot send messages to this user", 50007)
         body = req.body if isinstance(req.body, dict) else {}
         if (error := self._check_message_body(body, req.files, channel.guild_id)) is not None:
             return error
