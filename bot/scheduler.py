@@ -598,6 +598,7 @@ class Scheduler:
                 return None
             except CreateOutcomeUnknown as exc:
                 log.warning("job %s: create outcome unknown: %s", job.id, exc.detail)
+                self._enter_outage()
                 maybe_created = True
             except (ServiceUnavailable, RateLimited) as exc:
                 log.warning("job %s: prediction API unavailable: %s", job.id, exc.detail)

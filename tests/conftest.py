@@ -11,6 +11,7 @@ import pytest
 from bot.predictions import PredictionClient
 from bot.store import JobStore
 from tests.fakes.predictions import FakePredictionAPI
+from tests.scheduling import RecordingReporter
 
 
 @pytest.fixture
@@ -55,3 +56,9 @@ def client(http: aiohttp.ClientSession, prediction_api: FakePredictionAPI) -> Pr
         version=prediction_api.version,
         sleep=_no_sleep,
     )
+
+
+@pytest.fixture
+def reporter() -> RecordingReporter:
+    """The Discord side of the scheduler, as a record of what it was told."""
+    return RecordingReporter()

@@ -72,6 +72,15 @@ class BotProcess:
         self.process = None
         return code
 
+    async def wait_exit(self, timeout: float = 20) -> int:
+        """Wait for the process to end by itself; return its exit code."""
+        process = self.process
+        assert process is not None
+        async with asyncio.timeout(timeout):
+            code = await process.wait()
+        self.process = None
+        return code
+
     def log(self) -> str:
         """Everything the bot printed so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -129,10 +138,19 @@ class World:
     async def restart(self, sig: signal.Signals = signal.SIGTERM) -> int:
         """Stop the bot with a signal and start it again; return the exit code."""
         code = await self.bot.stop(sig)
+        await self.start_again()
+        return code
+
+    async def start_again(self, **env: str | None) -> None:
+        """Start the bot after it ended, with environment changes (None removes a variable)."""
+        for key, value in env.items():
+            if value is None:
+                self.bot.env.pop(key, None)
+            else:
+                self.bot.env[key] = value
         ready_before = self.discord.ready_count
         await self.bot.start()
         await self.discord.wait_for(lambda: self.discord.ready_count > ready_before, timeout=30)
-        return code
 
     def job(self, job_id: int = 1) -> sqlite3.Row:
         """A job's row, read from the bot's database."""
@@ -145,7 +163,8 @@ class World:
     async def job_reaches(self, status: str, job_id: int = 1, timeout: float = 20) -> sqlite3.Row:
         """Wait until the bot records a job in a status (another process: polled briefly)."""
         async with asyncio.timeout(timeout):
-            while (row := self.job(job_id))["status"] != status:
+            # The database belongs to another process: nothing to wait on but the file.
+            while (row := self.job(job_id))["status"] != status:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         return row
 

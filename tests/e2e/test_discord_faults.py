@@ -107,7 +107,7 @@ async def test_a_status_message_deleted_mid_job_does_not_fail_it(world: World) -
     await world.api.wait_for(lambda: world.api.latest.status == "processing")
     request.deleted = True  # a moderator removed it: every edit now answers 10008
     hold.set()
-    await world.discord.wait_for(lambda: world.results())
+    await world.discord.wait_for(world.results)
     await world.job_reaches("done")
     unknown = [r for r in world.discord.requests if r.status == 404]
     assert unknown, "the bot should have met 10008 Unknown Message"
@@ -129,3 +129,4 @@ async def test_throttled_status_edits_never_fail_the_job(world: World) -> None:
     await world.result_for(request)
     await world.discord.wait_for(lambda: "Done" in request.content)
     await world.job_reaches("done")
+    assert any(r.method == "PATCH" and r.status == 429 for r in world.discord.requests)
