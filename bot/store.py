@@ -56,6 +56,7 @@ _COLUMNS = (
     "prediction_id, result_message_id, error, parent_job_id, predict_time, deleted, "
     "created_at, updated_at, submitted_at, started_at, completed_at, reruns"
 )
+_MAX_ROWID = 2**63 - 1
 _UNFINISHED = tuple(s.value for s in JobStatus if not s.is_final)
 
 
@@ -153,6 +154,8 @@ class JobStore:
 
     async def get(self, job_id: int) -> Job | None:
         """Return one job, or None if there is no such job."""
+        if not 0 < job_id <= _MAX_ROWID:
+            return None  # a forged id SQLite could not even store
         async with self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as c:
             row = await c.fetchone()
         return _job_from_row(row) if row else None

@@ -160,13 +160,19 @@ class World:
         assert row is not None, f"no job {job_id}"
         return row
 
-    async def job_reaches(self, status: str, job_id: int = 1, timeout: float = 20) -> sqlite3.Row:
-        """Wait until the bot records a job in a status (another process: polled briefly)."""
+    async def job_reaches(
+        self, status: str | None = None, job_id: int = 1, timeout: float = 20, **columns: object
+    ) -> sqlite3.Row:
+        """Wait until the bot records a job with these values (another process: polled)."""
+        if status is not None:
+            columns["status"] = status
         async with asyncio.timeout(timeout):
-            # The database belongs to another process: nothing to wait on but the file.
-            while (row := self.job(job_id))["status"] != status:  # noqa: ASYNC110
+            while True:
+                row = self.job(job_id)
+                if all(row[name] == value for name, value in columns.items()):
+                    return row
+                # The database belongs to another process: nothing to wait on but the file.
                 await asyncio.sleep(0.05)
-        return row
 
     def results(self, channel: int = CHANNEL_A) -> list[FakeMessage]:
         """Messages in a channel that carry a file."""
