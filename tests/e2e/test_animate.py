@@ -294,20 +294,6 @@ async def test_restart_mid_prediction_delivers_exactly_once(world: World) -> Non
     assert len(world.results()) == 2 and world.api.creates == 2
 
 
-@pytest.mark.bot_env(PREDICTION_WAIT_SECONDS="1")
-async def test_sigterm_while_running_resumes_polling_after_restart(world: World) -> None:
-    hold = asyncio.Event()
-    world.api.next_behaviours.append(Behaviour(hold=hold))
-    request = await world.request_message(await world.animate("patient", steps=10))
-    await world.api.wait_for(lambda: world.api.polls >= 1)
-    assert await world.restart(signal.SIGTERM) == 0
-    polls_before = world.api.polls
-    hold.set()
-    await world.result_for(request)
-    assert world.api.polls > polls_before and world.api.creates == 1
-    assert len(world.results()) == 1
-
-
 async def test_a_result_posted_just_before_a_crash_is_not_posted_again(world: World) -> None:
     request = await world.request_message(await world.animate("posted once", steps=5))
     await world.result_for(request)
