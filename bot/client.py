@@ -22,7 +22,7 @@ from bot.store import JobStore
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.animate",)
+EXTENSIONS = ("cogs.animate", "cogs.queue")
 NO_MENTIONS = discord.AllowedMentions.none()
 SHUTDOWN_GRACE_SECONDS = 5.0
 

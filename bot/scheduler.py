@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import mimetypes
+import sqlite3
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +15,15 @@ from enum import StrEnum
 from typing import Protocol
 
 from bot.crashpoints import crash_point
+from bot.eta import (
+    SAMPLES_PER_KEY,
+    TimingHistory,
+    instant,
+    observed,
+    queue_finishes,
+    running_finish,
+    steady,
+)
 from bot.jobs import GenerationRequest, Job, JobStatus
 from bot.predictions import (
     CreateOutcomeUnknown,
@@ -55,6 +65,7 @@ class JobStatusUpdate:
     position: int | None = None
     step: int = 0
     total: int = 0
+    eta: int | None = None  # expected finish, unix seconds, rounded so it rarely changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +148,7 @@ class QueueEntry:
 
     job: Job
     position: int | None  # None while running
+    status: JobStatusUpdate  # what its status message says (or would)
 
 
 class _KeyedLocks:
@@ -203,6 +215,11 @@ class Scheduler:
         self._relay: StatusRelay[int, JobStatusUpdate] = StatusRelay(
             self._send_status, interval=self._limits.status_interval, clock=clock, sleep=sleep
         )
+        self._last_status: dict[int, JobStatusUpdate] = {}
+        # Loaded from the store once at start, then fed by each success: polls never query.
+        self._history = TimingHistory()
+        self._expected: dict[int, float | None] = {}  # running job -> raw expected finish
+        self._shown_eta: dict[int, int] = {}  # job -> the rounded estimate last shown
         # While the API is down only the jobs already running keep trying; the rest wait.
         self._outage_since: float | None = None
         self._started = False
@@ -219,6 +236,7 @@ class Scheduler:
         if self._started:
             return
         self._started = True
+        self._history = TimingHistory(await self._store.recent_timings(SAMPLES_PER_KEY))
         jobs = await self._store.unfinished()
         resumed = 0
         for job in jobs:
@@ -309,14 +327,27 @@ class Scheduler:
         return found[1] + 1 if found else None
 
     def snapshot(self, guild_id: int) -> list[QueueEntry]:
-        """Return a guild's running then waiting jobs."""
+        """Return a guild's running then waiting jobs, with what each one's message says."""
         running = [
-            QueueEntry(job, None) for job in self._running.values() if job.guild_id == guild_id
+            QueueEntry(job, None, self._running_status(job))
+            for job in self._running.values()
+            if job.guild_id == guild_id
         ]
+        queue = self._queues.get(guild_id, ())
+        statuses = self._waiting_statuses(guild_id)
         waiting = [
-            QueueEntry(job, index + 1) for index, job in enumerate(self._queues.get(guild_id, ()))
+            QueueEntry(job, index + 1, status)
+            for index, (job, status) in enumerate(zip(queue, statuses, strict=True))
         ]
         return running + waiting
+
+    def queued_status(self, job_id: int) -> JobStatusUpdate | None:
+        """Return what a queued job's message should say now (place and estimate), or None."""
+        job = self._current(job_id)
+        position = self.position(job_id)
+        if job is None or position is None:
+            return None
+        return self._waiting_statuses(job.guild_id)[position - 1]
 
     async def attach_message(
         self, job_id: int, message_id: int | None, *, shown: JobStatusUpdate | None = None
@@ -334,9 +365,8 @@ class Scheduler:
                 return
             if shown is not None:
                 self._relay.prime(job_id, shown)
-            position = self.position(job_id)
-            if position is not None:
-                self._relay.publish(job_id, self._waiting(position))
+            if self.position(job_id) is not None:
+                self._publish_positions(job.guild_id)
         finally:
             self._dispatch()
 
@@ -345,6 +375,7 @@ class Scheduler:
         queue_job = self._remove_queued(job_id)
         if queue_job is not None:
             self._unannounced.discard(job_id)
+            self._forget(job_id)
             await self._cancel_job(job_id, "Canceled before it started.")
             self._publish_positions(queue_job.guild_id)
             self._update_idle()
@@ -437,6 +468,7 @@ class Scheduler:
         self._tasks.pop(job_id, None)
         self._cancel_wanted_ids.discard(job_id)
         self._wakeups.pop(job_id, None)
+        self._forget(job_id)
         if job is not None:
             self._running_by_guild[job.guild_id] -= 1
         if not self._running and self._outage_since is not None:
@@ -457,15 +489,130 @@ class Scheduler:
             queue, index = found
             queue[index] = job
 
-    def _publish_positions(self, guild_id: int) -> None:
-        """Show every waiting job in a guild its current place (and any outage)."""
-        for index, job in enumerate(self._queues.get(guild_id, ())):
-            self._relay.publish(job.id, self._waiting(index + 1))
+    def _forget(self, job_id: int) -> None:
+        """Drop what was shown for a job that left the queues."""
+        self._last_status.pop(job_id, None)
+        self._expected.pop(job_id, None)
+        self._shown_eta.pop(job_id, None)
 
-    def _waiting(self, position: int) -> JobStatusUpdate:
-        """The status of a queued job at a place in its queue."""
-        stage = Stage.UNAVAILABLE if self._outage_since is not None else Stage.QUEUED
-        return JobStatusUpdate(stage, position=position)
+    def _publish(self, job_id: int, update: JobStatusUpdate) -> None:
+        """Show a job's status (the relay drops repeats) and remember it for the queue view."""
+        self._last_status[job_id] = update
+        self._relay.publish(job_id, update)
+
+    def _publish_positions(self, guild_id: int) -> None:
+        """Show every waiting job in a guild its current place and estimate (and any outage)."""
+        queue = list(self._queues.get(guild_id, ()))
+        for job, status in zip(queue, self._waiting_statuses(guild_id), strict=True):
+            self._publish(job.id, status)
+
+    def _waiting_statuses(self, guild_id: int) -> list[JobStatusUpdate]:
+        """The status of each queued job of a guild, in queue order."""
+        queue = self._queues.get(guild_id, ())
+        if self._outage_since is not None:
+            return [
+                JobStatusUpdate(Stage.UNAVAILABLE, position=index + 1)
+                for index in range(len(queue))
+            ]
+        now = self._wall()
+        running_left = [
+            self._running_left(job, now)
+            for job in self._running.values()
+            if job.guild_id == guild_id
+        ]
+        finishes = queue_finishes(
+            running_left,
+            [self._history.estimate(job.request.model, job.request.steps) for job in queue],
+            self._limits.running_per_guild,
+        )
+        return [
+            JobStatusUpdate(
+                Stage.QUEUED,
+                position=index + 1,
+                eta=self._steady_eta(job.id, None if finish is None else now + finish, now),
+            )
+            for index, (job, finish) in enumerate(zip(queue, finishes, strict=True))
+        ]
+
+    def _running_left(self, job: Job, now: float) -> float | None:
+        """Seconds until a running job should finish, or None if there is no telling."""
+        if job.status is JobStatus.DELIVERING:
+            return 0.0
+        if job.id in self._expected:
+            expected = self._expected[job.id]
+        else:  # launched, but its task has not said anything yet
+            expected = running_finish(
+                self._history.estimate(job.request.model, job.request.steps),
+                now=now,
+                submitted_at=job.submitted_at or now,
+            )
+        return None if expected is None else max(0.0, expected - now)
+
+    def _running_status(self, job: Job) -> JobStatusUpdate:
+        """What a running job's message says, for the queue view."""
+        if job.status is JobStatus.DELIVERING:
+            return JobStatusUpdate(Stage.UPLOADING)
+        last = self._last_status.get(job.id)
+        if last is None or last.stage is Stage.QUEUED:
+            return JobStatusUpdate(Stage.STARTING)
+        return last
+
+    def _steady_eta(self, job_id: int, expected: float | None, now: float) -> int | None:
+        """Round an expected finish for display, keeping the last one shown if still close."""
+        if expected is None:
+            self._shown_eta.pop(job_id, None)
+            return None
+        eta = steady(self._shown_eta.get(job_id), expected, now)
+        self._shown_eta[job_id] = eta
+        return eta
+
+    def _show_running(
+        self,
+        job: Job,
+        stage: Stage,
+        *,
+        step: int = 0,
+        total: int = 0,
+        started_at: float | None = None,
+        seconds_left: float | None = None,
+    ) -> None:
+        """Publish a running job's stage with its estimate; re-estimate the queue behind it."""
+        now = self._wall()
+        expected = running_finish(
+            self._history.estimate(job.request.model, job.request.steps),
+            now=now,
+            submitted_at=job.submitted_at or now,
+            started_at=started_at,
+            seconds_left=seconds_left,
+        )
+        self._expected[job.id] = expected
+        before = self._shown_eta.get(job.id)
+        eta = self._steady_eta(job.id, expected, now)
+        self._publish(job.id, JobStatusUpdate(stage, step=step, total=total, eta=eta))
+        if eta != before:
+            self._publish_positions(job.guild_id)
+
+    async def _learn(self, job: Job, prediction: Prediction) -> None:
+        """Remember how long a succeeded prediction waited and ran, for later estimates."""
+        self._expected.pop(job.id, None)
+        timing = observed(
+            job.request.model,
+            job.request.steps,
+            created_at=prediction.created_at,
+            started_at=prediction.started_at,
+            completed_at=prediction.completed_at,
+            predict_time=prediction.predict_time,
+        )
+        if timing is None:
+            return
+        self._history.add(timing)
+        try:
+            await self._store.record_timing(timing)
+        except sqlite3.Error:
+            # Only estimates suffer; the job itself is fine.
+            log.warning("job %s: could not record its timing", job.id, exc_info=True)
+        for guild_id in list(self._queues):
+            self._publish_positions(guild_id)
 
     def _in_outage(self) -> bool:
         """True while the API is down and a running job is already probing it."""
@@ -517,7 +664,7 @@ class Scheduler:
                 async with self._same_input.hold(job.request.to_json()):
                     if job.status is JobStatus.QUEUED:
                         job = self._track(await self._store.mark_submitted(job.id))
-                        self._relay.publish(job.id, JobStatusUpdate(Stage.STARTING))
+                        self._show_running(job, Stage.STARTING)
                         crash_point("submitted")
                     prediction = await self._create(job, maybe_created=maybe_created)
                     if prediction is None:
@@ -533,6 +680,7 @@ class Scheduler:
                 job = self._track(
                     await self._store.mark_delivering(job.id, predict_time=prediction.predict_time)
                 )
+                await self._learn(job, prediction)
                 crash_point("delivering")
             if job.status is not JobStatus.DELIVERING:
                 return
@@ -556,7 +704,7 @@ class Scheduler:
             return None
         log.info("job %s: output of %s expired; running it again", job.id, job.prediction_id)
         job = self._track(await self._store.mark_rerun(job.id))
-        self._relay.publish(job.id, JobStatusUpdate(Stage.STARTING))
+        self._show_running(job, Stage.STARTING)
         return job
 
     def _track(self, job: Job) -> Job:
@@ -614,7 +762,7 @@ class Scheduler:
                     "please try again later.",
                 )
                 return None
-            self._relay.publish(job.id, JobStatusUpdate(Stage.UNAVAILABLE))
+            self._publish(job.id, JobStatusUpdate(Stage.UNAVAILABLE))
             attempt += 1
             await self._pause(max(wait_at_least, min(60.0, 2.0 * 2 ** min(attempt, 5))), job.id)
 
@@ -704,7 +852,7 @@ class Scheduler:
                         job.id, "Lost contact with the animation service; please try again."
                     )
                     return None
-                self._relay.publish(job.id, JobStatusUpdate(Stage.UNAVAILABLE))
+                self._publish(job.id, JobStatusUpdate(Stage.UNAVAILABLE))
                 await self._pause(max(10.0, exc.retry_after or 0.0), job.id)
             except PredictionAPIError as exc:
                 await self._fail(job.id, _api_refusal(exc))
@@ -821,15 +969,24 @@ class Scheduler:
     def _show_progress(self, job: Job, prediction: Prediction, progress: Progress) -> None:
         """Turn the progress read from the logs into a status update."""
         if prediction.status == "starting":
-            update = JobStatusUpdate(Stage.STARTING)
-        else:
-            stage = {
-                Phase.WAITING: Stage.STARTING,
-                Phase.SAMPLING: Stage.SAMPLING,
-                Phase.RENDERING: Stage.RENDERING,
-            }[progress.phase]
-            update = JobStatusUpdate(stage, step=progress.step, total=progress.total)
-        self._relay.publish(job.id, update)
+            self._show_running(job, Stage.STARTING)
+            return
+        stage = {
+            Phase.WAITING: Stage.STARTING,
+            Phase.SAMPLING: Stage.SAMPLING,
+            Phase.RENDERING: Stage.RENDERING,
+        }[progress.phase]
+        seconds_left = progress.seconds_left if progress.phase is not Phase.WAITING else None
+        if progress.phase is Phase.RENDERING and seconds_left is None:
+            seconds_left = 0.0  # the last few frames
+        self._show_running(
+            job,
+            stage,
+            step=progress.step,
+            total=progress.total,
+            started_at=instant(prediction.started_at),
+            seconds_left=seconds_left,
+        )
 
     async def _fail(self, job_id: int, reason: str) -> None:
         """Record a failure and tell the requester."""

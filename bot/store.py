@@ -10,6 +10,7 @@ from typing import Any
 
 import aiosqlite
 
+from bot.eta import Timing
 from bot.jobs import GenerationRequest, Job, JobStatus
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,18 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN reruns INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: the measured queue wait and run time of each succeeded prediction, for estimates.
+    """
+    CREATE TABLE timings (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        model       TEXT    NOT NULL,
+        steps       INTEGER NOT NULL,
+        queue_wait  REAL    NOT NULL,
+        run_time    REAL    NOT NULL,
+        recorded_at REAL    NOT NULL
+    );
+    CREATE INDEX timings_key ON timings (model, steps, id);
+    """,
 )
 
 _COLUMNS = (
@@ -57,6 +70,7 @@ _COLUMNS = (
     "created_at, updated_at, submitted_at, started_at, completed_at, reruns"
 )
 _MAX_ROWID = 2**63 - 1
+TIMINGS_KEPT = 100  # per model and step count; estimates read far fewer
 _UNFINISHED = tuple(s.value for s in JobStatus if not s.is_final)
 
 
@@ -252,6 +266,30 @@ class JobStore:
         ) as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else None
+
+    async def record_timing(self, timing: Timing) -> None:
+        """Store a measured prediction, dropping the oldest beyond TIMINGS_KEPT for its key."""
+        await self._db.execute(
+            "INSERT INTO timings (model, steps, queue_wait, run_time, recorded_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (timing.model, timing.steps, timing.queue_wait, timing.run_time, self._clock()),
+        )
+        await self._db.execute(
+            "DELETE FROM timings WHERE model = ? AND steps = ? AND id NOT IN "
+            "(SELECT id FROM timings WHERE model = ? AND steps = ? ORDER BY id DESC LIMIT ?)",
+            (timing.model, timing.steps, timing.model, timing.steps, TIMINGS_KEPT),
+        )
+
+    async def recent_timings(self, per_key: int) -> list[Timing]:
+        """Return the newest `per_key` timings of each model and step count, oldest first."""
+        async with self._db.execute(
+            "SELECT model, steps, queue_wait, run_time FROM ("
+            "SELECT *, ROW_NUMBER() OVER (PARTITION BY model, steps ORDER BY id DESC) AS newer "
+            "FROM timings) WHERE newer <= ? ORDER BY id",
+            (per_key,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [Timing(str(m), int(s), float(q), float(r)) for m, s, q, r in rows]
 
     async def _update(
         self, job_id: int, allowed_from: Iterable[JobStatus] | None, **changes: Any

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from bot.jobs import CHECKPOINTS, MOTION_MODULES, GenerationRequest, Job
 from bot.progress import render_bar
-from bot.scheduler import JobResult, JobStatusUpdate, Stage
+from bot.scheduler import JobResult, JobStatusUpdate, QueueEntry, Stage
 
-# Discord's embed limits.
+# Discord's message and embed limits.
+CONTENT_LIMIT = 2000
 DESCRIPTION_LIMIT = 4096
 FIELD_VALUE_LIMIT = 1024
 FIELD_NAME_LIMIT = 256
@@ -60,23 +61,29 @@ def status_text(job: Job, update: JobStatusUpdate) -> str:
     return f"{request_header(job)}\n{stage_line(update)}"
 
 
+def relative_time(unix: int) -> str:
+    """A Discord timestamp that each reader sees as "in 3 minutes", in their own language."""
+    return f"<t:{unix}:R>"
+
+
 def stage_line(update: JobStatusUpdate) -> str:
     """One line that says where a pending job stands."""
+    ready = "" if update.eta is None else f" · ready {relative_time(update.eta)}"
     match update.stage:
         case Stage.QUEUED:
             if update.position in (None, 1):
-                return "⏳ Queued: next in this server's queue."
-            return f"⏳ Queued: #{update.position} in this server's queue."
+                return f"⏳ Queued: next in this server's queue{ready}."
+            return f"⏳ Queued: #{update.position} in this server's queue{ready}."
         case Stage.STARTING:
-            return "🚀 Starting…"
+            return f"🚀 Starting…{ready}"
         case Stage.SAMPLING:
             fraction = update.step / update.total if update.total else 0.0
             return (
                 f"🎨 Generating `{render_bar(fraction)}` {update.step}/{update.total} steps "
-                f"({fraction:.0%})"
+                f"({fraction:.0%}){ready}"
             )
         case Stage.RENDERING:
-            return "🎞️ Rendering frames…"
+            return f"🎞️ Rendering frames…{ready}"
         case Stage.UPLOADING:
             return "📤 Uploading…"
         case Stage.UNAVAILABLE:
@@ -87,6 +94,76 @@ def stage_line(update: JobStatusUpdate) -> str:
                 "⚠️ The animation service is unavailable right now; your request is waiting"
                 f"{place} and will continue by itself."
             )
+
+
+QUEUE_EMPTY_TEXT = (
+    "Nothing is waiting or running in this server right now: start something with `/animate`."
+)
+QUEUE_PROMPT_LIMIT = 60
+QUEUE_LINES = 20  # beyond this a queue view is hard to read anyway
+
+
+def short_stage(update: JobStatusUpdate) -> str:
+    """A few words for a job's stage in the queue view."""
+    match update.stage:
+        case Stage.QUEUED:
+            return "waiting"
+        case Stage.STARTING:
+            return "starting"
+        case Stage.SAMPLING:
+            return f"generating, {update.step}/{update.total} steps"
+        case Stage.RENDERING:
+            return "rendering frames"
+        case Stage.UPLOADING:
+            return "uploading"
+        case Stage.UNAVAILABLE:
+            return "waiting for the animation service"
+
+
+def queue_text(
+    entries: list[QueueEntry],
+    viewer_id: int,
+    limit: int = CONTENT_LIMIT,
+    max_lines: int = QUEUE_LINES,
+) -> str:
+    """The queue view: running then waiting jobs, the viewer's own marked, within `limit`."""
+    if not entries:
+        return QUEUE_EMPTY_TEXT
+    running = sum(1 for entry in entries if entry.position is None)
+    header = f"🎬 **This server's queue**: {running} running, {len(entries) - running} waiting"
+    lines = [header]
+    length = len(header)
+    for shown, entry in enumerate(entries):
+        line = _queue_line(entry, viewer_id)
+        left = len(entries) - shown - 1
+        # Room for this line, and for the "more" line if others follow.
+        more = len(_more_line(left)) + 1 if left else 0
+        if shown == max_lines or length + 1 + len(line) + more > limit:
+            lines.append(_more_line(len(entries) - shown))
+            break
+        lines.append(line)
+        length += 1 + len(line)
+    return "\n".join(lines)
+
+
+def _queue_line(entry: QueueEntry, viewer_id: int) -> str:
+    """One job in the queue view."""
+    job, status = entry.job, entry.status
+    place = "▶️" if entry.position is None else f"`#{entry.position}`"
+    parts = [
+        f"{place} <@{job.requester_id}>",
+        quote(job.request.prompt, QUEUE_PROMPT_LIMIT),
+        short_stage(status),
+    ]
+    if status.eta is not None:
+        parts.append(f"ready {relative_time(status.eta)}")
+    line = " · ".join(parts)
+    return f"{line} **← you**" if job.requester_id == viewer_id else line
+
+
+def _more_line(count: int) -> str:
+    """The last line of a queue view cut short."""
+    return f"…and {count} more."
 
 
 RERUN_NOTE = (

@@ -354,7 +354,9 @@ class AnimateCog(commands.Cog, name="Animate"):
             await interaction.delete_original_response()
             await interaction.followup.send(str(exc), ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
-        shown = JobStatusUpdate(Stage.QUEUED, position=position)
+        shown = self.scheduler.queued_status(job.id) or JobStatusUpdate(
+            Stage.QUEUED, position=position
+        )
         message_id: int | None = None
         try:
             message = await interaction.edit_original_response(

@@ -124,6 +124,6 @@ async def submit(scheduler: Scheduler, guild: int = 1, user: int = 10, **kwargs:
         requester_id=user,
         request=request(**kwargs),  # type: ignore[arg-type]
     )
-    shown = JobStatusUpdate(Stage.QUEUED, position=position)
+    shown = scheduler.queued_status(job.id) or JobStatusUpdate(Stage.QUEUED, position=position)
     await scheduler.attach_message(job.id, 5000 + job.id, shown=shown)
     return job

@@ -250,9 +250,10 @@ async def test_a_result_over_the_upload_limit_is_explained_not_attached(world: W
 
 @pytest.mark.bot_env(DISCORD_GUILD_IDS="")
 async def test_without_guild_ids_commands_are_synced_globally(world: World) -> None:
-    assert [c["name"] for c in world.discord.commands[None]] == ["animate"]
+    commands = {c["name"]: c for c in world.discord.commands[None]}
+    assert sorted(commands) == ["animate", "animate-queue"]
     assert not world.discord.commands.get(GUILD_A)
-    options = {o["name"]: o for o in world.discord.commands[None][0]["options"]}
+    options = {o["name"]: o for o in commands["animate"]["options"]}
     assert options["steps"]["min_value"] == 1 and options["steps"]["max_value"] == 100
     assert options["guidance_scale"]["min_value"] == 1.0
     assert options["guidance_scale"]["max_value"] == 10.0
