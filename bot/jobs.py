@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -31,6 +32,10 @@ MOTION_MODULES: dict[str, str] = {
 }
 DEFAULT_MOTION_MODULE = "mm_sd_v15_v2"
 
+# How the result is posted; the model always makes an MP4, a GIF is converted from it.
+OUTPUT_FORMATS: dict[str, str] = {"mp4": "MP4 video", "gif": "GIF (loops everywhere)"}
+DEFAULT_OUTPUT_FORMAT = "mp4"
+
 
 class InvalidRequest(ValueError):
     """A request setting is out of range; the message is meant for the member."""
@@ -55,6 +60,7 @@ class GenerationRequest:
     motion_module: str = DEFAULT_MOTION_MODULE
     steps: int = DEFAULT_STEPS
     guidance_scale: float = DEFAULT_GUIDANCE
+    output_format: str = DEFAULT_OUTPUT_FORMAT  # not sent upstream: how the result is posted
 
     def __post_init__(self) -> None:
         """Refuse settings the model would reject, with a sentence a member understands."""
@@ -78,6 +84,8 @@ class GenerationRequest:
             )
         if not 1 <= self.seed <= MAX_SEED:
             raise InvalidRequest(f"Seed must be between 1 and {MAX_SEED}.")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise InvalidRequest(f"The format must be one of: {', '.join(OUTPUT_FORMATS)}.")
 
     @classmethod
     def create(
@@ -90,6 +98,7 @@ class GenerationRequest:
         steps: int | None = None,
         guidance_scale: float | None = None,
         seed: int | None = None,
+        output_format: str | None = None,
         rng: random.Random | None = None,
     ) -> GenerationRequest:
         """Build a request from optional command options; no seed (or 0) picks one."""
@@ -103,6 +112,7 @@ class GenerationRequest:
             steps=DEFAULT_STEPS if steps is None else steps,
             guidance_scale=DEFAULT_GUIDANCE if guidance_scale is None else round(guidance_scale, 2),
             seed=seed if seed else random_seed(rng),
+            output_format=(output_format or DEFAULT_OUTPUT_FORMAT).strip().lower(),
         )
 
     def with_new_seed(self, rng: random.Random | None = None) -> GenerationRequest:
@@ -113,17 +123,28 @@ class GenerationRequest:
         return replace(self, seed=seed)
 
     def remixed(
-        self, *, prompt: str, negative_prompt: str, steps: str, guidance_scale: str, seed: str
+        self,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        steps_and_guidance: str,
+        seed: str,
+        output_format: str | None = None,
     ) -> GenerationRequest:
         """Parse edited text fields into a new request, keeping the model and motion module."""
+        parts = [part for part in re.split(r"[\s,;/]+", steps_and_guidance.strip()) if part]
+        if len(parts) != 2:
+            raise InvalidRequest(
+                "Write the steps and the guidance scale as two numbers, like “25, 7.5”."
+            )
         try:
-            step_count = int(steps.strip())
+            step_count = int(parts[0])
         except ValueError:
             raise InvalidRequest(
                 f"Steps must be a whole number between {MIN_STEPS} and {MAX_STEPS}."
             ) from None
         try:
-            guidance = float(guidance_scale.strip().replace(",", "."))
+            guidance = float(parts[1])
         except ValueError:
             raise InvalidRequest(
                 f"Guidance scale must be a number between {MIN_GUIDANCE:g} and {MAX_GUIDANCE:g}."
@@ -141,6 +162,7 @@ class GenerationRequest:
             steps=step_count,
             guidance_scale=guidance,
             seed=seed_value,
+            output_format=output_format or self.output_format,
         )
 
     def to_api_input(self) -> dict[str, Any]:
@@ -156,7 +178,9 @@ class GenerationRequest:
         }
 
     @classmethod
-    def from_api_input(cls, data: Mapping[str, Any]) -> GenerationRequest:
+    def from_api_input(
+        cls, data: Mapping[str, Any], *, output_format: str = DEFAULT_OUTPUT_FORMAT
+    ) -> GenerationRequest:
         """Rebuild a request from a stored or returned `input` object."""
         return cls(
             prompt=str(data["prompt"]),
@@ -166,6 +190,7 @@ class GenerationRequest:
             steps=int(data.get("steps", DEFAULT_STEPS)),
             guidance_scale=float(data.get("guidance_scale", DEFAULT_GUIDANCE)),
             seed=int(data["seed"]),
+            output_format=output_format,
         )
 
     def to_json(self) -> str:
@@ -173,9 +198,11 @@ class GenerationRequest:
         return json.dumps(self.to_api_input(), sort_keys=True, ensure_ascii=False)
 
     @classmethod
-    def from_json(cls, text: str) -> GenerationRequest:
-        """Inverse of `to_json`."""
-        return cls.from_api_input(json.loads(text))
+    def from_json(
+        cls, text: str, *, output_format: str = DEFAULT_OUTPUT_FORMAT
+    ) -> GenerationRequest:
+        """Inverse of `to_json` (which holds the API input only)."""
+        return cls.from_api_input(json.loads(text), output_format=output_format)
 
     @property
     def model_name(self) -> str:
@@ -235,6 +262,8 @@ class Job:
     completed_at: float | None = None
     predict_time: float | None = None
     deleted: bool = False
+    upload_limit: int | None = None  # bytes, as Discord gave it with the request
+    model_version: str | None = None  # the version that made the result
     reruns: int = 0  # times the prediction was made again because its output expired
 
     @property

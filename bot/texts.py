@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
-from bot.jobs import CHECKPOINTS, MOTION_MODULES, GenerationRequest, Job
+from bot.jobs import (
+    CHECKPOINTS,
+    DEFAULT_OUTPUT_FORMAT,
+    MOTION_MODULES,
+    OUTPUT_FORMATS,
+    GenerationRequest,
+    Job,
+)
 from bot.progress import render_bar
 from bot.scheduler import JobResult, JobStatusUpdate, Stage
 
@@ -145,6 +153,8 @@ def reproduce_command(request: GenerationRequest) -> str:
         f"guidance_scale:{request.guidance_scale:g}",
         f"seed:{request.seed}",
     ]
+    if request.output_format != DEFAULT_OUTPUT_FORMAT:
+        parts.append(f"format:{OUTPUT_FORMATS[request.output_format]}")
     return "/animate " + " ".join(parts)
 
 
@@ -195,6 +205,7 @@ def result_card(job: Job, result: JobResult) -> ResultCard:
         CardField("Guidance", f"{request.guidance_scale:g}"),
         CardField("Seed", str(request.seed)),
         CardField("Time", _time_value(result)),
+        CardField("Version", short_version(result.model_version or job.model_version)),
     ]
     if job.reruns:
         fields.append(CardField("Note", RERUN_NOTE, inline=False))
@@ -213,6 +224,32 @@ def result_card(job: Job, result: JobResult) -> ResultCard:
     )
     assert card.total_length() <= EMBED_TOTAL_LIMIT
     return card
+
+
+def short_version(version: str | None) -> str:
+    """A model version as people can compare it at a glance (Info shows it whole)."""
+    if not version:
+        return "unknown"
+    owner_name, _, version_id = version.rpartition(":")
+    short = version_id[:12]
+    return f"{owner_name}:{short}" if owner_name else short
+
+
+def settings_json(job: Job, *, fenced: bool = True) -> str:
+    """Every setting of a job, with what made it, as JSON (in a code block when `fenced`)."""
+    settings = {
+        "input": job.request.to_api_input(),
+        "format": job.request.output_format,
+        "version": job.model_version,
+        "prediction_id": job.prediction_id,
+        "predict_time": job.predict_time,
+        "command": reproduce_command(job.request),
+    }
+    text = json.dumps(settings, indent=2, ensure_ascii=False)
+    if not fenced:
+        return text
+    # A backtick in a prompt must not close the code block; \u0060 is the same JSON.
+    return "```json\n" + text.replace("`", "\\u0060") + "\n```"
 
 
 def result_footer_prefix(job: Job) -> str:

@@ -44,9 +44,11 @@ async def test_happy_path_delivers_once_and_records_done(
     await reporter.wait_for(lambda: reporter.delivered)
     await scheduler.wait_idle()
     delivered, result = reporter.delivered[0]
-    assert result.data == prediction_api.sample
-    assert result.filename == "animate-7.mp4" and result.content_type == "video/mp4"
-    assert result.predict_time is not None
+    assert reporter.files[0] == prediction_api.sample  # it fits: posted exactly as made
+    assert result.file is not None and result.file.content_type == "video/mp4"
+    assert result.file.filename == "animate-7-a-lighthouse-in-a-storm.mp4"
+    assert result.predict_time is not None and result.model_version == prediction_api.version
+    assert not result.file.path.exists(), "the temporary files are removed after posting"
     stored = await store.get(job.id)
     assert stored is not None and stored.status is JobStatus.DONE
     assert stored.result_message_id == 9000 and stored.request_message_id == 5000 + job.id
