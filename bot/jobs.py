@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from collections.abc import Mapping
@@ -41,6 +42,12 @@ class InvalidRequest(ValueError):
     """A request setting is out of range; the message is meant for the member."""
 
 
+# Characters that show nothing (zero-width, bidi controls): a prompt of only these is empty,
+# and nothing the bot shows keeps them, so they cannot reorder or hide the text around them.
+INVISIBLE = re.compile("[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def random_seed(rng: random.Random | None = None) -> int:
     """Pick a seed in 1..2147483647 (0 means "pick one for me", so never 0)."""
     return (rng or _seed_rng).randint(1, MAX_SEED)
@@ -64,8 +71,11 @@ class GenerationRequest:
 
     def __post_init__(self) -> None:
         """Refuse settings the model would reject, with a sentence a member understands."""
-        if not self.prompt.strip():
+        if not INVISIBLE.sub("", self.prompt).strip():
             raise InvalidRequest("The prompt is empty; describe what you want to see.")
+        if _SURROGATE.search(self.prompt) or _SURROGATE.search(self.negative_prompt):
+            # Lone surrogates cannot be stored as UTF-8 (nor sent on as valid JSON text).
+            raise InvalidRequest("The prompt contains characters that are not valid text.")
         if len(self.prompt) > MAX_PROMPT_LENGTH:
             raise InvalidRequest(f"The prompt is longer than {MAX_PROMPT_LENGTH} characters.")
         if len(self.negative_prompt) > MAX_PROMPT_LENGTH:
@@ -73,12 +83,16 @@ class GenerationRequest:
                 f"The negative prompt is longer than {MAX_PROMPT_LENGTH} characters."
             )
         if self.model not in CHECKPOINTS:
-            raise InvalidRequest(f"Unknown model {self.model!r}.")
+            # The name is member-controlled text: keep it out of the sentence.
+            raise InvalidRequest("Unknown model; choose one of the listed models.")
         if self.motion_module not in MOTION_MODULES:
-            raise InvalidRequest(f"Unknown motion module {self.motion_module!r}.")
+            raise InvalidRequest("Unknown motion module; choose one of the listed motion modules.")
         if not MIN_STEPS <= self.steps <= MAX_STEPS:
             raise InvalidRequest(f"Steps must be between {MIN_STEPS} and {MAX_STEPS}.")
-        if not MIN_GUIDANCE <= self.guidance_scale <= MAX_GUIDANCE:
+        if not (
+            math.isfinite(self.guidance_scale)
+            and MIN_GUIDANCE <= self.guidance_scale <= MAX_GUIDANCE
+        ):
             raise InvalidRequest(
                 f"Guidance scale must be between {MIN_GUIDANCE:g} and {MAX_GUIDANCE:g}."
             )
@@ -182,16 +196,21 @@ class GenerationRequest:
         cls, data: Mapping[str, Any], *, output_format: str = DEFAULT_OUTPUT_FORMAT
     ) -> GenerationRequest:
         """Rebuild a request from a stored or returned `input` object."""
-        return cls(
-            prompt=str(data["prompt"]),
-            negative_prompt=str(data.get("n_prompt") or ""),
-            model=str(data.get("path") or DEFAULT_CHECKPOINT),
-            motion_module=str(data.get("motion_module") or DEFAULT_MOTION_MODULE),
-            steps=int(data.get("steps", DEFAULT_STEPS)),
-            guidance_scale=float(data.get("guidance_scale", DEFAULT_GUIDANCE)),
-            seed=int(data["seed"]),
-            output_format=output_format,
-        )
+        try:
+            return cls(
+                prompt=str(data["prompt"]),
+                negative_prompt=str(data.get("n_prompt") or ""),
+                model=str(data.get("path") or DEFAULT_CHECKPOINT),
+                motion_module=str(data.get("motion_module") or DEFAULT_MOTION_MODULE),
+                steps=_whole(data.get("steps", DEFAULT_STEPS)),
+                guidance_scale=float(data.get("guidance_scale", DEFAULT_GUIDANCE)),
+                seed=_whole(data["seed"]),
+                output_format=output_format,
+            )
+        except InvalidRequest:
+            raise
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
+            raise InvalidRequest("The stored request is incomplete or malformed.") from None
 
     def to_json(self) -> str:
         """Serialise the API input for storage."""
@@ -202,7 +221,13 @@ class GenerationRequest:
         cls, text: str, *, output_format: str = DEFAULT_OUTPUT_FORMAT
     ) -> GenerationRequest:
         """Inverse of `to_json` (which holds the API input only)."""
-        return cls.from_api_input(json.loads(text), output_format=output_format)
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            raise InvalidRequest("The stored request is not valid JSON.") from None
+        if not isinstance(data, Mapping):
+            raise InvalidRequest("The stored request is incomplete or malformed.")
+        return cls.from_api_input(data, output_format=output_format)
 
     @property
     def model_name(self) -> str:
@@ -213,6 +238,19 @@ class GenerationRequest:
     def motion_module_name(self) -> str:
         """The motion module's human name."""
         return MOTION_MODULES.get(self.motion_module, self.motion_module)
+
+
+def _whole(value: object) -> int:
+    """Read a whole number from stored JSON, refusing fractions and booleans."""
+    if isinstance(value, bool):
+        raise TypeError("not a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("not a whole number")
+        return int(value)
+    if isinstance(value, int | str):
+        return int(value)
+    raise TypeError("not a whole number")
 
 
 class JobStatus(StrEnum):
