@@ -153,11 +153,19 @@ def canceled_text(job: Job) -> str:
 
 
 def too_large_text(job: Job, size: int, limit: int) -> str:
-    """Say that a result cannot be attached in this server."""
+    """Say that a result cannot be attached in this server, even made smaller."""
     return (
-        f"{request_header(job)}\n⚠️ The animation is {size / 2**20:.1f} MiB, over this "
-        f"server's {limit / 2**20:.0f} MiB upload limit, so it cannot be attached."
+        f"{request_header(job)}\n⚠️ The animation is {format_size(size)}, and even re-encoded "
+        f"smaller it does not fit this server's {format_size(limit)} upload limit, so it "
+        "cannot be attached."
     )
+
+
+def format_size(size: int) -> str:
+    """A file size as people read it."""
+    if size >= 2**20:
+        return f"{size / 2**20:.1f} MiB".replace(".0 MiB", " MiB")
+    return f"{max(1, round(size / 1024))} KiB"
 
 
 def reproduce_command(request: GenerationRequest) -> str:
@@ -254,8 +262,9 @@ def short_version(version: str | None) -> str:
     if not version:
         return "unknown"
     owner_name, _, version_id = version.rpartition(":")
-    short = version_id[:12]
-    return f"{owner_name}:{short}" if owner_name else short
+    short = f"{owner_name}:{version_id[:12]}" if owner_name else version_id[:12]
+    # It comes from the API: shown inertly, like member text.
+    return quote(short, FIELD_VALUE_LIMIT) or "unknown"
 
 
 def settings_json(job: Job, *, fenced: bool = True) -> str:
