@@ -62,6 +62,7 @@ class Options:
     retry_after_max: float
     stall: float
     drain_timeout: float
+    kill_on_ack: float
     sample_bytes: int
     keep: bool
 
@@ -97,6 +98,7 @@ class Kill:
     accepted: int
     states: Counter[str]
     unanswered: int
+    unstored: list[str] = field(default_factory=list)  # acknowledged, yet no job recorded
 
 
 @dataclass
@@ -256,8 +258,11 @@ class Soak:
             if target > self.options.jobs:
                 return
             await self.discord.wait_for(lambda t=target: len(self.accepted()) >= t, timeout=3600)
-            # Land somewhere in the next couple of job intervals, not on an acceptance.
-            await asyncio.sleep(self.rng_kill.uniform(0, 2.0 / self.options.rate))
+            if self.rng_kill.random() >= self.options.kill_on_ack:
+                # Land somewhere in the next couple of job intervals, not on an acceptance.
+                await asyncio.sleep(self.rng_kill.uniform(0, 2.0 / self.options.rate))
+            # Otherwise kill the instant the acknowledgement arrives, while the request is
+            # being recorded: a moment uniform timing almost never hits.
             await self._kill_and_restart()
             window += 1
 
@@ -267,8 +272,18 @@ class Soak:
         self.bot_up.clear()
         await self.bot.stop(signal.SIGKILL)
         unanswered = sum(1 for s in self.sent if not s.interaction.callbacks)
-        self.kills.append(Kill(len(self.accepted()), self._db_states(), unanswered))
+        stored = self._db_prompts()
+        unstored = [s.prompt for s in self.accepted() if s.prompt not in stored]
+        self.kills.append(Kill(len(self.accepted()), self._db_states(), unanswered, unstored))
         await self._start_bot()
+
+    def _db_prompts(self) -> set[str]:
+        """The prompt of every job in the bot's database (read while the bot is down)."""
+        if not self.database.exists():
+            return set()
+        with contextlib.closing(sqlite3.connect(self.database)) as db:
+            rows = db.execute("SELECT json_extract(input_json, '$.prompt') FROM jobs").fetchall()
+        return {str(prompt) for (prompt,) in rows}
 
     def _db_states(self) -> Counter[str]:
         """Count unfinished jobs by state in the bot's database (read while the bot is down)."""
@@ -468,6 +483,7 @@ def report(soak: Soak, wall: float) -> int:
         f"SIGKILL every {options.restart_every or '-'} accepted, seed {options.seed}, "
         f"{options.guilds} guilds x {options.members} members, {options.rate:g} jobs/s, "
         f"time scale {options.time_scale:g}"
+        + (f", {options.kill_on_ack:.0%} of kills on an ack" if options.kill_on_ack else "")
     )
     width = max(len(name) for name, _ in rows) + 2
     print(title)
@@ -475,8 +491,22 @@ def report(soak: Soak, wall: float) -> int:
     for name, value in rows:
         print(f"{name:<{width}}{value}")
     print(f"database: {_counter_text(soak.database_states())}")
+    reasons = Counter(
+        _status_line(s)
+        for s in accepted
+        if outcomes[s.prompt].failed and not outcomes[s.prompt].results
+    )
+    for reason, count in reasons.most_common():
+        print(f"failed x{count}: {reason}")
     for s in lost[:20]:
         print(f"lost: #{s.index} {s.prompt!r} interaction {s.interaction.id}")
+        for number, kill in enumerate(soak.kills, start=1):
+            if s.prompt in kill.unstored:
+                print(
+                    f"      acknowledged, then SIGKILL #{number} landed before the job was "
+                    f"stored (no row in the database right after the kill)"
+                )
+                break
         print(f"      request message: {_status_line(s)}")
         print(f"      database row: {soak.database_job(s.prompt)}")
         predictions = [
@@ -529,6 +559,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     add("--retry-after-max", type=float, default=2.0, help="largest Retry-After sent (2 s)")
     add("--stall", type=float, default=1.0, help="longest stall before a hang-up (1 s)")
     add("--drain-timeout", type=float, default=300.0, help="wait for the last jobs (300 s)")
+    add("--kill-on-ack", type=float, default=0.0, help="share of kills right on an ack (0)")
     add("--sample-bytes", type=int, default=64 * 1024, help="size of each output file (64 KiB)")
     add("--keep", action="store_true", help="keep the work folder (database, bot log)")
     args = parser.parse_args(argv)
