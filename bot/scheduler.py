@@ -88,6 +88,10 @@ class JobReporter(Protocol):
         """Return the upload limit of the job's server, if known."""
         ...
 
+    async def announce(self, job: Job, update: JobStatusUpdate) -> int | None:
+        """Post a new status message for a job that has none (after a crash); return its id."""
+        ...
+
     async def find_delivered(self, job: Job) -> int | None:
         """Return the id of a result already posted for this job (before a crash), if any."""
         ...
@@ -274,7 +278,7 @@ class Scheduler:
         The caller shows the request, then calls `attach_message`, which lets the job start.
         """
         async with self._admission:
-            self.check_admission(guild_id, requester_id)
+            self._check_admission(guild_id, requester_id)
             job = await self._store.add_job(
                 guild_id=guild_id,
                 channel_id=channel_id,
@@ -290,7 +294,7 @@ class Scheduler:
             position = self.position(job.id) or 0
         return job, position
 
-    def check_admission(self, guild_id: int, requester_id: int) -> None:
+    def _check_admission(self, guild_id: int, requester_id: int) -> None:
         """Raise QueueFull if the member may not queue another request in this guild."""
         if self._stopping:
             raise QueueFull("The bot is restarting; please try again in a moment.")
@@ -517,6 +521,8 @@ class Scheduler:
 
     async def _advance(self, job: Job) -> None:
         """Step through the states, storing each before acting on it."""
+        if job.request_message_id is None:
+            job = await self._announce(job)
         prediction: Prediction | None = None
         resumed_delivery = job.status is JobStatus.DELIVERING
         # Submitted before a restart: the create may have reached the API.
@@ -572,6 +578,23 @@ class Scheduler:
         log.info("job %s: output of %s expired; running it again", job.id, job.prediction_id)
         job = self._track(await self._store.mark_rerun(job.id))
         self._relay.publish(job.id, JobStatusUpdate(Stage.STARTING))
+        return job
+
+    async def _announce(self, job: Job) -> Job:
+        """Give a job whose status message never got recorded (a crash, a failed edit) one."""
+        stage = Stage.UPLOADING if job.status is JobStatus.DELIVERING else Stage.STARTING
+        update = JobStatusUpdate(stage)
+        try:
+            message_id = await self._require_reporter().announce(job, update)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("job %s: could not announce itself", job.id, exc_info=True)
+            return job
+        if message_id is None:
+            return job
+        job = self._track(await self._store.set_request_message(job.id, message_id))
+        self._relay.prime(job.id, update)
         return job
 
     def _track(self, job: Job) -> Job:

@@ -345,14 +345,8 @@ class AnimateCog(commands.Cog, name="Animate"):
                 allowed_mentions=NO_MENTIONS,
             )
             return
-        try:
-            self.scheduler.check_admission(guild_id, interaction.user.id)
-        except QueueFull as exc:
-            await interaction.response.send_message(
-                str(exc), ephemeral=True, allowed_mentions=NO_MENTIONS
-            )
-            return
-        await interaction.response.defer(thinking=True)
+        # Stored before anything is shown: once Discord says "thinking", the job exists,
+        # so a crash from here on cannot lose the request.
         try:
             job, position = await self.scheduler.submit(
                 guild_id=guild_id,
@@ -362,15 +356,16 @@ class AnimateCog(commands.Cog, name="Animate"):
                 parent_job_id=parent_job_id,
                 upload_limit=interaction.filesize_limit,
             )
-            crash_point("accepted")
         except QueueFull as exc:
-            # Lost a race with the member's other request: take back the public reply.
-            await interaction.delete_original_response()
-            await interaction.followup.send(str(exc), ephemeral=True, allowed_mentions=NO_MENTIONS)
+            await interaction.response.send_message(
+                str(exc), ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
             return
+        crash_point("accepted")
         shown = JobStatusUpdate(Stage.QUEUED, position=position)
         message_id: int | None = None
         try:
+            await interaction.response.defer(thinking=True)
             message = await interaction.edit_original_response(
                 content=status_text(job, shown),
                 view=pending_view(job.id),
@@ -378,7 +373,8 @@ class AnimateCog(commands.Cog, name="Animate"):
             )
             message_id = message.id
         finally:
-            # Even without a message the job must run: it is already accepted and stored.
+            # Even without a message the job must run: it is accepted and stored, and it
+            # posts a status message of its own when it starts.
             await self.scheduler.attach_message(job.id, message_id, shown=shown)
 
     # Buttons ----------------------------------------------------------------------------
@@ -569,6 +565,18 @@ class AnimateCog(commands.Cog, name="Animate"):
             await self._edit_status(job, done_text(job, by_dm=by_dm), None)
         except discord.HTTPException:
             log.warning("could not mark job %s done on its status message", job.id, exc_info=True)
+
+    async def announce(self, job: Job, update: JobStatusUpdate) -> int | None:
+        """Post a new status message for a job whose own is missing; return its id."""
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        try:
+            message = await channel.send(
+                status_text(job, update), view=pending_view(job.id), allowed_mentions=NO_MENTIONS
+            )
+        except discord.HTTPException as exc:
+            log.warning("job %s: could not post a status message: %s", job.id, exc)
+            return None
+        return message.id
 
     async def report_done(self, job: Job) -> None:
         """Show on the request's message that the result is posted."""

@@ -32,6 +32,7 @@ class RecordingReporter:
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(9000))
     already_posted: dict[int, int] = field(default_factory=dict)
     upload_limit: int | None = None
+    announced: list[tuple[int, JobStatusUpdate]] = field(default_factory=list)
     files: list[bytes | None] = field(default_factory=list)
 
     async def show_status(self, job: Job, update: JobStatusUpdate) -> None:
@@ -45,6 +46,11 @@ class RecordingReporter:
         self.files.append(result.file.path.read_bytes() if result.file else None)
         self._touch()
         return next(self.ids)
+
+    async def announce(self, job: Job, update: JobStatusUpdate) -> int | None:
+        self.announced.append((job.id, update))
+        self._touch()
+        return 7000 + job.id
 
     async def guild_upload_limit(self, job: Job) -> int | None:
         return self.upload_limit
