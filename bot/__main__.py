@@ -12,6 +12,7 @@ import aiohttp
 import discord
 import discord.http
 
+from bot import redaction
 from bot.client import AnimateBot, ExtensionsFailed, use_discord_endpoints
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import JobStore
@@ -19,13 +20,15 @@ from bot.store import JobStore
 log = logging.getLogger("bot")
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr with timestamps, quieting discord.py's chatter below warnings."""
+def configure_logging(level: str, secrets: list[str] | None = None) -> None:
+    """Log to stderr with timestamps and secrets masked, quieting discord.py below warnings."""
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)-8s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # On the root handlers, so that every logger's records pass through the mask.
+    redaction.install(logging.getLogger().handlers, secrets or [])
     if level != "DEBUG":
         logging.getLogger("discord").setLevel(logging.WARNING)
 
@@ -66,9 +69,12 @@ async def _serve(bot: AnimateBot, token: str) -> int:
             print("animate-bot: Discord refused DISCORD_TOKEN; check the token.", file=sys.stderr)
             return 1
         if isinstance(error[0], aiohttp.ClientError | OSError) and not bot.is_ready():
+            # The address may carry credentials (user:password@host): mask them.
             print(
-                f"animate-bot: could not reach Discord at {discord.http.Route.BASE} "
-                f"({error[0]}); check the network or DISCORD_API_BASE.",
+                redaction.redact(
+                    f"animate-bot: could not reach Discord at {discord.http.Route.BASE} "
+                    f"({error[0]}); check the network or DISCORD_API_BASE."
+                ),
                 file=sys.stderr,
             )
             return 1
@@ -85,7 +91,13 @@ def main() -> int:
     except SettingsError as exc:
         print(f"animate-bot: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(
+        settings.log_level,
+        secrets=[
+            settings.discord_token.get_secret_value(),
+            settings.replicate_api_token.get_secret_value(),
+        ],
+    )
     try:
         return asyncio.run(run(settings))
     except KeyboardInterrupt:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -31,9 +33,19 @@ MOTION_MODULES: dict[str, str] = {
 }
 DEFAULT_MOTION_MODULE = "mm_sd_v15_v2"
 
+# How the result is posted; the model always makes an MP4, a GIF is converted from it.
+OUTPUT_FORMATS: dict[str, str] = {"mp4": "MP4 video", "gif": "GIF (loops everywhere)"}
+DEFAULT_OUTPUT_FORMAT = "mp4"
+
 
 class InvalidRequest(ValueError):
     """A request setting is out of range; the message is meant for the member."""
+
+
+# Characters that show nothing (zero-width, bidi controls): a prompt of only these is empty,
+# and nothing the bot shows keeps them, so they cannot reorder or hide the text around them.
+INVISIBLE = re.compile("[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def random_seed(rng: random.Random | None = None) -> int:
@@ -55,11 +67,15 @@ class GenerationRequest:
     motion_module: str = DEFAULT_MOTION_MODULE
     steps: int = DEFAULT_STEPS
     guidance_scale: float = DEFAULT_GUIDANCE
+    output_format: str = DEFAULT_OUTPUT_FORMAT  # not sent upstream: how the result is posted
 
     def __post_init__(self) -> None:
         """Refuse settings the model would reject, with a sentence a member understands."""
-        if not self.prompt.strip():
+        if not INVISIBLE.sub("", self.prompt).strip():
             raise InvalidRequest("The prompt is empty; describe what you want to see.")
+        if _SURROGATE.search(self.prompt) or _SURROGATE.search(self.negative_prompt):
+            # Lone surrogates cannot be stored as UTF-8 (nor sent on as valid JSON text).
+            raise InvalidRequest("The prompt contains characters that are not valid text.")
         if len(self.prompt) > MAX_PROMPT_LENGTH:
             raise InvalidRequest(f"The prompt is longer than {MAX_PROMPT_LENGTH} characters.")
         if len(self.negative_prompt) > MAX_PROMPT_LENGTH:
@@ -67,17 +83,23 @@ class GenerationRequest:
                 f"The negative prompt is longer than {MAX_PROMPT_LENGTH} characters."
             )
         if self.model not in CHECKPOINTS:
-            raise InvalidRequest(f"Unknown model {self.model!r}.")
+            # The name is member-controlled text: keep it out of the sentence.
+            raise InvalidRequest("Unknown model; choose one of the listed models.")
         if self.motion_module not in MOTION_MODULES:
-            raise InvalidRequest(f"Unknown motion module {self.motion_module!r}.")
+            raise InvalidRequest("Unknown motion module; choose one of the listed motion modules.")
         if not MIN_STEPS <= self.steps <= MAX_STEPS:
             raise InvalidRequest(f"Steps must be between {MIN_STEPS} and {MAX_STEPS}.")
-        if not MIN_GUIDANCE <= self.guidance_scale <= MAX_GUIDANCE:
+        if not (
+            math.isfinite(self.guidance_scale)
+            and MIN_GUIDANCE <= self.guidance_scale <= MAX_GUIDANCE
+        ):
             raise InvalidRequest(
                 f"Guidance scale must be between {MIN_GUIDANCE:g} and {MAX_GUIDANCE:g}."
             )
         if not 1 <= self.seed <= MAX_SEED:
             raise InvalidRequest(f"Seed must be between 1 and {MAX_SEED}.")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise InvalidRequest(f"The format must be one of: {', '.join(OUTPUT_FORMATS)}.")
 
     @classmethod
     def create(
@@ -90,6 +112,7 @@ class GenerationRequest:
         steps: int | None = None,
         guidance_scale: float | None = None,
         seed: int | None = None,
+        output_format: str | None = None,
         rng: random.Random | None = None,
     ) -> GenerationRequest:
         """Build a request from optional command options; no seed (or 0) picks one."""
@@ -103,6 +126,7 @@ class GenerationRequest:
             steps=DEFAULT_STEPS if steps is None else steps,
             guidance_scale=DEFAULT_GUIDANCE if guidance_scale is None else round(guidance_scale, 2),
             seed=seed if seed else random_seed(rng),
+            output_format=(output_format or DEFAULT_OUTPUT_FORMAT).strip().lower(),
         )
 
     def with_new_seed(self, rng: random.Random | None = None) -> GenerationRequest:
@@ -113,17 +137,28 @@ class GenerationRequest:
         return replace(self, seed=seed)
 
     def remixed(
-        self, *, prompt: str, negative_prompt: str, steps: str, guidance_scale: str, seed: str
+        self,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        steps_and_guidance: str,
+        seed: str,
+        output_format: str | None = None,
     ) -> GenerationRequest:
         """Parse edited text fields into a new request, keeping the model and motion module."""
+        parts = [part for part in re.split(r"[\s,;/]+", steps_and_guidance.strip()) if part]
+        if len(parts) != 2:
+            raise InvalidRequest(
+                "Write the steps and the guidance scale as two numbers, like “25, 7.5”."
+            )
         try:
-            step_count = int(steps.strip())
+            step_count = int(parts[0])
         except ValueError:
             raise InvalidRequest(
                 f"Steps must be a whole number between {MIN_STEPS} and {MAX_STEPS}."
             ) from None
         try:
-            guidance = float(guidance_scale.strip().replace(",", "."))
+            guidance = float(parts[1])
         except ValueError:
             raise InvalidRequest(
                 f"Guidance scale must be a number between {MIN_GUIDANCE:g} and {MAX_GUIDANCE:g}."
@@ -141,6 +176,7 @@ class GenerationRequest:
             steps=step_count,
             guidance_scale=guidance,
             seed=seed_value,
+            output_format=output_format or self.output_format,
         )
 
     def to_api_input(self) -> dict[str, Any]:
@@ -156,26 +192,42 @@ class GenerationRequest:
         }
 
     @classmethod
-    def from_api_input(cls, data: Mapping[str, Any]) -> GenerationRequest:
+    def from_api_input(
+        cls, data: Mapping[str, Any], *, output_format: str = DEFAULT_OUTPUT_FORMAT
+    ) -> GenerationRequest:
         """Rebuild a request from a stored or returned `input` object."""
-        return cls(
-            prompt=str(data["prompt"]),
-            negative_prompt=str(data.get("n_prompt") or ""),
-            model=str(data.get("path") or DEFAULT_CHECKPOINT),
-            motion_module=str(data.get("motion_module") or DEFAULT_MOTION_MODULE),
-            steps=int(data.get("steps", DEFAULT_STEPS)),
-            guidance_scale=float(data.get("guidance_scale", DEFAULT_GUIDANCE)),
-            seed=int(data["seed"]),
-        )
+        try:
+            return cls(
+                prompt=str(data["prompt"]),
+                negative_prompt=str(data.get("n_prompt") or ""),
+                model=str(data.get("path") or DEFAULT_CHECKPOINT),
+                motion_module=str(data.get("motion_module") or DEFAULT_MOTION_MODULE),
+                steps=_whole(data.get("steps", DEFAULT_STEPS)),
+                guidance_scale=float(data.get("guidance_scale", DEFAULT_GUIDANCE)),
+                seed=_whole(data["seed"]),
+                output_format=output_format,
+            )
+        except InvalidRequest:
+            raise
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
+            raise InvalidRequest("The stored request is incomplete or malformed.") from None
 
     def to_json(self) -> str:
         """Serialise the API input for storage."""
         return json.dumps(self.to_api_input(), sort_keys=True, ensure_ascii=False)
 
     @classmethod
-    def from_json(cls, text: str) -> GenerationRequest:
-        """Inverse of `to_json`."""
-        return cls.from_api_input(json.loads(text))
+    def from_json(
+        cls, text: str, *, output_format: str = DEFAULT_OUTPUT_FORMAT
+    ) -> GenerationRequest:
+        """Inverse of `to_json` (which holds the API input only)."""
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            raise InvalidRequest("The stored request is not valid JSON.") from None
+        if not isinstance(data, Mapping):
+            raise InvalidRequest("The stored request is incomplete or malformed.")
+        return cls.from_api_input(data, output_format=output_format)
 
     @property
     def model_name(self) -> str:
@@ -186,6 +238,19 @@ class GenerationRequest:
     def motion_module_name(self) -> str:
         """The motion module's human name."""
         return MOTION_MODULES.get(self.motion_module, self.motion_module)
+
+
+def _whole(value: object) -> int:
+    """Read a whole number from stored JSON, refusing fractions and booleans."""
+    if isinstance(value, bool):
+        raise TypeError("not a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("not a whole number")
+        return int(value)
+    if isinstance(value, int | str):
+        return int(value)
+    raise TypeError("not a whole number")
 
 
 class JobStatus(StrEnum):
@@ -235,6 +300,8 @@ class Job:
     completed_at: float | None = None
     predict_time: float | None = None
     deleted: bool = False
+    upload_limit: int | None = None  # bytes, as Discord gave it with the request
+    model_version: str | None = None  # the version that made the result
     reruns: int = 0  # times the prediction was made again because its output expired
 
     @property

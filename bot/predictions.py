@@ -6,22 +6,29 @@ import asyncio
 import base64
 import binascii
 import email.utils
+import ipaddress
 import json
 import logging
 import random
+import socket
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
 
 import aiohttp
 import yarl
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 log = logging.getLogger(__name__)
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
 Sleep = Callable[[float], Awaitable[None]]
+# Where Replicate serves output files; other hosts are refused (but for the API's own origin).
+DELIVERY_DOMAIN = "replicate.delivery"
 
 
 class PredictionAPIError(Exception):
@@ -57,6 +64,109 @@ class PredictionNotFound(PredictionAPIError):
 
 class DownloadError(Exception):
     """An output file could not be fetched."""
+
+
+class LocalAddressRefused(OSError):
+    """A delivery host resolved to a loopback, private, link-local or reserved address."""
+
+
+def is_public_address(address: str) -> bool:
+    """True if an IP address is globally routable (not loopback, private, reserved...)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class PublicAddressResolver(AbstractResolver):
+    """A resolver that refuses hosts resolving to any non-public address."""
+
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """Resolve with the inner resolver; any local or private address refuses the host."""
+        results = await self._inner.resolve(host, port, family)
+        if not results or not all(is_public_address(r["host"]) for r in results):
+            raise LocalAddressRefused(f"{host} resolves to a local or private address")
+        return results
+
+    async def close(self) -> None:
+        """Release the inner resolver."""
+        await self._inner.close()
+
+
+def is_delivery_host(host: str | None) -> bool:
+    """True for replicate.delivery and its subdomains."""
+    if not host:
+        return False
+    name = host.lower().rstrip(".")
+    return name == DELIVERY_DOMAIN or name.endswith("." + DELIVERY_DOMAIN)
+
+
+def _check_delivery_url(url: yarl.URL) -> None:
+    """Refuse an output URL that is not https on replicate.delivery (or a subdomain)."""
+    if not url.absolute or url.scheme not in ("http", "https"):
+        raise DownloadError(f"Refusing to download from a {url.scheme or 'relative'} URL.")
+    if not is_delivery_host(url.host):
+        log.warning("refused an output on an unexpected host: %s", url.host)
+        raise DownloadError("Refusing to download the output from an unexpected host.")
+    if url.scheme != "https":
+        raise DownloadError("Refusing to download the output over an unencrypted connection.")
+    if url.user is not None or url.password is not None:
+        raise DownloadError("Refusing to download from an address that carries credentials.")
+
+
+class _Sink(Protocol):
+    """Where downloaded bytes go."""
+
+    def write(self, data: bytes) -> object:
+        """Take the next chunk."""
+        ...
+
+    def reset(self) -> None:
+        """Forget what was written (before a retry)."""
+        ...
+
+
+class _MemorySink:
+    """Collect a download in memory."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        """Keep a chunk."""
+        self._chunks.append(data)
+
+    def reset(self) -> None:
+        """Drop every chunk."""
+        self._chunks.clear()
+
+    def data(self) -> bytes:
+        """Everything written, joined."""
+        return b"".join(self._chunks)
+
+
+class _FileSink:
+    """Write a download into an open file."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+
+    def write(self, data: bytes) -> None:
+        """Append a chunk (64 KiB writes to a local file are short enough for the loop)."""
+        self._file.write(data)
+
+    def reset(self) -> None:
+        """Empty the file."""
+        self._file.seek(0)
+        self._file.truncate()
 
 
 def _retryable_status(status: int) -> bool:
@@ -147,11 +257,19 @@ class PredictionClient:
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         request_timeout: float = 30.0,
+        download_stall_timeout: float = 30.0,
+        download_timeout: float = 600.0,
+        dns_resolver: Callable[[], AbstractResolver] = DefaultResolver,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
+        # The token goes to this origin only (scheme, host and port of the configured base).
+        self._origin = yarl.URL(self._base).origin()
+        self._download_stall_timeout = download_stall_timeout
+        self._download_timeout = download_timeout
+        self._dns_resolver = dns_resolver
         self._token = token
         self.version = version
         self._wait_seconds = max(1, min(60, wait_seconds))
@@ -230,40 +348,111 @@ class PredictionClient:
 
     async def download(self, url: str, *, max_bytes: int) -> bytes:
         """Fetch an output file or decode a data URI, refusing anything over `max_bytes`."""
+        sink = _MemorySink()
+        await self._fetch(url, max_bytes, sink)
+        return sink.data()
+
+    async def download_to(self, url: str, dest: Path, *, max_bytes: int) -> int:
+        """Stream an output file (or data URI) into `dest` and return its size.
+
+        On any failure the partial file is removed, so `dest` exists only when complete.
+        """
+        try:
+            with dest.open("wb") as file:
+                return await self._fetch(url, max_bytes, _FileSink(file))
+        except BaseException:
+            # Synchronous on purpose: it must happen even when the task is being cancelled.
+            dest.unlink(missing_ok=True)  # noqa: ASYNC240
+            raise
+
+    async def _fetch(self, url: str, max_bytes: int, sink: _Sink) -> int:
+        """Check where an output lives, then fetch it into a sink within the time limits."""
         if url.startswith("data:"):
-            return _decode_data_uri(url, max_bytes)
-        scheme = yarl.URL(url).scheme
-        if scheme not in ("https", "http"):
-            raise DownloadError(f"Refusing to download from a {scheme or 'relative'} URL.")
-        for attempt in range(self._max_attempts):
-            try:
-                return await self._download_once(url, max_bytes)
-            except _TransientDownload as exc:
-                if attempt + 1 >= self._max_attempts:
-                    raise DownloadError(str(exc)) from None
-                await self._sleep(self._backoff(attempt))
+            data = _decode_data_uri(url, max_bytes)
+            sink.write(data)
+            return len(data)
+        target = yarl.URL(url)
+        on_api_host = self._is_api_origin(target)
+        if not on_api_host:
+            _check_delivery_url(target)
+        try:
+            async with asyncio.timeout(self._download_timeout):
+                for attempt in range(self._max_attempts):
+                    try:
+                        if on_api_host:
+                            return await self._download_once(self._session, url, max_bytes, sink)
+                        return await self._download_from_delivery(url, max_bytes, sink)
+                    except _TransientDownload as exc:
+                        if attempt + 1 >= self._max_attempts:
+                            raise DownloadError(str(exc)) from None
+                        await self._sleep(self._backoff(attempt))
+        except TimeoutError:
+            raise DownloadError(
+                f"The output took longer than {self._download_timeout:g} seconds to download."
+            ) from None
         raise DownloadError("The output could not be downloaded.")
 
-    async def _download_once(self, url: str, max_bytes: int) -> bytes:
+    def _is_api_origin(self, url: yarl.URL) -> bool:
+        """True if a URL is on the configured API's origin (scheme, host and port)."""
+        return (
+            url.absolute
+            and url.scheme in ("http", "https")
+            and url.user is None
+            and url.password is None
+            and url.origin() == self._origin
+        )
+
+    async def _download_from_delivery(self, url: str, max_bytes: int, sink: _Sink) -> int:
+        """Download from a delivery host through a connector that refuses local addresses."""
+        resolver = PublicAddressResolver(self._dns_resolver())
+        # A connector of its own: the address check lives in its resolver, which sees every
+        # address the connection could use (a check before connecting could be re-bound).
+        connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False, limit=1)
+        try:
+            async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+                return await self._download_once(session, url, max_bytes, sink)
+        finally:
+            await resolver.close()
+
+    async def _download_once(
+        self, session: aiohttp.ClientSession, url: str, max_bytes: int, sink: _Sink
+    ) -> int:
         """One streaming download attempt with a size cap; no credentials are sent."""
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=60)
+        stall = self._download_stall_timeout
+        # sock_read bounds each wait for bytes: a host that stops sending fails after `stall`.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=stall, sock_read=stall)
+        sink.reset()
         try:
             # The prediction token must never travel to the file host.
-            async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
+            async with session.get(url, timeout=timeout, allow_redirects=False) as resp:
+                if 300 <= resp.status < 400:
+                    raise DownloadError(
+                        "The file host answered with a redirect, which the bot does not follow."
+                    )
                 if _retryable_status(resp.status):
                     raise _TransientDownload(f"The file host answered {resp.status}.")
                 if resp.status != 200:
                     raise DownloadError(f"The output file could not be fetched ({resp.status}).")
                 if resp.content_length is not None and resp.content_length > max_bytes:
                     raise DownloadError("The output file is larger than the download limit.")
-                chunks: list[bytes] = []
                 size = 0
                 async for chunk in resp.content.iter_chunked(64 * 1024):
                     size += len(chunk)
                     if size > max_bytes:
                         raise DownloadError("The output file is larger than the download limit.")
-                    chunks.append(chunk)
-                return b"".join(chunks)
+                    sink.write(chunk)
+                return size
+        except aiohttp.ServerTimeoutError:
+            raise DownloadError(
+                f"The file host sent nothing for {stall:g} seconds; the download was stopped."
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, LocalAddressRefused):
+                raise DownloadError(
+                    "The output's address points into a local or private network; "
+                    "the bot does not download from there."
+                ) from None
+            raise _TransientDownload(f"The download failed: {type(exc).__name__}.") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _TransientDownload(f"The download failed: {type(exc).__name__}.") from None
 
@@ -282,6 +471,9 @@ class PredictionClient:
         idempotent: bool = True,
     ) -> Any:
         """Send one API call with retries that never risk a second paid prediction."""
+        if yarl.URL(url).origin() != self._origin:
+            # Every URL is built from the base; this guards the token against a future slip.
+            raise PredictionAPIError("Refusing to send the API token to another host.")
         all_headers = {"Authorization": f"Bearer {self._token}", **(headers or {})}
         client_timeout = aiohttp.ClientTimeout(total=timeout or self._request_timeout)
         last_error: PredictionAPIError | None = None
@@ -323,6 +515,13 @@ class PredictionClient:
                         last_error = ServiceUnavailable(
                             "The prediction API answered with something that is not JSON."
                         )
+                elif 300 <= status < 400:
+                    # A redirect could carry the token elsewhere: it is never followed.
+                    raise PredictionAPIError(
+                        f"The prediction API answered with a redirect ({status}), which the "
+                        "bot does not follow; check REPLICATE_API_BASE.",
+                        status=status,
+                    )
                 else:
                     error = _error_from(status, raw)
                     if status == 429:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import mimetypes
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Protocol
 
+from bot import media
 from bot.crashpoints import crash_point
 from bot.eta import (
     SAMPLES_PER_KEY,
@@ -70,12 +73,13 @@ class JobStatusUpdate:
 
 @dataclass(frozen=True, slots=True)
 class JobResult:
-    """A finished animation, downloaded and ready to post."""
+    """A finished animation, downloaded and made to fit, ready to post."""
 
-    data: bytes
-    filename: str
-    content_type: str
+    file: media.Upload | None  # None: even re-encoded it cannot fit under `upload_limit`
+    output_size: int  # bytes of the output as the model made it
+    upload_limit: int
     prediction_id: str
+    model_version: str | None
     predict_time: float | None
     elapsed: float
 
@@ -89,6 +93,14 @@ class JobReporter(Protocol):
 
     async def deliver(self, job: Job, result: JobResult) -> int:
         """Post the result and return its message id; raise DeliveryFailed if it cannot."""
+        ...
+
+    async def guild_upload_limit(self, job: Job) -> int | None:
+        """Return the upload limit of the job's server, if known."""
+        ...
+
+    async def announce(self, job: Job, update: JobStatusUpdate) -> int | None:
+        """Post a new status message for a job that has none (after a crash); return its id."""
         ...
 
     async def find_delivered(self, job: Job) -> int | None:
@@ -211,6 +223,7 @@ class Scheduler:
         self._unannounced: set[int] = set()
         self._posting: set[int] = set()
         self._same_input = _KeyedLocks()
+        self._converting = asyncio.Semaphore(1)
         self._admission = asyncio.Lock()
         self._relay: StatusRelay[int, JobStatusUpdate] = StatusRelay(
             self._send_status, interval=self._limits.status_interval, clock=clock, sleep=sleep
@@ -276,19 +289,21 @@ class Scheduler:
         requester_id: int,
         request: GenerationRequest,
         parent_job_id: int | None = None,
+        upload_limit: int | None = None,
     ) -> tuple[Job, int]:
         """Queue a request; return the job and its place in the guild's queue (1 = next).
 
         The caller shows the request, then calls `attach_message`, which lets the job start.
         """
         async with self._admission:
-            self.check_admission(guild_id, requester_id)
+            self._check_admission(guild_id, requester_id)
             job = await self._store.add_job(
                 guild_id=guild_id,
                 channel_id=channel_id,
                 requester_id=requester_id,
                 request=request,
                 parent_job_id=parent_job_id,
+                upload_limit=upload_limit,
             )
             # It starts only once its status message exists (attach_message), so every
             # update, and a failure in the first second, has a message to land on.
@@ -297,7 +312,7 @@ class Scheduler:
             position = self.position(job.id) or 0
         return job, position
 
-    def check_admission(self, guild_id: int, requester_id: int) -> None:
+    def _check_admission(self, guild_id: int, requester_id: int) -> None:
         """Raise QueueFull if the member may not queue another request in this guild."""
         if self._stopping:
             raise QueueFull("The bot is restarting; please try again in a moment.")
@@ -653,6 +668,8 @@ class Scheduler:
 
     async def _advance(self, job: Job) -> None:
         """Step through the states, storing each before acting on it."""
+        if job.request_message_id is None:
+            job = await self._announce(job)
         prediction: Prediction | None = None
         resumed_delivery = job.status is JobStatus.DELIVERING
         # Submitted before a restart: the create may have reached the API.
@@ -678,7 +695,11 @@ class Scheduler:
                     return
                 crash_point("succeeded")
                 job = self._track(
-                    await self._store.mark_delivering(job.id, predict_time=prediction.predict_time)
+                    await self._store.mark_delivering(
+                        job.id,
+                        predict_time=prediction.predict_time,
+                        model_version=prediction.version,
+                    )
                 )
                 await self._learn(job, prediction)
                 crash_point("delivering")
@@ -705,6 +726,23 @@ class Scheduler:
         log.info("job %s: output of %s expired; running it again", job.id, job.prediction_id)
         job = self._track(await self._store.mark_rerun(job.id))
         self._show_running(job, Stage.STARTING)
+        return job
+
+    async def _announce(self, job: Job) -> Job:
+        """Give a job whose status message never got recorded (a crash, a failed edit) one."""
+        stage = Stage.UPLOADING if job.status is JobStatus.DELIVERING else Stage.STARTING
+        update = JobStatusUpdate(stage)
+        try:
+            message_id = await self._require_reporter().announce(job, update)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("job %s: could not announce itself", job.id, exc_info=True)
+            return job
+        if message_id is None:
+            return job
+        job = self._track(await self._store.set_request_message(job.id, message_id))
+        self._relay.prime(job.id, update)
         return job
 
     def _track(self, job: Job) -> Job:
@@ -871,7 +909,7 @@ class Scheduler:
         return None
 
     async def _deliver(self, job: Job, prediction: Prediction | None, *, resumed: bool) -> None:
-        """Download the output at once and post it, exactly once."""
+        """Download the output, make it fit, and post it, exactly once."""
         assert job.prediction_id is not None
         reporter = self._require_reporter()
         if resumed:
@@ -883,47 +921,81 @@ class Scheduler:
                 await self._report(done, lambda reporter: reporter.report_done(done))
                 return
         self._relay.publish(job.id, JobStatusUpdate(Stage.UPLOADING))
+        workdir = Path(tempfile.mkdtemp(prefix=f"animate-job{job.id}-"))
+        try:
+            result = await self._prepare(job, prediction, workdir)
+            if result is None:
+                return  # failed, and the requester was told why
+            await self._relay.settle(job.id)
+            if self._stopping:
+                return  # stays `delivering`; the next start posts it
+            self._posting.add(job.id)
+            try:
+                message_id = await reporter.deliver(job, result)
+                crash_point("posted")
+                await self._store.mark_done(job.id, result_message_id=message_id)
+            except DeliveryFailed as exc:
+                await self._fail(job.id, str(exc))
+                return
+            finally:
+                self._posting.discard(job.id)
+        finally:
+            # Blocking, but small and local; it must run even when the task is cancelled.
+            shutil.rmtree(workdir, ignore_errors=True)
+        log.info("job %s delivered as message %s", job.id, message_id)
+
+    async def _prepare(
+        self, job: Job, prediction: Prediction | None, workdir: Path
+    ) -> JobResult | None:
+        """Fetch the output into `workdir` and convert it to fit; None once the job failed."""
+        assert job.prediction_id is not None
         try:
             if prediction is None or not prediction.output_urls:
                 prediction = await self._client.get(job.prediction_id)
-            urls = prediction.output_urls
             if prediction.data_removed:
                 # Outputs live an hour upstream; the bot was away longer than that.
                 raise _OutputExpired
+            urls = prediction.output_urls
             if not urls:
                 await self._fail(job.id, "The animation service returned no file.")
-                return
-            data = await self._client.download(urls[0], max_bytes=self._limits.max_download_bytes)
+                return None
+            downloaded = workdir / "output"
+            size = await self._client.download_to(
+                urls[0], downloaded, max_bytes=self._limits.max_download_bytes
+            )
             crash_point("downloaded")
+            guild_limit = None
+            if job.upload_limit is None:
+                guild_limit = await self._require_reporter().guild_upload_limit(job)
+            limit = media.upload_limit(job.upload_limit, guild_limit)
+            # FFmpeg uses every core: one conversion at a time keeps the bot responsive.
+            async with self._converting:
+                upload = await media.prepare_upload(
+                    downloaded,
+                    fmt=job.request.output_format,  # pyright: ignore[reportArgumentType]
+                    limit_bytes=limit,
+                    workdir=workdir,
+                    seed=job.seed,
+                    prompt=job.request.prompt,
+                )
         except DownloadError as exc:
             await self._fail(job.id, f"The animation could not be downloaded: {exc}")
-            return
+            return None
+        except media.MediaError as exc:
+            await self._fail(job.id, str(exc))
+            return None
         except PredictionAPIError as exc:
             await self._fail(job.id, _api_refusal(exc))
-            return
-        extension, content_type = _file_type(urls[0])
-        result = JobResult(
-            data=data,
-            filename=f"animate-{job.seed}{extension}",
-            content_type=content_type,
+            return None
+        return JobResult(
+            file=upload,
+            output_size=size,
+            upload_limit=limit,
             prediction_id=job.prediction_id,
+            model_version=prediction.version or job.model_version,
             predict_time=prediction.predict_time or job.predict_time,
             elapsed=max(0.0, self._wall() - job.created_at),
         )
-        await self._relay.settle(job.id)
-        if self._stopping:
-            return  # stays `delivering`; the next start posts it
-        self._posting.add(job.id)
-        try:
-            message_id = await reporter.deliver(job, result)
-            crash_point("posted")
-            await self._store.mark_done(job.id, result_message_id=message_id)
-        except DeliveryFailed as exc:
-            await self._fail(job.id, str(exc))
-            return
-        finally:
-            self._posting.discard(job.id)
-        log.info("job %s delivered as message %s", job.id, message_id)
 
     # Helpers --------------------------------------------------------------------------
 
@@ -1060,16 +1132,3 @@ def _api_refusal(exc: PredictionAPIError) -> str:
     if exc.status in (401, 403):
         return _BAD_CREDENTIALS
     return f"The animation service refused the request: {exc.detail}"
-
-
-def _file_type(url: str) -> tuple[str, str]:
-    """Guess the extension and content type of an output from its URL or data URI."""
-    if url.startswith("data:"):
-        content_type = url[5:].split(";", 1)[0].split(",", 1)[0] or "video/mp4"
-        extension = mimetypes.guess_extension(content_type) or ".mp4"
-        return extension, content_type
-    path = url.split("?", 1)[0]
-    content_type, _ = mimetypes.guess_type(path)
-    if content_type is None:
-        return ".mp4", "video/mp4"
-    return mimetypes.guess_extension(content_type) or ".mp4", content_type

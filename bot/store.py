@@ -50,7 +50,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN reruns INTEGER NOT NULL DEFAULT 0;
     """,
-    # 3: the measured queue wait and run time of each succeeded prediction, for estimates.
+    # 3: how the result is posted, the upload limit Discord gave, the version that made it.
+    """
+    ALTER TABLE jobs ADD COLUMN output_format TEXT NOT NULL DEFAULT 'mp4';
+    ALTER TABLE jobs ADD COLUMN upload_limit INTEGER;
+    ALTER TABLE jobs ADD COLUMN model_version TEXT;
+    """,
+    # 4: the measured queue wait and run time of each succeeded prediction, for estimates.
     """
     CREATE TABLE timings (
         id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -67,7 +73,8 @@ MIGRATIONS: tuple[str, ...] = (
 _COLUMNS = (
     "id, guild_id, channel_id, requester_id, request_message_id, input_json, status, "
     "prediction_id, result_message_id, error, parent_job_id, predict_time, deleted, "
-    "created_at, updated_at, submitted_at, started_at, completed_at, reruns"
+    "created_at, updated_at, submitted_at, started_at, completed_at, reruns, output_format, "
+    "upload_limit, model_version"
 )
 _MAX_ROWID = 2**63 - 1
 TIMINGS_KEPT = 100  # per model and step count; estimates read far fewer
@@ -141,12 +148,14 @@ class JobStore:
         requester_id: int,
         request: GenerationRequest,
         parent_job_id: int | None = None,
+        upload_limit: int | None = None,
     ) -> Job:
         """Record a new queued job and return it."""
         now = self._clock()
         cursor = await self._db.execute(
             "INSERT INTO jobs (guild_id, channel_id, requester_id, input_json, seed, status, "
-            "parent_job_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "parent_job_id, created_at, updated_at, output_format, upload_limit) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 guild_id,
                 channel_id,
@@ -157,6 +166,8 @@ class JobStore:
                 parent_job_id,
                 now,
                 now,
+                request.output_format,
+                upload_limit,
             ),
         )
         job_id = cursor.lastrowid
@@ -203,13 +214,16 @@ class JobStore:
             started_at=self._clock(),
         )
 
-    async def mark_delivering(self, job_id: int, *, predict_time: float | None) -> Job:
+    async def mark_delivering(
+        self, job_id: int, *, predict_time: float | None, model_version: str | None = None
+    ) -> Job:
         """Running -> delivering: the prediction succeeded and the result is being posted."""
         return await self._update(
             job_id,
             (JobStatus.RUNNING, JobStatus.DELIVERING),
             status=JobStatus.DELIVERING,
             predict_time=predict_time,
+            model_version=model_version,
         )
 
     async def mark_rerun(self, job_id: int) -> Job:
@@ -343,13 +357,16 @@ def _job_from_row(row: Sequence[Any]) -> Job:
         started_at,
         completed_at,
         reruns,
+        output_format,
+        upload_limit,
+        model_version,
     ) = row
     return Job(
         id=job_id,
         guild_id=guild_id,
         channel_id=channel_id,
         requester_id=requester_id,
-        request=GenerationRequest.from_json(input_json),
+        request=GenerationRequest.from_json(input_json, output_format=output_format),
         status=JobStatus(status),
         created_at=created_at,
         updated_at=updated_at,
@@ -364,4 +381,6 @@ def _job_from_row(row: Sequence[Any]) -> Job:
         predict_time=predict_time,
         deleted=bool(deleted),
         reruns=reruns,
+        upload_limit=upload_limit,
+        model_version=model_version,
     )

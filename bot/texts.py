@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
-from bot.jobs import CHECKPOINTS, MOTION_MODULES, GenerationRequest, Job
+from bot.jobs import (
+    CHECKPOINTS,
+    DEFAULT_OUTPUT_FORMAT,
+    INVISIBLE,
+    MOTION_MODULES,
+    OUTPUT_FORMATS,
+    GenerationRequest,
+    Job,
+)
 from bot.progress import render_bar
+from bot.redaction import redact
 from bot.scheduler import JobResult, JobStatusUpdate, QueueEntry, Stage
 
 # Discord's message and embed limits.
 CONTENT_LIMIT = 2000
+TITLE_LIMIT = 256
 DESCRIPTION_LIMIT = 4096
 FIELD_VALUE_LIMIT = 1024
 FIELD_NAME_LIMIT = 256
 FOOTER_LIMIT = 2048
 EMBED_TOTAL_LIMIT = 6000
 
-_MARKDOWN = re.compile(r"([\\*_~`|>#\[\]()-])")
-_INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+FIELDS_LIMIT = 25
+REASON_LIMIT = 1500
+
+# Markdown, plus `<` and `@` so mentions, emoji and timestamps show as the text typed.
+_MARKDOWN = re.compile(r"([\\*_~`|>#\[\]()<@+-])")
+# "1. text" at the start of a line would become a numbered list.
+_LEADING_LIST = re.compile(r"^(\d+)\.")
 
 
 def shorten(text: str, limit: int) -> str:
@@ -29,14 +45,21 @@ def shorten(text: str, limit: int) -> str:
 
 
 def plain(text: str) -> str:
-    """Escape markdown and drop invisible direction and zero-width characters."""
-    return _MARKDOWN.sub(r"\\\1", _INVISIBLE.sub("", text))
+    """Escape markdown and mentions, and drop invisible direction and zero-width characters."""
+    escaped = _MARKDOWN.sub(r"\\\1", INVISIBLE.sub("", text))
+    return _LEADING_LIST.sub(r"\1\\.", escaped)
 
 
 def quote(text: str, limit: int) -> str:
-    """Show member text on one visible line, escaped and shortened."""
-    flat = " ".join(_INVISIBLE.sub("", text).split())
-    return plain(shorten(flat, limit))
+    """Show member text on one visible line, escaped, and shortened to `limit` once escaped."""
+    flat = " ".join(INVISIBLE.sub("", text).split())
+    cut = limit
+    shown = plain(shorten(flat, cut))
+    while len(shown) > limit:
+        # Escaping adds at most one character per character: cut by half the overshoot.
+        cut -= max(1, (len(shown) - limit + 1) // 2)
+        shown = plain(shorten(flat, cut))
+    return shown
 
 
 def format_duration(seconds: float) -> str:
@@ -193,8 +216,11 @@ def dm_delivery_text(job: Job, *, channel_gone: bool) -> str:
 
 
 def failed_text(job: Job, reason: str) -> str:
-    """The status message of a failed job."""
-    return f"{request_header(job)}\n❌ {shorten(reason, 1500)}"
+    """The status message of a failed job; the reason is scrubbed of secrets and escaped."""
+    header = request_header(job)
+    room = min(REASON_LIMIT, CONTENT_LIMIT - len(header) - len("\n❌ "))
+    # Invisible characters go first, so that none can split a secret and slip past the mask.
+    return f"{header}\n❌ {quote(redact(INVISIBLE.sub('', reason)), room)}"
 
 
 def canceled_text(job: Job) -> str:
@@ -203,11 +229,19 @@ def canceled_text(job: Job) -> str:
 
 
 def too_large_text(job: Job, size: int, limit: int) -> str:
-    """Say that a result cannot be attached in this server."""
+    """Say that a result cannot be attached in this server, even made smaller."""
     return (
-        f"{request_header(job)}\n⚠️ The animation is {size / 2**20:.1f} MiB, over this "
-        f"server's {limit / 2**20:.0f} MiB upload limit, so it cannot be attached."
+        f"{request_header(job)}\n⚠️ The animation is {format_size(size)}, and even re-encoded "
+        f"smaller it does not fit this server's {format_size(limit)} upload limit, so it "
+        "cannot be attached."
     )
+
+
+def format_size(size: int) -> str:
+    """A file size as people read it."""
+    if size >= 2**20:
+        return f"{size / 2**20:.1f} MiB".replace(".0 MiB", " MiB")
+    return f"{max(1, round(size / 1024))} KiB"
 
 
 def reproduce_command(request: GenerationRequest) -> str:
@@ -222,12 +256,14 @@ def reproduce_command(request: GenerationRequest) -> str:
         f"guidance_scale:{request.guidance_scale:g}",
         f"seed:{request.seed}",
     ]
+    if request.output_format != DEFAULT_OUTPUT_FORMAT:
+        parts.append(f"format:{OUTPUT_FORMATS[request.output_format]}")
     return "/animate " + " ".join(parts)
 
 
 def _command_value(text: str) -> str:
     """Keep member text from closing the code block it is shown in."""
-    return " ".join(_INVISIBLE.sub("", text).replace("`", "ˋ").split())
+    return " ".join(INVISIBLE.sub("", text).replace("`", "ˋ").split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,35 +297,67 @@ class ResultCard:
 def result_card(job: Job, result: JobResult) -> ResultCard:
     """Build the card that goes with a result: every setting, the seed, the time taken."""
     request = job.request
-    command = reproduce_command(request)
-    code = shorten(command, DESCRIPTION_LIMIT - 1200)
-    description = f"{quote(request.prompt, 1000)}\n\n**Reproduce**\n```\n{code}\n```"
+    reproduce = "\n\n**Reproduce**\n```\n{code}\n```"
+    # The code block is sized first so that shortening never cuts off its closing fence.
+    code = shorten(reproduce_command(request), DESCRIPTION_LIMIT - 1200)
+    code_part = reproduce.format(code=code)
+    description = quote(request.prompt, DESCRIPTION_LIMIT - len(code_part)) + code_part
     fields = [
-        CardField("Negative prompt", quote(request.negative_prompt, 1000) or "none", inline=False),
+        CardField(
+            "Negative prompt",
+            quote(request.negative_prompt, FIELD_VALUE_LIMIT) or "none",
+            inline=False,
+        ),
         CardField("Model", request.model_name),
         CardField("Motion module", request.motion_module_name),
         CardField("Steps", str(request.steps)),
         CardField("Guidance", f"{request.guidance_scale:g}"),
         CardField("Seed", str(request.seed)),
         CardField("Time", _time_value(result)),
+        CardField("Version", short_version(result.model_version or job.model_version)),
     ]
     if job.reruns:
         fields.append(CardField("Note", RERUN_NOTE, inline=False))
-    card = ResultCard(
-        title="Animation",
-        description=shorten(description, DESCRIPTION_LIMIT),
-        fields=tuple(
-            CardField(
-                shorten(f.name, FIELD_NAME_LIMIT), shorten(f.value, FIELD_VALUE_LIMIT), f.inline
-            )
-            for f in fields
-        ),
-        footer=shorten(
-            f"{result_footer_prefix(job)}prediction {result.prediction_id}", FOOTER_LIMIT
-        ),
+    fields = [
+        CardField(shorten(f.name, FIELD_NAME_LIMIT), shorten(f.value, FIELD_VALUE_LIMIT), f.inline)
+        for f in fields[:FIELDS_LIMIT]
+    ]
+    title = "Animation"
+    used = len(title) + len(description) + sum(len(f.name) + len(f.value) for f in fields)
+    # The prediction id comes from the API: whatever its length, the card stays within limits.
+    prediction_id = " ".join(INVISIBLE.sub("", result.prediction_id).split())
+    footer = shorten(
+        f"{result_footer_prefix(job)}prediction {prediction_id}",
+        min(FOOTER_LIMIT, EMBED_TOTAL_LIMIT - used),
     )
-    assert card.total_length() <= EMBED_TOTAL_LIMIT
-    return card
+    return ResultCard(title=title, description=description, fields=tuple(fields), footer=footer)
+
+
+def short_version(version: str | None) -> str:
+    """A model version as people can compare it at a glance (Info shows it whole)."""
+    if not version:
+        return "unknown"
+    owner_name, _, version_id = version.rpartition(":")
+    short = f"{owner_name}:{version_id[:12]}" if owner_name else version_id[:12]
+    # It comes from the API: shown inertly, like member text.
+    return quote(short, FIELD_VALUE_LIMIT) or "unknown"
+
+
+def settings_json(job: Job, *, fenced: bool = True) -> str:
+    """Every setting of a job, with what made it, as JSON (in a code block when `fenced`)."""
+    settings = {
+        "input": job.request.to_api_input(),
+        "format": job.request.output_format,
+        "version": job.model_version,
+        "prediction_id": job.prediction_id,
+        "predict_time": job.predict_time,
+        "command": reproduce_command(job.request),
+    }
+    text = json.dumps(settings, indent=2, ensure_ascii=False)
+    if not fenced:
+        return text
+    # A backtick in a prompt must not close the code block; \u0060 is the same JSON.
+    return "```json\n" + text.replace("`", "\\u0060") + "\n```"
 
 
 def result_footer_prefix(job: Job) -> str:

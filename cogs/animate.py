@@ -20,10 +20,12 @@ from bot.jobs import (
     MAX_PROMPT_LENGTH,
     MAX_SEED,
     MOTION_MODULES,
+    OUTPUT_FORMATS,
     GenerationRequest,
     InvalidRequest,
     Job,
 )
+from bot.media import DEFAULT_UPLOAD_LIMIT
 from bot.scheduler import (
     CancelOutcome,
     DeliveryFailed,
@@ -33,12 +35,14 @@ from bot.scheduler import (
     Stage,
 )
 from bot.texts import (
+    DESCRIPTION_LIMIT,
     canceled_text,
     dm_delivery_text,
     done_text,
     failed_text,
     result_card,
     result_footer_prefix,
+    settings_json,
     status_text,
     too_large_text,
 )
@@ -49,13 +53,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
-DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+EMBED_COLOUR = 0x5865F2
 READY_WAIT_SECONDS = 30
 
 MODEL_CHOICES = [app_commands.Choice(name=name, value=path) for path, name in CHECKPOINTS.items()]
 MOTION_CHOICES = [
     app_commands.Choice(name=name, value=module) for module, name in MOTION_MODULES.items()
 ]
+FORMAT_CHOICES = [app_commands.Choice(name=name, value=fmt) for fmt, name in OUTPUT_FORMATS.items()]
 
 
 class JobButton(
@@ -133,6 +138,16 @@ class RemixButton(JobButton, template=r"animate:remix:(?P<job>[0-9]+)"):
         await cog.remix_pressed(interaction, self.job_id)
 
 
+class InfoButton(JobButton, template=r"animate:info:(?P<job>[0-9]+)"):
+    """Every setting of a result as JSON, for the presser only."""
+
+    ACTION, LABEL, EMOJI, STYLE = "info", "Info", "ℹ️", discord.ButtonStyle.secondary
+
+    async def handle(self, cog: AnimateCog, interaction: discord.Interaction) -> None:
+        """Show the job's full settings."""
+        await cog.info_pressed(interaction, self.job_id)
+
+
 class DeleteButton(JobButton, template=r"animate:delete:(?P<job>[0-9]+)"):
     """Remove a result (requester or Manage Messages)."""
 
@@ -141,6 +156,9 @@ class DeleteButton(JobButton, template=r"animate:delete:(?P<job>[0-9]+)"):
     async def handle(self, cog: AnimateCog, interaction: discord.Interaction) -> None:
         """Delete the result if the presser may."""
         await cog.delete_pressed(interaction, self.job_id)
+
+
+BUTTONS = (CancelButton, RerollButton, RemixButton, DeleteButton, InfoButton)
 
 
 def _bot(interaction: discord.Interaction) -> AnimateBot:
@@ -158,7 +176,12 @@ def pending_view(job_id: int) -> discord.ui.View:
 def result_view(job_id: int) -> discord.ui.View:
     """Buttons under a posted result."""
     view = discord.ui.View(timeout=None)
-    for button in (RerollButton(job_id), RemixButton(job_id), DeleteButton(job_id)):
+    for button in (
+        RerollButton(job_id),
+        RemixButton(job_id),
+        DeleteButton(job_id),
+        InfoButton(job_id),
+    ):
         view.add_item(button)
     return view
 
@@ -186,14 +209,12 @@ class RemixModal(discord.ui.Modal, title="Remix animation"):
             max_length=MAX_PROMPT_LENGTH,
             custom_id="negative_prompt",
         )
-        self.steps = discord.ui.TextInput[Self](
-            label="Steps (1-100)", default=str(request.steps), max_length=3, custom_id="steps"
-        )
-        self.guidance = discord.ui.TextInput[Self](
-            label="Guidance scale (1-10)",
-            default=f"{request.guidance_scale:g}",
-            max_length=5,
-            custom_id="guidance_scale",
+        # A modal holds five rows: steps and guidance share one to leave room for the format.
+        self.steps_and_guidance = discord.ui.TextInput[Self](
+            label="Steps (1-100), guidance scale (1-10)",
+            default=f"{request.steps}, {request.guidance_scale:g}",
+            max_length=12,
+            custom_id="steps_and_guidance",
         )
         self.seed = discord.ui.TextInput[Self](
             label="Seed (0 or empty for a new one)",
@@ -202,8 +223,17 @@ class RemixModal(discord.ui.Modal, title="Remix animation"):
             max_length=10,
             custom_id="seed",
         )
-        for item in (self.prompt, self.negative_prompt, self.steps, self.guidance, self.seed):
+        self.output_format = discord.ui.Select[Self](
+            custom_id="format",
+            required=False,
+            options=[
+                discord.SelectOption(label=name, value=fmt, default=fmt == request.output_format)
+                for fmt, name in OUTPUT_FORMATS.items()
+            ],
+        )
+        for item in (self.prompt, self.negative_prompt, self.steps_and_guidance, self.seed):
             self.add_item(item)
+        self.add_item(discord.ui.Label[Self](text="Format", component=self.output_format))
 
     async def on_submit(self, interaction: discord.Interaction, /) -> None:
         """Queue the edited request, or explain what is wrong with it."""
@@ -216,9 +246,9 @@ class RemixModal(discord.ui.Modal, title="Remix animation"):
             request = self.job.request.remixed(
                 prompt=self.prompt.value,
                 negative_prompt=self.negative_prompt.value,
-                steps=self.steps.value,
-                guidance_scale=self.guidance.value,
+                steps_and_guidance=self.steps_and_guidance.value,
                 seed=self.seed.value,
+                output_format=next(iter(self.output_format.values), None),
             )
         except InvalidRequest as exc:
             await interaction.response.send_message(
@@ -242,14 +272,14 @@ class AnimateCog(commands.Cog, name="Animate"):
 
     async def cog_load(self) -> None:
         """Register the buttons and start (or resume) the work."""
-        self.bot.add_dynamic_items(CancelButton, RerollButton, RemixButton, DeleteButton)
+        self.bot.add_dynamic_items(*BUTTONS)
         self.scheduler.attach(self)
         await self.scheduler.start()
 
     async def cog_unload(self) -> None:
         """Stop the work; every job stays recorded and resumes on the next start."""
         await self.scheduler.stop()
-        self.bot.remove_dynamic_items(CancelButton, RerollButton, RemixButton, DeleteButton)
+        self.bot.remove_dynamic_items(*BUTTONS)
 
     @app_commands.command(name="animate", description="Generate a short animation from a prompt.")
     @app_commands.guild_only()
@@ -261,8 +291,12 @@ class AnimateCog(commands.Cog, name="Animate"):
         steps="Sampling steps: more is slower and finer (default 25)",
         guidance_scale="How closely to follow the prompt (default 7.5)",
         seed="Seed for reproducible results (0 or empty: a random one)",
+        output_format="MP4 video (default) or a looping GIF",
     )
-    @app_commands.choices(model=MODEL_CHOICES, motion_module=MOTION_CHOICES)
+    @app_commands.rename(output_format="format")
+    @app_commands.choices(
+        model=MODEL_CHOICES, motion_module=MOTION_CHOICES, output_format=FORMAT_CHOICES
+    )
     async def animate(
         self,
         interaction: discord.Interaction,
@@ -273,48 +307,27 @@ class AnimateCog(commands.Cog, name="Animate"):
         steps: app_commands.Range[int, 1, 100] | None = None,
         guidance_scale: app_commands.Range[float, 1.0, 10.0] | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        output_format: app_commands.Choice[str] | None = None,
     ) -> None:
         """Queue an animation for this server."""
         async with self.bot.in_flight.track():
-            await self._animate(
-                interaction,
-                prompt,
-                negative_prompt,
-                model,
-                motion_module,
-                steps,
-                guidance_scale,
-                seed,
-            )
-
-    async def _animate(
-        self,
-        interaction: discord.Interaction,
-        prompt: str,
-        negative_prompt: str | None,
-        model: app_commands.Choice[str] | None,
-        motion_module: app_commands.Choice[str] | None,
-        steps: int | None,
-        guidance_scale: float | None,
-        seed: int | None,
-    ) -> None:
-        """Validate the options and queue the request."""
-        try:
-            request = GenerationRequest.create(
-                prompt,
-                negative_prompt=negative_prompt,
-                model=model.value if model else None,
-                motion_module=motion_module.value if motion_module else None,
-                steps=steps,
-                guidance_scale=guidance_scale,
-                seed=seed,
-            )
-        except InvalidRequest as exc:
-            await interaction.response.send_message(
-                str(exc), ephemeral=True, allowed_mentions=NO_MENTIONS
-            )
-            return
-        await self.queue_request(interaction, request)
+            try:
+                request = GenerationRequest.create(
+                    prompt,
+                    negative_prompt=negative_prompt,
+                    model=model.value if model else None,
+                    motion_module=motion_module.value if motion_module else None,
+                    steps=steps,
+                    guidance_scale=guidance_scale,
+                    seed=seed,
+                    output_format=output_format.value if output_format else None,
+                )
+            except InvalidRequest as exc:
+                await interaction.response.send_message(
+                    str(exc), ephemeral=True, allowed_mentions=NO_MENTIONS
+                )
+                return
+            await self.queue_request(interaction, request)
 
     async def queue_request(
         self,
@@ -332,14 +345,8 @@ class AnimateCog(commands.Cog, name="Animate"):
                 allowed_mentions=NO_MENTIONS,
             )
             return
-        try:
-            self.scheduler.check_admission(guild_id, interaction.user.id)
-        except QueueFull as exc:
-            await interaction.response.send_message(
-                str(exc), ephemeral=True, allowed_mentions=NO_MENTIONS
-            )
-            return
-        await interaction.response.defer(thinking=True)
+        # Stored before anything is shown: once Discord says "thinking", the job exists,
+        # so a crash from here on cannot lose the request.
         try:
             job, position = await self.scheduler.submit(
                 guild_id=guild_id,
@@ -347,18 +354,20 @@ class AnimateCog(commands.Cog, name="Animate"):
                 requester_id=interaction.user.id,
                 request=request,
                 parent_job_id=parent_job_id,
+                upload_limit=interaction.filesize_limit,
             )
-            crash_point("accepted")
         except QueueFull as exc:
-            # Lost a race with the member's other request: take back the public reply.
-            await interaction.delete_original_response()
-            await interaction.followup.send(str(exc), ephemeral=True, allowed_mentions=NO_MENTIONS)
+            await interaction.response.send_message(
+                str(exc), ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
             return
+        crash_point("accepted")
         shown = self.scheduler.queued_status(job.id) or JobStatusUpdate(
             Stage.QUEUED, position=position
         )
         message_id: int | None = None
         try:
+            await interaction.response.defer(thinking=True)
             message = await interaction.edit_original_response(
                 content=status_text(job, shown),
                 view=pending_view(job.id),
@@ -366,7 +375,8 @@ class AnimateCog(commands.Cog, name="Animate"):
             )
             message_id = message.id
         finally:
-            # Even without a message the job must run: it is already accepted and stored.
+            # Even without a message the job must run: it is accepted and stored, and it
+            # posts a status message of its own when it starts.
             await self.scheduler.attach_message(job.id, message_id, shown=shown)
 
     # Buttons ----------------------------------------------------------------------------
@@ -423,6 +433,29 @@ class AnimateCog(commands.Cog, name="Animate"):
             return
         await interaction.response.send_modal(RemixModal(self, job))
 
+    async def info_pressed(self, interaction: discord.Interaction, job_id: int) -> None:
+        """Show every setting of a job as JSON, to the presser only."""
+        job = await self._job_for(interaction, job_id)
+        if job is None:
+            return
+        text = settings_json(job)
+        if len(text) <= DESCRIPTION_LIMIT:
+            await interaction.response.send_message(
+                embed=discord.Embed(title="Settings", description=text, colour=EMBED_COLOUR),
+                ephemeral=True,
+                allowed_mentions=NO_MENTIONS,
+            )
+            return
+        # Two long prompts can outgrow an embed: send the JSON as a file instead.
+        await interaction.response.send_message(
+            file=discord.File(
+                io.BytesIO(settings_json(job, fenced=False).encode()),
+                filename=f"animate-{job.seed}-settings.json",
+            ),
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
+        )
+
     async def delete_pressed(self, interaction: discord.Interaction, job_id: int) -> None:
         """Delete a result if the presser asked for it or moderates messages."""
         job = await self._job_for(interaction, job_id)
@@ -470,8 +503,6 @@ class AnimateCog(commands.Cog, name="Animate"):
 
     async def deliver(self, job: Job, result: JobResult) -> int:
         """Post the result as a reply to the request; by DM if the channel refuses it."""
-        limit = await self._upload_limit(job.guild_id)
-        fits = len(result.data) <= limit
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         extra: dict[str, Any] = {}
         if job.request_message_id is not None:
@@ -483,8 +514,8 @@ class AnimateCog(commands.Cog, name="Animate"):
             )
         content = (
             f"🎬 Animation for <@{job.requester_id}>"
-            if fits
-            else too_large_text(job, len(result.data), limit)
+            if result.file is not None
+            else too_large_text(job, result.output_size, result.upload_limit)
         )
         try:
             message = await channel.send(
@@ -492,7 +523,7 @@ class AnimateCog(commands.Cog, name="Animate"):
                 embed=_embed(job, result),
                 view=result_view(job.id),
                 allowed_mentions=NO_MENTIONS,
-                **_attachment(result, fits),
+                **_attachment(result, result.upload_limit),
                 **extra,
             )
         except (discord.Forbidden, discord.NotFound) as exc:
@@ -524,7 +555,7 @@ class AnimateCog(commands.Cog, name="Animate"):
                 content=dm_delivery_text(job, channel_gone=channel_gone),
                 embed=_embed(job, result),
                 allowed_mentions=NO_MENTIONS,
-                **_attachment(result, len(result.data) <= DEFAULT_UPLOAD_LIMIT),
+                **_attachment(result, DEFAULT_UPLOAD_LIMIT),
             )
         except discord.HTTPException as exc:
             log.warning("job %s: could not send the result by DM either: %s", job.id, exc)
@@ -536,6 +567,18 @@ class AnimateCog(commands.Cog, name="Animate"):
             await self._edit_status(job, done_text(job, by_dm=by_dm), None)
         except discord.HTTPException:
             log.warning("could not mark job %s done on its status message", job.id, exc_info=True)
+
+    async def announce(self, job: Job, update: JobStatusUpdate) -> int | None:
+        """Post a new status message for a job whose own is missing; return its id."""
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        try:
+            message = await channel.send(
+                status_text(job, update), view=pending_view(job.id), allowed_mentions=NO_MENTIONS
+            )
+        except discord.HTTPException as exc:
+            log.warning("job %s: could not post a status message: %s", job.id, exc)
+            return None
+        return message.id
 
     async def report_done(self, job: Job) -> None:
         """Show on the request's message that the result is posted."""
@@ -562,14 +605,14 @@ class AnimateCog(commands.Cog, name="Animate"):
             log.warning("could not search channel %s for job %s: %s", job.channel_id, job.id, exc)
         return None
 
-    async def _upload_limit(self, guild_id: int) -> int:
-        """The guild's upload limit; right after a restart, wait briefly for the guild to load."""
-        guild = self.bot.get_guild(guild_id)
+    async def guild_upload_limit(self, job: Job) -> int | None:
+        """The server's upload limit; right after a restart, wait briefly for it to load."""
+        guild = self.bot.get_guild(job.guild_id)
         if guild is None and not self.bot.is_ready():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.bot.wait_until_ready(), timeout=READY_WAIT_SECONDS)
-            guild = self.bot.get_guild(guild_id)
-        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
+            guild = self.bot.get_guild(job.guild_id)
+        return guild.filesize_limit if guild is not None else None
 
     async def report_failure(self, job: Job, reason: str) -> None:
         """Show the failure on the request's message, or post it if that message is gone."""
@@ -587,17 +630,18 @@ class AnimateCog(commands.Cog, name="Animate"):
         await self._edit_status(job, canceled_text(job), None)
 
 
-def _attachment(result: JobResult, fits: bool) -> dict[str, Any]:
-    """The result's file as a send() argument, or nothing when it is over the limit."""
-    if not fits:
+def _attachment(result: JobResult, limit: int) -> dict[str, Any]:
+    """The result's file as a send() argument, or nothing when there is none within `limit`."""
+    upload = result.file
+    if upload is None or upload.size_bytes > limit:
         return {}
-    return {"file": discord.File(io.BytesIO(result.data), filename=result.filename)}
+    return {"file": discord.File(upload.path, filename=upload.filename)}
 
 
 def _embed(job: Job, result: JobResult) -> discord.Embed:
     """Turn the result card into an embed."""
     card = result_card(job, result)
-    embed = discord.Embed(title=card.title, description=card.description, colour=0x5865F2)
+    embed = discord.Embed(title=card.title, description=card.description, colour=EMBED_COLOUR)
     for field in card.fields:
         embed.add_field(name=field.name, value=field.value, inline=field.inline)
     embed.set_footer(text=card.footer)

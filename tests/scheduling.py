@@ -31,6 +31,9 @@ class RecordingReporter:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(9000))
     already_posted: dict[int, int] = field(default_factory=dict)
+    upload_limit: int | None = None
+    announced: list[tuple[int, JobStatusUpdate]] = field(default_factory=list)
+    files: list[bytes | None] = field(default_factory=list)
 
     async def show_status(self, job: Job, update: JobStatusUpdate) -> None:
         self.statuses.append((job.id, update))
@@ -39,8 +42,18 @@ class RecordingReporter:
 
     async def deliver(self, job: Job, result: JobResult) -> int:
         self.delivered.append((job, result))
+        # The file lives only until deliver() returns, as a real post would need it.
+        self.files.append(result.file.path.read_bytes() if result.file else None)
         self._touch()
         return next(self.ids)
+
+    async def announce(self, job: Job, update: JobStatusUpdate) -> int | None:
+        self.announced.append((job.id, update))
+        self._touch()
+        return 7000 + job.id
+
+    async def guild_upload_limit(self, job: Job) -> int | None:
+        return self.upload_limit
 
     async def find_delivered(self, job: Job) -> int | None:
         return self.already_posted.get(job.id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import random
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,11 +16,13 @@ import pytest_asyncio
 from yarl import URL
 
 from tests.fakes.predictions import (
+    AFTER_CREATE_KINDS,
     DEFAULT_TOKEN,
     DEFAULT_VERSION,
     FOREIGN_HOST,
     Behaviour,
     FakePredictionAPI,
+    RandomFaults,
 )
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_TOKEN}"}
@@ -374,3 +378,106 @@ async def test_wait_for_times_out(fake: FakePredictionAPI) -> None:
         await fake.wait_for(lambda: fake.creates > 0, timeout=0.05)
     with pytest.raises(AssertionError):
         await fake.wait_for(lambda: fake.latest, timeout=0.05)
+
+
+# ---- seeded random faults -------------------------------------------------------------
+
+
+async def _answer(session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> str:
+    """Send one request and describe how it was answered: a status, or the error's name."""
+    try:
+        async with session.request(method, url, headers=AUTH, **kwargs) as r:
+            body = await r.read()
+            try:
+                json_ok = isinstance(json.loads(body), dict)
+            except ValueError:
+                json_ok = False
+            return f"{r.status}{'' if json_ok else ' not-json'}"
+    except aiohttp.ClientError as exc:
+        return type(exc).__name__
+
+
+@pytest.mark.asyncio
+async def test_random_faults_are_off_by_default_and_at_rate_zero(
+    fake: FakePredictionAPI, session: aiohttp.ClientSession
+) -> None:
+    """Without set_fault_rate, or at rate 0, every request is served."""
+    assert fake.random_faults is None
+    assert fake.set_fault_rate(0.0, random.Random(1)) is None
+    status, body = await _create(session, fake)
+    assert status == 201
+    assert (await _get(session, fake, body["id"]))["id"] == body["id"]
+
+
+@pytest.mark.asyncio
+async def test_random_faults_before_handling_execute_nothing(
+    fake: FakePredictionAPI, session: aiohttp.ClientSession
+) -> None:
+    """At rate 1 with no after-create share, every request fails and no create takes effect."""
+    faults = fake.set_fault_rate(1.0, random.Random(3), stall=0.05, after_create_share=0.0)
+    assert faults is not None
+    payload = {"version": DEFAULT_VERSION, "input": _input()}
+    answers = [
+        await _answer(session, "POST", f"{fake.base_url}/predictions", json=payload)
+        for _ in range(30)
+    ]
+    assert all(not a.startswith("2") or a.endswith("not-json") for a in answers), answers
+    assert fake.creates == 0
+    assert {kind for kind, _ in faults.counts} == {"create"}
+    assert faults.total == fake.create_requests == 30
+    assert len({name for _, name in faults.counts}) >= 5  # a real mix, not one kind
+    assert fake.requests_by_kind()["create"] == 30
+
+
+@pytest.mark.asyncio
+async def test_random_faults_after_create_hide_a_prediction_that_exists(
+    fake: FakePredictionAPI, session: aiohttp.ClientSession
+) -> None:
+    """An after-create fault answers badly although the prediction was made."""
+    faults = fake.set_fault_rate(1.0, random.Random(5), after_create_share=1.0)
+    assert faults is not None
+    for seed in range(1, 11):
+        payload = {"version": DEFAULT_VERSION, "input": _input(seed=seed)}
+        answer = await _answer(session, "POST", f"{fake.base_url}/predictions", json=payload)
+        assert answer in ("ServerDisconnectedError", "502 not-json", "201 not-json"), answer
+    assert fake.creates == 10
+    assert {name for _, name in faults.counts} <= set(AFTER_CREATE_KINDS)
+    fake.set_fault_rate(0.0, random.Random(5))
+    pid = fake.latest.id
+    assert (await _get(session, fake, pid))["id"] == pid
+
+
+@pytest.mark.asyncio
+async def test_random_faults_hit_polls_and_downloads_but_never_bad_json_files(
+    fake: FakePredictionAPI, session: aiohttp.ClientSession
+) -> None:
+    """Polls and file downloads fail at the rate too; a file is never answered as bad JSON."""
+    _, body = await _create(session, fake, wait="wait=5")
+    faults = fake.set_fault_rate(1.0, random.Random(9), stall=0.05, retry_after_max=0.5)
+    assert faults is not None
+    for _ in range(10):
+        assert not (await _answer(session, "GET", body["output"])).startswith("200")
+        await _answer(session, "GET", f"{fake.base_url}/predictions/{body['id']}")
+    assert ("download", "bad-json") not in faults.counts
+    assert {kind for kind, _ in faults.counts} == {"download", "poll"}
+    for (_, name), _count in faults.counts.items():
+        assert name in ("429", "429-retry-after", "500", "502", "503", "drop", "stall", "bad-json")
+
+
+def test_random_faults_follow_the_seed() -> None:
+    """The same seed draws the same faults for the same requests."""
+    requests = [("POST", "/v1/predictions"), ("GET", "/v1/predictions/x"), ("GET", "/files/x.mp4")]
+
+    def draws(seed: int) -> list[tuple[int, bool, bool, str | None]]:
+        faults = RandomFaults(rate=0.4, rng=random.Random(seed))
+        out: list[tuple[int, bool, bool, str | None]] = []
+        for n in range(200):
+            fault = faults.draw(*requests[n % 3])
+            if fault is not None:
+                retry = (fault.headers or {}).get("Retry-After")
+                out.append((fault.status, fault.drop, fault.after_create, retry))
+        return out
+
+    assert draws(1) == draws(1)
+    assert draws(1) != draws(2)
+    assert 40 < len(draws(1)) < 120

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from bot.jobs import (
     Job,
     JobStatus,
 )
+from bot.media import Upload
 from bot.scheduler import JobResult, JobStatusUpdate, Stage
 from bot.texts import (
     DESCRIPTION_LIMIT,
@@ -44,7 +46,16 @@ def _job(request: GenerationRequest, requester: int = 77) -> Job:
 
 
 def _result() -> JobResult:
-    return JobResult(b"x", "animate-1.mp4", "video/mp4", "pred1", 31.4, 75)
+    upload = Upload(Path("animate-1-a-cat.mp4"), "animate-1-a-cat.mp4", "video/mp4", 1234)
+    return JobResult(
+        file=upload,
+        output_size=1234,
+        upload_limit=10 * 2**20,
+        prediction_id="pred1",
+        model_version="beecf59c4aee8d81bf04f0381033dfa10dc16e845b4ae00d281e2fa377e48a9f",
+        predict_time=31.4,
+        elapsed=75,
+    )
 
 
 def test_defaults_and_an_explicit_random_seed() -> None:

@@ -10,7 +10,14 @@ import pytest
 
 from bot.jobs import Job, JobStatus
 from bot.predictions import PredictionClient
-from bot.scheduler import CancelOutcome, QueueFull, Scheduler, SchedulerLimits, Stage
+from bot.scheduler import (
+    CancelOutcome,
+    JobStatusUpdate,
+    QueueFull,
+    Scheduler,
+    SchedulerLimits,
+    Stage,
+)
 from bot.store import JobStore
 from tests.fakes.predictions import Behaviour, FakePredictionAPI
 from tests.scheduling import (
@@ -44,9 +51,11 @@ async def test_happy_path_delivers_once_and_records_done(
     await reporter.wait_for(lambda: reporter.delivered)
     await scheduler.wait_idle()
     delivered, result = reporter.delivered[0]
-    assert result.data == prediction_api.sample
-    assert result.filename == "animate-7.mp4" and result.content_type == "video/mp4"
-    assert result.predict_time is not None
+    assert reporter.files[0] == prediction_api.sample  # it fits: posted exactly as made
+    assert result.file is not None and result.file.content_type == "video/mp4"
+    assert result.file.filename == "animate-7-a-lighthouse-in-a-storm.mp4"
+    assert result.predict_time is not None and result.model_version == prediction_api.version
+    assert not result.file.path.exists(), "the temporary files are removed after posting"
     stored = await store.get(job.id)
     assert stored is not None and stored.status is JobStatus.DONE
     assert stored.result_message_id == 9000 and stored.request_message_id == 5000 + job.id
@@ -73,13 +82,16 @@ async def test_a_job_waits_for_its_message_before_it_starts(
     assert failed.request_message_id == 31337 and "CUDA out of memory" in reason
 
 
-async def test_a_job_without_a_message_still_runs(
-    scheduler: Scheduler, reporter: RecordingReporter
+async def test_a_job_whose_message_failed_posts_its_own_and_runs(
+    scheduler: Scheduler, store: JobStore, reporter: RecordingReporter
 ) -> None:
     job, _ = await scheduler.submit(guild_id=1, channel_id=100, requester_id=10, request=request())
     await scheduler.attach_message(job.id, None)  # showing it failed
     await reporter.wait_for(lambda: reporter.delivered)
-    assert reporter.delivered[0][0].request_message_id is None
+    assert reporter.announced == [(job.id, JobStatusUpdate(Stage.STARTING))]
+    assert reporter.delivered[0][0].request_message_id == 7000 + job.id
+    stored = await store.get(job.id)
+    assert stored is not None and stored.request_message_id == 7000 + job.id
 
 
 async def test_canceled_before_its_message_was_recorded_is_shown_on_it(

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.harness import BotProcess, bot_environment
 from tests.fakes.discord import (
     DEFAULT_MEMBER_PERMISSIONS,
     MANAGE_MESSAGES,
@@ -22,8 +21,6 @@ from tests.fakes.discord import (
     FakeMessage,
 )
 from tests.fakes.predictions import FakePredictionAPI
-
-ROOT = Path(__file__).resolve().parents[2]
 
 GUILD_A, GUILD_B = 800_000_000_000_000_001, 800_000_000_000_000_002
 CHANNEL_A, CHANNEL_B = 810_000_000_000_000_001, 810_000_000_000_000_002
@@ -33,57 +30,6 @@ ALICE, BOB, MODERATOR, CAROL = (
     900_000_000_000_000_003,
     900_000_000_000_000_004,
 )
-
-
-class BotProcess:
-    """The bot as a user runs it: `python -m bot` in its own process."""
-
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        self.env = env
-        self.workdir = workdir
-        self.log_path = workdir / "bot.log"
-        self.process: asyncio.subprocess.Process | None = None
-        self.starts = 0
-
-    async def start(self) -> None:
-        """Start the bot, appending its output to the log file."""
-        self.starts += 1
-        with self.log_path.open("ab") as log:
-            log.write(f"----- start {self.starts} -----\n".encode())
-            log.flush()
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bot",
-                cwd=self.workdir,
-                env=self.env,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-
-    async def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 15) -> int:
-        """Send a signal and wait for the process to end; return its exit code."""
-        process = self.process
-        assert process is not None
-        if process.returncode is None:
-            process.send_signal(sig)
-        async with asyncio.timeout(timeout):
-            code = await process.wait()
-        self.process = None
-        return code
-
-    async def wait_exit(self, timeout: float = 20) -> int:
-        """Wait for the process to end by itself; return its exit code."""
-        process = self.process
-        assert process is not None
-        async with asyncio.timeout(timeout):
-            code = await process.wait()
-        self.process = None
-        return code
-
-    def log(self) -> str:
-        """Everything the bot printed so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 @dataclass
@@ -210,24 +156,13 @@ async def world(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
         )
     marker = request.node.get_closest_marker("bot_env")
     extra_env: dict[str, str] = dict(marker.kwargs) if marker else {}
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DISCORD_", "REPLICATE_", "DATABASE_", "MAX_", "PREDICTION_"))
-    }
-    env.update(
-        PYTHONPATH=str(ROOT),
-        PYTHONUNBUFFERED="1",
-        DISCORD_TOKEN=discord.token,
-        REPLICATE_API_TOKEN=api.token,
-        REPLICATE_API_BASE=api.base_url,
-        DATABASE_PATH=str(tmp_path / "state" / "bot.sqlite3"),
-        DISCORD_GUILD_IDS=f"{GUILD_A},{GUILD_B}",
-        DISCORD_API_BASE=discord.api_base,
-        DISCORD_GATEWAY_URL=discord.gateway_url,
-        LOG_LEVEL="INFO",
+    env = bot_environment(
+        discord,
+        api,
+        tmp_path / "state" / "bot.sqlite3",
+        guild_ids=(GUILD_A, GUILD_B),
+        extra=extra_env,
     )
-    env.update(extra_env)
     bot = BotProcess(env, tmp_path)
     world = World(discord, api, bot)
     await bot.start()

@@ -45,10 +45,10 @@ async def test_happy_path_posts_the_animation_with_its_settings(world: World) ->
 
     attachment = result.attachments[0]
     assert attachment.data == world.api.sample
-    assert attachment.filename == "animate-1234.mp4"
+    assert attachment.filename == "animate-1234-a-red-fox-running-through-snow.mp4"
     assert result.allowed_mentions == {"parse": []}
     assert result.channel_id == CHANNEL_A
-    assert labels(result) == ["Reroll", "Remix", "Delete"]
+    assert labels(result) == ["Reroll", "Remix", "Delete", "Info"]
     fields = embed_fields(result)
     assert fields["Seed"] == "1234" and fields["Steps"] == "10" and fields["Guidance"] == "6.5"
     assert fields["Model"] == "Lyriel 1.6" and fields["Motion module"] == "Motion v1.4"
@@ -83,7 +83,7 @@ async def test_a_missing_seed_is_picked_and_sent_explicitly(world: World) -> Non
     seed = int(embed_fields(result)["Seed"])
     assert 1 <= seed <= 2_147_483_647
     assert world.api.create_bodies[0]["input"]["seed"] == seed
-    assert result.attachments[0].filename == f"animate-{seed}.mp4"
+    assert result.attachments[0].filename == f"animate-{seed}-waves.mp4"
 
 
 async def test_reroll_queues_the_same_settings_with_a_new_seed_for_the_presser(
@@ -117,12 +117,15 @@ async def test_remix_opens_a_prefilled_modal_and_queues_the_edit(world: World) -
     assert prefilled == {
         "prompt": "a castle",
         "negative_prompt": "fog",
-        "steps": "9",
-        "guidance_scale": "7.5",
+        "steps_and_guidance": "9, 7.5",
         "seed": "555",
+        "format": None,  # a select: MP4 is its default option
     }
+    del prefilled["format"]
     submit = await world.discord.submit_modal(
-        click, {**prefilled, "prompt": "a castle at night", "steps": "12"}, user_id=CAROL
+        click,
+        {**prefilled, "prompt": "a castle at night", "steps_and_guidance": "12, 7.5"},
+        user_id=CAROL,
     )
     second = await world.result_for(await world.request_message(submit))
     fields = embed_fields(second)
@@ -141,8 +144,7 @@ async def test_remix_with_bad_values_explains_the_problem(world: World) -> None:
         {
             "prompt": "a tree",
             "negative_prompt": "",
-            "steps": "500",
-            "guidance_scale": "7",
+            "steps_and_guidance": "500, 7",
             "seed": "3",
         },
         user_id=ALICE,
@@ -236,16 +238,6 @@ async def test_a_failed_prediction_tells_the_requester_and_the_queue_moves_on(
     assert "The animation failed: CUDA out of memory" in failing.content
     assert failing.components == []
     await world.result_for(following)
-
-
-async def test_a_result_over_the_upload_limit_is_explained_not_attached(world: World) -> None:
-    world.api.sample = b"\0" * (10 * 2**20 + 1)  # just over an unboosted server's 10 MiB
-    request = await world.request_message(await world.animate("huge", steps=5, seed=8))
-    result = await world.result_for(request)
-    assert result.attachments == []
-    assert "over this server's 10 MiB upload limit" in result.content
-    assert embed_fields(result)["Seed"] == "8"
-    assert labels(result) == ["Reroll", "Remix", "Delete"]
 
 
 @pytest.mark.bot_env(DISCORD_GUILD_IDS="")

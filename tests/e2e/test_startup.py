@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT
+from tests.e2e.harness import ROOT
 from tests.fakes.discord import FakeDiscord
 
 

@@ -467,6 +467,7 @@ class FakeDiscord:
         self._users: dict[int, str] = {bot_user_id: self.bot_name}
         self._dm_channels: dict[int, int] = {}
         self._closed_dms: set[int] = set()
+        self._upload_limits: dict[int, int] = {}
         self._faults: list[_Fault] = []
         self._session: _Session | None = None
         self._connections: set[_Connection] = set()
@@ -577,6 +578,10 @@ class FakeDiscord:
         if channel.guild_id is not None:
             self._guilds[channel.guild_id].channel_ids.remove(channel_id)
         await self._dispatch("CHANNEL_DELETE", self._channel_payload(channel))
+
+    def set_upload_limit(self, guild_id: int, limit: int) -> None:
+        """Give a guild another attachment size limit (sent with interactions, enforced)."""
+        self._upload_limits[guild_id] = limit
 
     def close_dms(self, user_id: int) -> None:
         """Make a user refuse direct messages (403, code 50007), as the privacy setting does."""
@@ -1203,6 +1208,8 @@ class FakeDiscord:
 
     def _size_limit(self, guild_id: int | None) -> int:
         """Return the attachment size limit for a guild (or DMs)."""
+        if guild_id in self._upload_limits:
+            return self._upload_limits[guild_id]
         guild = self._guilds.get(guild_id) if guild_id is not None else None
         return ATTACHMENT_SIZE_LIMITS.get(
             guild.premium_tier if guild else 0, ATTACHMENT_SIZE_LIMITS[0]

@@ -12,6 +12,7 @@ import re
 import secrets
 import socket
 import string
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,7 +37,9 @@ __all__ = [
     "FakePrediction",
     "FakePredictionAPI",
     "Fault",
+    "RandomFaults",
     "RecordedRequest",
+    "request_kind",
 ]
 
 T = TypeVar("T")
@@ -324,6 +327,98 @@ def _not_found() -> web.Response:
     return _json_response({"detail": "Not found.", "status": 404}, 404)
 
 
+# ---- seeded random faults (soak runs) ----------------------------------------------------
+#
+# Separate from the scripted `inject` faults: those replace chosen requests in a test, these
+# hit a random share of every request, as a flaky upstream does. Every fault here is
+# transient: a fault drawn before handling leaves the request unexecuted, so retrying is
+# always safe; only a create may also be answered badly *after* its prediction was made (the
+# "outcome unknown" case a client must resolve by looking the prediction up, not creating it
+# again).
+
+_HTML_PAGE = (
+    "<html><head><title>{code} {phrase}</title></head><body><center><h1>{code} {phrase}</h1>"
+    "</center><hr><center>nginx</center></body></html>"
+)
+_TRUNCATED_JSON = '{"id": "'
+BEFORE_KINDS = ("429", "429-retry-after", "500", "502", "503", "drop", "stall", "bad-json")
+FILE_KINDS = ("429", "429-retry-after", "500", "502", "503", "drop", "stall")
+AFTER_CREATE_KINDS = ("drop-after-create", "502-after-create", "bad-json-after-create")
+
+
+def request_kind(method: str, path: str) -> str:
+    """Name what a request to the fake asks for: create, poll, list, cancel, download."""
+    if path == "/v1/predictions":
+        return "create" if method == "POST" else "list"
+    if re.fullmatch(r"/v1/predictions/[^/]+/cancel", path):
+        return "cancel"
+    if re.fullmatch(r"/v1/predictions/[^/]+", path):
+        return "poll"
+    if path.startswith("/files/"):
+        return "download"
+    return "other"
+
+
+@dataclass
+class RandomFaults:
+    """A seeded share of requests answered with a random transient fault."""
+
+    rate: float
+    rng: random.Random
+    retry_after_max: float = 2.0
+    stall: float = 1.0
+    after_create_share: float = 0.3
+    include_files: bool = True
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def draw(self, method: str, path: str) -> Fault | None:
+        """Decide whether this request fails, and how; count what was drawn."""
+        kind = request_kind(method, path)
+        if kind == "other" or (kind == "download" and not self.include_files):
+            return None
+        if self.rng.random() >= self.rate:
+            return None
+        if kind == "create" and self.rng.random() < self.after_create_share:
+            name = self.rng.choice(AFTER_CREATE_KINDS)
+        else:
+            name = self.rng.choice(FILE_KINDS if kind == "download" else BEFORE_KINDS)
+        self.counts[(kind, name)] += 1
+        return self._fault(method, name, created=kind == "create")
+
+    def _fault(self, method: str, name: str, *, created: bool) -> Fault:
+        """Build the answer a fault kind stands for."""
+        fault = Fault(method=method.upper(), pattern=re.compile(".*"))
+        base = name.removesuffix("-after-create")
+        fault.after_create = name.endswith("-after-create")
+        if base == "429":
+            fault.status = 429
+            fault.body = {"detail": "Request was throttled.", "status": 429}
+        elif base == "429-retry-after":
+            fault.status = 429
+            wait = round(self.rng.uniform(0, self.retry_after_max), 1)
+            fault.headers = {"Retry-After": f"{wait:g}"}
+            fault.body = {"detail": f"Request was throttled. Expected in {wait:g}s.", "status": 429}
+        elif base in ("500", "502", "503"):
+            fault.status = int(base)
+            fault.body = _HTML_PAGE.format(code=base, phrase=HTTPStatus(fault.status).phrase)
+            fault.content_type = "text/html"
+        elif base == "drop":
+            fault.drop = True
+        elif base == "stall":
+            # Hangs, then hangs up: what a read time-out looks like from the client's side.
+            fault.drop = True
+            fault.delay = self.rng.uniform(self.stall / 2, self.stall)
+        elif base == "bad-json":
+            fault.status = 201 if created else 200
+            fault.body = _TRUNCATED_JSON
+        return fault
+
+    @property
+    def total(self) -> int:
+        """Faults drawn so far."""
+        return sum(self.counts.values())
+
+
 class FakePredictionAPI:
     """An aiohttp server on 127.0.0.1 that behaves like Replicate's prediction API."""
 
@@ -346,6 +441,7 @@ class FakePredictionAPI:
         self.requests: list[RecordedRequest] = []
         self.predictions: dict[str, FakePrediction] = {}
         self.faults: list[Fault] = []
+        self.random_faults: RandomFaults | None = None
         self.origin = ""
         self.base_url = ""
         self._seq = 0
@@ -480,6 +576,34 @@ class FakePredictionAPI:
         self.faults.append(fault)
         return fault
 
+    def set_fault_rate(
+        self,
+        rate: float,
+        rng: random.Random,
+        *,
+        retry_after_max: float = 2.0,
+        stall: float = 1.0,
+        after_create_share: float = 0.3,
+        include_files: bool = True,
+    ) -> RandomFaults | None:
+        """Fail a seeded random share of requests with transient faults (rate 0 turns it off)."""
+        if rate <= 0:
+            self.random_faults = None
+        else:
+            self.random_faults = RandomFaults(
+                rate=rate,
+                rng=rng,
+                retry_after_max=retry_after_max,
+                stall=stall,
+                after_create_share=after_create_share,
+                include_files=include_files,
+            )
+        return self.random_faults
+
+    def requests_by_kind(self) -> Counter[str]:
+        """Count received requests by what they asked for (create, poll, list, ...)."""
+        return Counter(request_kind(r.method, r.path) for r in self.requests)
+
     def expire(self, prediction_id: str) -> None:
         """Remove output and logs as Replicate does an hour after completion."""
         prediction = self.predictions[prediction_id]
@@ -584,6 +708,8 @@ class FakePredictionAPI:
         self._changed()
         try:
             fault = self._take_fault(request.method, request.path)
+            if fault is None and self.random_faults is not None:
+                fault = self.random_faults.draw(request.method, request.path)
             if fault is not None and not fault.after_create:
                 return await self._answer_fault(request, fault)
             if request.path.startswith("/v1/") and not self._authorized(request):

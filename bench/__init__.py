@@ -1,0 +1,1 @@
+"""Benchmarks and soak scripts: run with `python -m bench.<name>`; not part of the tests."""
