@@ -145,3 +145,37 @@ async def test_deleted_flag(store: JobStore) -> None:
     job_id = await _add(store)
     job = await store.mark_deleted(job_id)
     assert job.deleted
+
+
+async def test_a_rerun_goes_back_to_submitted_and_counts(tmp_path: Path) -> None:
+    now = [1000.0]
+    store = await JobStore.open(tmp_path / "bot.sqlite3", clock=lambda: now[0])
+    try:
+        job_id = await _add(store)
+        await store.mark_submitted(job_id)
+        await store.mark_running(job_id, "expired-one")
+        await store.mark_delivering(job_id, predict_time=30.0, model_version="v1")
+        now[0] = 5000.0
+        rerun = await store.mark_rerun(job_id)
+        assert rerun.status is JobStatus.SUBMITTED and rerun.reruns == 1
+        assert rerun.prediction_id is None and rerun.predict_time is None
+        assert rerun.submitted_at == 5000.0 and rerun.started_at is None
+        # The expired prediction is free again: the new one can be recorded.
+        assert await store.job_for_prediction("expired-one") is None
+        await store.mark_running(job_id, "fresh-one")
+        assert (await store.mark_rerun(job_id)).reruns == 2
+        with pytest.raises(InvalidTransition):
+            await store.mark_rerun(job_id)  # submitted: nothing to rerun
+    finally:
+        await store.close()
+
+
+async def test_format_and_upload_limit_are_kept_with_the_job(store: JobStore) -> None:
+    request = GenerationRequest.create("a gif", seed=3, output_format="gif")
+    job = await store.add_job(
+        guild_id=1, channel_id=2, requester_id=3, request=request, upload_limit=25 * 2**20
+    )
+    stored = await store.get(job.id)
+    assert stored is not None and stored.request == request
+    assert stored.request.output_format == "gif" and stored.upload_limit == 25 * 2**20
+    assert await store.get(2**70) is None  # a forged id SQLite cannot hold is just unknown
