@@ -118,6 +118,8 @@ class AnimateBot(commands.Bot):
                 start_timeout=settings.prediction_start_timeout_seconds,
                 max_download_bytes=settings.max_download_bytes,
             ),
+            # Beside the database: one folder per bot, so a start can sweep what a crash left.
+            work_root=settings.database_path.parent / "work",
         )
 
     async def setup_hook(self) -> None:

@@ -205,7 +205,9 @@ class Scheduler:
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
+        work_root: Path | None = None,
     ) -> None:
+        self._work_root = work_root  # downloads and conversions, one folder per delivery
         self._store = store
         self._client = client
         self._limits = limits or SchedulerLimits()
@@ -240,6 +242,14 @@ class Scheduler:
         self.idle = asyncio.Event()
         self.idle.set()
 
+    def _clear_work_root(self) -> None:
+        """Start with an empty folder for downloads: whatever is there, a crash left behind."""
+        if self._work_root is None:
+            self._work_root = Path(tempfile.mkdtemp(prefix="animate-bot-"))
+            return
+        shutil.rmtree(self._work_root, ignore_errors=True)
+        self._work_root.mkdir(parents=True, exist_ok=True)
+
     def attach(self, reporter: JobReporter) -> None:
         """Set who tells members about their jobs."""
         self._reporter = reporter
@@ -249,6 +259,7 @@ class Scheduler:
         if self._started:
             return
         self._started = True
+        self._clear_work_root()
         self._history = TimingHistory(await self._store.recent_timings(SAMPLES_PER_KEY))
         jobs = await self._store.unfinished()
         resumed = 0
@@ -823,9 +834,11 @@ class Scheduler:
 
     async def _find(self, job: Job, api_input: dict[str, object]) -> Prediction | None:
         """Look up this job's prediction, unclaimed by others, in the API's list."""
-        return await self._client.find(
+        found = await self._client.find(
             api_input, created_after=job.submitted_at or job.created_at, accept=self._unclaimed
         )
+        self._leave_outage()  # the API answered
+        return found
 
     async def _find_quietly(self, job: Job, api_input: dict[str, object]) -> Prediction | None:
         """Like `_find`, but an error just means "not found"."""
@@ -842,7 +855,6 @@ class Scheduler:
         started = job.started_at if job.started_at is not None else self._wall()
         polls = 0
         cancel_sent = False
-        outage_since: float | None = None
         while prediction is None or not prediction.is_terminal:
             if self._cancel_wanted(job.id):
                 self._wakeup(job.id).clear()
@@ -852,49 +864,32 @@ class Scheduler:
                 progress = parse_progress(prediction.logs, job.request.steps)
                 self._show_progress(job, prediction, progress)
                 waited = self._wall() - started
+                # `prediction` is always a fresh answer here: an outage waits inside the fetch.
                 if prediction.status == "starting" and waited > self._limits.start_timeout:
                     # Stuck upstream (no capacity, a broken boot): free the member's slot.
-                    await self._try_cancel(job.prediction_id)
+                    stopped = await self._try_cancel(job.prediction_id)
                     minutes = self._limits.start_timeout / 60
                     await self._fail(
                         job.id,
                         f"The animation service did not start this request within {minutes:g} "
-                        "minutes, so it was canceled; please try again later.",
+                        f"minutes, so {'it was canceled' if stopped else 'the bot gave up on it'}"
+                        "; please try again later.",
                     )
                     return None
                 if waited > self._limits.prediction_timeout:
-                    await self._try_cancel(job.prediction_id)
+                    stopped = await self._try_cancel(job.prediction_id)
                     minutes = self._limits.prediction_timeout / 60
                     await self._fail(
                         job.id,
-                        f"The animation took longer than {minutes:g} minutes and was stopped.",
+                        f"The animation took longer than {minutes:g} minutes, so "
+                        f"{'it was stopped' if stopped else 'the bot gave up on it'}.",
                     )
                     return None
                 await self._pause(_poll_delay(prediction, progress, polls), job.id)
-            try:
-                prediction = await self._client.get(job.prediction_id)
-                polls += 1
-                outage_since = None
-                self._leave_outage()
-            except PredictionNotFound:
-                await self._fail(job.id, "The animation service has no record of this request.")
+            prediction = await self._fetch(job)
+            if prediction is None:
                 return None
-            except (ServiceUnavailable, RateLimited) as exc:
-                # The prediction is paid for and still running: keep following it.
-                now = self._clock()
-                outage_since = outage_since if outage_since is not None else now
-                log.warning("job %s: polling failed: %s", job.id, exc.detail)
-                self._enter_outage()
-                if now - outage_since > self._limits.outage_patience:
-                    await self._fail(
-                        job.id, "Lost contact with the animation service; please try again."
-                    )
-                    return None
-                self._publish(job.id, JobStatusUpdate(Stage.UNAVAILABLE))
-                await self._pause(max(10.0, exc.retry_after or 0.0), job.id)
-            except PredictionAPIError as exc:
-                await self._fail(job.id, _api_refusal(exc))
-                return None
+            polls += 1
         if self._cancel_wanted(job.id):
             # Whatever the outcome, the member was told it is being stopped: keep that promise.
             await self._cancel_job(job.id, "Canceled.")
@@ -907,6 +902,38 @@ class Scheduler:
         reason = (prediction.error or "").strip() or "The animation service reported a failure."
         await self._fail(job.id, f"The animation failed: {reason}")
         return None
+
+    async def _fetch(self, job: Job) -> Prediction | None:
+        """Read the job's prediction, waiting out an outage; None once the job has failed."""
+        assert job.prediction_id is not None
+        outage_since: float | None = None
+        while True:
+            try:
+                prediction = await self._client.get(job.prediction_id)
+            except PredictionNotFound:
+                await self._fail(job.id, "The animation service has no record of this request.")
+                return None
+            except (ServiceUnavailable, RateLimited) as exc:
+                # The prediction is paid for and may still run or hold its output: keep at it.
+                now = self._clock()
+                outage_since = outage_since if outage_since is not None else now
+                log.warning("job %s: reading its prediction failed: %s", job.id, exc.detail)
+                self._enter_outage()
+                if now - outage_since > self._limits.outage_patience:
+                    await self._fail(
+                        job.id, "Lost contact with the animation service; please try again."
+                    )
+                    return None
+                self._publish(job.id, JobStatusUpdate(Stage.UNAVAILABLE))
+                # A Cancel press is served once the API answers; it must not end this wait.
+                self._wakeup(job.id).clear()
+                await self._pause(max(10.0, exc.retry_after or 0.0), job.id)
+                continue
+            except PredictionAPIError as exc:
+                await self._fail(job.id, _api_refusal(exc))
+                return None
+            self._leave_outage()
+            return prediction
 
     async def _deliver(self, job: Job, prediction: Prediction | None, *, resumed: bool) -> None:
         """Download the output, make it fit, and post it, exactly once."""
@@ -921,7 +948,7 @@ class Scheduler:
                 await self._report(done, lambda reporter: reporter.report_done(done))
                 return
         self._relay.publish(job.id, JobStatusUpdate(Stage.UPLOADING))
-        workdir = Path(tempfile.mkdtemp(prefix=f"animate-job{job.id}-"))
+        workdir = Path(tempfile.mkdtemp(prefix=f"job{job.id}-", dir=self._work_root))
         try:
             result = await self._prepare(job, prediction, workdir)
             if result is None:
@@ -951,7 +978,9 @@ class Scheduler:
         assert job.prediction_id is not None
         try:
             if prediction is None or not prediction.output_urls:
-                prediction = await self._client.get(job.prediction_id)
+                prediction = await self._fetch(job)
+                if prediction is None:
+                    return None
             if prediction.data_removed:
                 # Outputs live an hour upstream; the bot was away longer than that.
                 raise _OutputExpired

@@ -15,6 +15,7 @@ from bot.jobs import (
     GenerationRequest,
     Job,
 )
+from bot.media import DEFAULT_UPLOAD_LIMIT
 from bot.progress import render_bar
 from bot.redaction import redact
 from bot.scheduler import JobResult, JobStatusUpdate, QueueEntry, Stage
@@ -205,14 +206,20 @@ def done_text(job: Job, *, by_dm: bool = False) -> str:
     return f"{request_header(job)}\n✅ Done: the animation is in the reply below."
 
 
-def dm_delivery_text(job: Job, *, channel_gone: bool) -> str:
+def dm_delivery_text(job: Job, *, channel_gone: bool, attached: bool = True) -> str:
     """The note on a result sent by direct message because its channel refused it."""
     why = (
         "that channel no longer exists"
         if channel_gone
         else "the bot is no longer allowed to post there"
     )
-    return f"🎬 Your animation from <#{job.channel_id}> is ready, but {why}, so here it is."
+    if attached:
+        return f"🎬 Your animation from <#{job.channel_id}> is ready, but {why}, so here it is."
+    return (
+        f"🎬 Your animation from <#{job.channel_id}> is ready, but {why}, and it is over the "
+        f"{format_size(DEFAULT_UPLOAD_LIMIT)} that a direct message can carry: here are its "
+        "settings, so you can make it again."
+    )
 
 
 def failed_text(job: Job, reason: str) -> str:

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 NO_MENTIONS = discord.AllowedMentions.none()
 EMBED_COLOUR = 0x5865F2
 READY_WAIT_SECONDS = 30
+FIND_POST_LIMIT = 500  # messages read back when looking for a result posted before a crash
 
 MODEL_CHOICES = [app_commands.Choice(name=name, value=path) for path, name in CHECKPOINTS.items()]
 MOTION_CHOICES = [
@@ -374,9 +375,10 @@ class AnimateCog(commands.Cog, name="Animate"):
                 allowed_mentions=NO_MENTIONS,
             )
             message_id = message.id
+        except discord.HTTPException as exc:
+            # The job is accepted and stored: it posts a status message of its own instead.
+            log.warning("job %s: could not show the request: %s", job.id, exc)
         finally:
-            # Even without a message the job must run: it is accepted and stored, and it
-            # posts a status message of its own when it starts.
             await self.scheduler.attach_message(job.id, message_id, shown=shown)
 
     # Buttons ----------------------------------------------------------------------------
@@ -461,6 +463,15 @@ class AnimateCog(commands.Cog, name="Animate"):
         job = await self._job_for(interaction, job_id)
         if job is None:
             return
+        message = interaction.message
+        if message is None or not _is_result_of(message, job):
+            # A custom_id forged onto another message must not delete that message.
+            await interaction.response.send_message(
+                "That button does not belong to this animation.",
+                ephemeral=True,
+                allowed_mentions=NO_MENTIONS,
+            )
+            return
         if not self._may_manage(interaction, job):
             await interaction.response.send_message(
                 "Only the person who asked for this animation, or a moderator with Manage "
@@ -472,9 +483,8 @@ class AnimateCog(commands.Cog, name="Animate"):
         await interaction.response.send_message(
             "Deleted the animation.", ephemeral=True, allowed_mentions=NO_MENTIONS
         )
-        if interaction.message is not None:
-            with contextlib.suppress(discord.NotFound):
-                await interaction.message.delete()
+        with contextlib.suppress(discord.NotFound):
+            await message.delete()
         await self.store.mark_deleted(job.id)
 
     # JobReporter ------------------------------------------------------------------------
@@ -549,13 +559,16 @@ class AnimateCog(commands.Cog, name="Animate"):
     ) -> discord.Message | None:
         """Send the result to the requester directly; None if they do not accept it."""
         # Buttons stay off: they act on the server the result was made for.
+        dm_limit = DEFAULT_UPLOAD_LIMIT  # DMs have no server boosts
         try:
             dm = await self.bot.create_dm(discord.Object(job.requester_id))
             return await dm.send(
-                content=dm_delivery_text(job, channel_gone=channel_gone),
+                content=dm_delivery_text(
+                    job, channel_gone=channel_gone, attached=bool(_attachment(result, dm_limit))
+                ),
                 embed=_embed(job, result),
                 allowed_mentions=NO_MENTIONS,
-                **_attachment(result, DEFAULT_UPLOAD_LIMIT),
+                **_attachment(result, dm_limit),
             )
         except discord.HTTPException as exc:
             log.warning("job %s: could not send the result by DM either: %s", job.id, exc)
@@ -585,24 +598,37 @@ class AnimateCog(commands.Cog, name="Animate"):
         await self._edit_status(job, done_text(job), None)
 
     async def find_delivered(self, job: Job) -> int | None:
-        """Look for our own result message for this job among the channel's recent messages."""
-        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-        after = discord.Object(
-            job.request_message_id
-            or discord.utils.time_snowflake(datetime.fromtimestamp(job.created_at, tz=UTC))
-        )
-        footer = result_footer_prefix(job)
+        """Look for our own result message for this job in its channel, then in the DM."""
+        for channel in (
+            self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id),
+            await self._dm_channel(job),
+        ):
+            if channel is not None and (found := await self._find_post(channel, job)):
+                return found
+        return None
+
+    async def _dm_channel(self, job: Job) -> discord.DMChannel | None:
+        """The requester's DM channel, where a result goes when its channel refused it."""
+        try:
+            return await self.bot.create_dm(discord.Object(job.requester_id))
+        except discord.HTTPException as exc:
+            log.warning("job %s: could not open the requester's DMs: %s", job.id, exc)
+            return None
+
+    async def _find_post(self, channel: discord.abc.Messageable, job: Job) -> int | None:
+        """Search a channel, newest first back to the job's creation, for its result."""
         me = self.bot.user
         if me is None:
             return None
+        created = discord.utils.time_snowflake(datetime.fromtimestamp(job.created_at, tz=UTC))
         try:
-            async for message in channel.history(limit=100, after=after):
-                if message.author.id != me.id:
-                    continue
-                if any((embed.footer.text or "").startswith(footer) for embed in message.embeds):
+            async for message in channel.history(limit=FIND_POST_LIMIT):
+                if message.id < created:
+                    break  # older than the job itself
+                if message.author.id == me.id and _is_result_of(message, job):
                     return message.id
         except discord.HTTPException as exc:
-            log.warning("could not search channel %s for job %s: %s", job.channel_id, job.id, exc)
+            log.warning("could not search for job %s's result: %s", job.id, exc)
         return None
 
     async def guild_upload_limit(self, job: Job) -> int | None:
@@ -628,6 +654,12 @@ class AnimateCog(commands.Cog, name="Animate"):
     async def report_canceled(self, job: Job) -> None:
         """Show the cancellation on the request's message."""
         await self._edit_status(job, canceled_text(job), None)
+
+
+def _is_result_of(message: discord.Message, job: Job) -> bool:
+    """True if the message is this job's posted result (its footer names the job)."""
+    footer = result_footer_prefix(job)
+    return any((embed.footer.text or "").startswith(footer) for embed in message.embeds)
 
 
 def _attachment(result: JobResult, limit: int) -> dict[str, Any]:

@@ -15,7 +15,13 @@ from bot.predictions import PredictionClient
 from bot.scheduler import JobStatusUpdate, Stage
 from bot.store import JobStore
 from tests.fakes.predictions import Behaviour, FakePredictionAPI
-from tests.scheduling import RecordingReporter, make_scheduler, started_scheduler, submit
+from tests.scheduling import (
+    RecordingReporter,
+    make_scheduler,
+    request,
+    started_scheduler,
+    submit,
+)
 
 HTML_ERROR = "<html><body><h1>502 Bad Gateway</h1><p>nginx</p></body></html>"
 CREATE, POLL, LIST = r"/v1/predictions", r"/v1/predictions/[^/]+", r"/v1/predictions"
@@ -223,3 +229,28 @@ async def test_during_an_outage_queued_requests_wait_with_a_note(
         await reporter.wait_for(lambda: len(reporter.delivered) == 2)
     assert [job.id for job, _ in reporter.delivered] == [probing.id, waiting.id]
     assert not reporter.failures and prediction_api.creates == 2
+
+
+async def test_a_resumed_delivery_waits_out_an_outage(
+    store: JobStore,
+    client: PredictionClient,
+    reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    # Left `delivering` by a previous run: the prediction succeeded and is paid for.
+    created = await client.create(request().to_api_input())
+    await prediction_api.wait_for(lambda: prediction_api.latest.terminal)
+    job = await store.add_job(guild_id=1, channel_id=100, requester_id=10, request=request())
+    await store.set_request_message(job.id, 5000 + job.id)
+    await store.mark_submitted(job.id)
+    await store.mark_running(job.id, created.id)
+    await store.mark_delivering(job.id, predict_time=1.0)
+    prediction_api.inject(
+        "GET", POLL, status=503, body=HTML_ERROR, content_type="text/html", times=8
+    )
+    async with started_scheduler(store, client, reporter):
+        await reporter.wait_for(lambda: reporter.delivered or reporter.failures)
+    assert not reporter.failures
+    assert any(u.stage is Stage.UNAVAILABLE for _, u in reporter.statuses)
+    stored = await store.get(job.id)
+    assert stored is not None and stored.status.value == "done"

@@ -12,7 +12,7 @@ import signal
 import pytest
 
 from bot.crashpoints import CRASH_ENV, POINTS
-from tests.e2e.conftest import World
+from tests.e2e.conftest import ALICE, CHANNEL_A, World
 
 AFTER_THE_MESSAGE = [point for point in POINTS if point != "accepted"]
 
@@ -78,3 +78,35 @@ async def test_an_output_that_expired_while_the_bot_was_down_is_made_again(world
     row = await world.job_reaches("done")
     assert row["reruns"] == 1 and row["prediction_id"] == world.api.latest.id
     assert len(world.results()) == 1
+
+
+MISSING_PERMISSIONS = {"message": "Missing Permissions", "code": 50013}
+
+
+@pytest.mark.bot_env(**{CRASH_ENV: "posted"})
+async def test_a_result_sent_by_dm_before_a_crash_is_not_sent_again(world: World) -> None:
+    world.discord.fail_next(
+        "POST", rf"^/channels/{CHANNEL_A}/messages$", status=403, body=MISSING_PERMISSIONS
+    )
+    await world.request_message(await world.animate("forbidden then killed", steps=5, seed=9))
+    await crash_and_restart(world, "posted")
+    dm = world.discord.dm_messages(ALICE)
+    assert len(dm) == 1  # sent before the kill
+    assert (await world.job_reaches("done"))["result_message_id"] == dm[0].id
+    assert len(world.discord.dm_messages(ALICE)) == 1 and world.results() == []
+
+
+@pytest.mark.bot_env(**{CRASH_ENV: "posted"})
+async def test_a_post_made_before_the_status_message_existed_is_found(world: World) -> None:
+    # Neither the reply to the interaction nor the first status message could be posted,
+    # so the result went out with no request message to search after.
+    world.discord.fail_next("PATCH", r"/messages/@original$", status=403, body=MISSING_PERMISSIONS)
+    world.discord.fail_next(
+        "POST", rf"^/channels/{CHANNEL_A}/messages$", status=403, body=MISSING_PERMISSIONS
+    )
+    await world.animate("unannounced", steps=5, seed=11)
+    await crash_and_restart(world, "posted")
+    assert len(world.results()) == 1
+    done = await world.job_reaches("done")
+    assert done["result_message_id"] == world.results()[0].id
+    assert len(world.results()) == 1, "the result was posted twice"

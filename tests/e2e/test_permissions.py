@@ -99,3 +99,18 @@ async def test_presses_replayed_after_a_restart_are_checked_again(world: World) 
     assert "Deleted" in await press(world, result, delete_id, ALICE)
     await world.discord.wait_for(lambda: result.deleted)
     await world.job_reaches(deleted=1)
+
+
+async def test_a_forged_delete_on_someone_elses_result_deletes_nothing(world: World) -> None:
+    alices = await world.result_for(
+        await world.request_message(await world.animate("alice's boat", steps=5))
+    )
+    bobs = await world.result_for(
+        await world.request_message(await world.animate("bob's boat", steps=5, user=BOB))
+    )
+    bobs_job = bobs.button("Delete")["custom_id"].rsplit(":", 1)[1]
+    # Bob presses Delete on Alice's result, carrying the custom_id of his own job.
+    reply = await press(world, alices, f"animate:delete:{bobs_job}", BOB)
+    assert reply == "That button does not belong to this animation."
+    assert not alices.deleted and not bobs.deleted
+    assert world.job(2)["deleted"] == 0
