@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -12,7 +13,7 @@ import aiohttp
 import discord
 import discord.http
 
-from bot import redaction
+from bot import check, redaction
 from bot.client import AnimateBot, ExtensionsFailed, use_discord_endpoints
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import JobStore
@@ -84,24 +85,82 @@ async def _serve(bot: AnimateBot, token: str) -> int:
     return 0
 
 
-def main() -> int:
-    """Read settings, then run; exit 2 on a configuration error."""
+USAGE_EPILOG = """\
+commands:
+  (none)  start the bot: connect to Discord and serve /animate until SIGTERM or Ctrl-C
+  check   check settings, the database, DISCORD_TOKEN and REPLICATE_API_TOKEN without
+          connecting to the gateway, and print a table of the results
+
+exit codes:
+  0  the bot stopped cleanly / every check passed
+  1  the bot stopped on an error / a check failed
+  2  invalid settings (or arguments)
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Read the command line: nothing to start the bot, `check` to check the configuration."""
+    parser = argparse.ArgumentParser(
+        prog="animate-bot",
+        description="A Discord bot that turns /animate prompts into short animations.",
+        epilog=USAGE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=["check"],
+        metavar="check",
+        help="check the configuration instead of starting the bot",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the bot, or with `check` check the configuration; exit 2 on invalid settings."""
+    args = parse_args(argv)
+    if args.command == "check":
+        return run_check()
+    return start()
+
+
+def start() -> int:
+    """Read settings, then run the bot; exit 2 on a configuration error."""
     try:
         settings = load_settings()
     except SettingsError as exc:
         print(f"animate-bot: {exc}", file=sys.stderr)
         return 2
-    configure_logging(
-        settings.log_level,
-        secrets=[
-            settings.discord_token.get_secret_value(),
-            settings.replicate_api_token.get_secret_value(),
-        ],
-    )
+    configure_logging(settings.log_level, secrets=_secrets(settings))
     try:
         return asyncio.run(run(settings))
     except KeyboardInterrupt:
         return 0
+
+
+def run_check() -> int:
+    """Run `animate-bot check` and return its exit code."""
+
+    def load() -> Settings:
+        """Load settings and mask both tokens in anything logged while checking."""
+        settings = load_settings()
+        # The table is the report: only warnings reach the log, unless DEBUG was asked for.
+        level = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
+        configure_logging(level, secrets=_secrets(settings))
+        return settings
+
+    try:
+        return asyncio.run(check.main(load))
+    except KeyboardInterrupt:
+        return check.EXIT_FAILED
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """Both tokens, to be masked wherever they could appear."""
+    return [
+        settings.discord_token.get_secret_value(),
+        settings.replicate_api_token.get_secret_value(),
+    ]
 
 
 if __name__ == "__main__":

@@ -85,6 +85,10 @@ class _Increment:
     """A column change that adds one to the stored value."""
 
 
+class SchemaTooNew(RuntimeError):
+    """The file was migrated by a newer bot; this one must not read or write it."""
+
+
 class InvalidTransition(Exception):
     """A job was not in a state that allows the requested change (someone else moved it)."""
 
@@ -125,11 +129,23 @@ class JobStore:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
+    async def probe_write(self) -> None:
+        """Write a row inside a transaction and roll it back; raise if the file is not writable."""
+        # IMMEDIATE takes the write lock up front, so a read-only file or folder fails here.
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.execute(
+                "INSERT INTO timings (model, steps, queue_wait, run_time, recorded_at) "
+                "VALUES ('probe', 0, 0, 0, 0)"
+            )
+        finally:
+            await self._db.execute("ROLLBACK")
+
     async def _migrate(self) -> None:
         """Apply every migration newer than the file, each in its own transaction."""
         current = await self.schema_version()
         if current > len(MIGRATIONS):
-            raise RuntimeError(
+            raise SchemaTooNew(
                 f"The database is at schema version {current}, newer than this bot "
                 f"({len(MIGRATIONS)}); upgrade the bot."
             )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.jobs import GenerationRequest, JobStatus
-from bot.store import MIGRATIONS, InvalidTransition, JobStore
+from bot.store import MIGRATIONS, InvalidTransition, JobStore, SchemaTooNew
 
 
 def _request(seed: int = 42) -> GenerationRequest:
@@ -52,8 +52,34 @@ async def test_refuses_a_database_from_a_newer_bot(tmp_path: Path) -> None:
     path = tmp_path / "bot.sqlite3"
     with sqlite3.connect(path) as db:
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
-    with pytest.raises(RuntimeError, match="newer than this bot"):
+    with pytest.raises(SchemaTooNew, match="newer than this bot"):
         await JobStore.open(path)
+
+
+async def test_probe_write_leaves_nothing_behind(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite3"
+    store = await JobStore.open(path)
+    try:
+        await store.probe_write()
+        await store.probe_write()  # the first one's transaction is over
+        assert await store.recent_timings(per_key=10) == []
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM timings").fetchone()[0] == 0
+
+
+async def test_probe_write_fails_on_a_database_that_refuses_writes(tmp_path: Path) -> None:
+    store = await JobStore.open(tmp_path / "bot.sqlite3")
+    try:
+        # query_only makes SQLite refuse writes as a read-only file would, even for root.
+        await store._db.execute("PRAGMA query_only = ON")
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await store.probe_write()
+        await store._db.execute("PRAGMA query_only = OFF")
+        await store.probe_write()  # no transaction was left open by the failure
+    finally:
+        await store.close()
 
 
 async def test_happy_path_transitions_record_each_step(store: JobStore) -> None:
