@@ -837,7 +837,8 @@ class Scheduler:
         found = await self._client.find(
             api_input, created_after=job.submitted_at or job.created_at, accept=self._unclaimed
         )
-        self._leave_outage()  # the API answered
+        if found is not None:
+            self._leave_outage()  # the create had gone through after all
         return found
 
     async def _find_quietly(self, job: Job, api_input: dict[str, object]) -> Prediction | None:
