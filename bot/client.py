@@ -15,14 +15,16 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
+from bot.guild_settings import GuildSettings, GuildSettingsService
 from bot.predictions import PredictionClient
+from bot.quotas import Quotas
 from bot.scheduler import Scheduler, SchedulerLimits
 from bot.settings import Settings
 from bot.store import JobStore
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.animate", "cogs.queue")
+EXTENSIONS = ("cogs.animate", "cogs.queue", "cogs.config", "cogs.usage", "cogs.history")
 NO_MENTIONS = discord.AllowedMentions.none()
 SHUTDOWN_GRACE_SECONDS = 5.0
 
@@ -107,6 +109,10 @@ class AnimateBot(commands.Bot):
             version=settings.replicate_model_version,
             wait_seconds=settings.prediction_wait_seconds,
         )
+        self.guild_settings = GuildSettingsService(store, GuildSettings.from_environment(settings))
+        self.quotas = Quotas(
+            store, self.guild_settings, price_per_second=settings.price_per_gpu_second
+        )
         self.scheduler = Scheduler(
             store,
             self.predictions,
@@ -120,10 +126,13 @@ class AnimateBot(commands.Bot):
             ),
             # Beside the database: one folder per bot, so a start can sweep what a crash left.
             work_root=settings.database_path.parent / "work",
+            policy=self.quotas,
         )
 
     async def setup_hook(self) -> None:
         """Load extensions (logging each failure) and sync the slash commands."""
+        # Before the scheduler starts: resumed work obeys each server's own limits.
+        await self.guild_settings.load()
         failed = []
         for extension in EXTENSIONS:
             try:
@@ -168,6 +177,12 @@ class AnimateBot(commands.Bot):
         original = getattr(error, "original", error)
         if isinstance(error, app_commands.NoPrivateMessage):
             text = "This command works only in a server."
+        elif isinstance(error, app_commands.MissingPermissions):
+            names = " and ".join(
+                name.replace("_", " ").replace("guild", "server").title()
+                for name in error.missing_permissions
+            )
+            text = f"You need the {names} permission to do that."
         elif isinstance(error, app_commands.CheckFailure):
             text = "You are not allowed to do that here."
         elif isinstance(error, app_commands.CommandOnCooldown):

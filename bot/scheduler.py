@@ -155,6 +155,26 @@ class SchedulerLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class GuildLimits:
+    """One server's own limits, which replace the global per-server ones."""
+
+    running: int
+    queued_per_member: int
+
+
+class GuildPolicy(Protocol):
+    """Each server's limits and admission rules (its owner's settings, bans, quotas)."""
+
+    def limits(self, guild_id: int) -> GuildLimits:
+        """Return the server's limits; called often, so it must not do I/O."""
+        ...
+
+    async def admit(self, guild_id: int, requester_id: int) -> None:
+        """Raise QueueFull, with a sentence for the member, if the request may not be queued."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class QueueEntry:
     """One line of a guild's queue as shown to members."""
 
@@ -206,7 +226,9 @@ class Scheduler:
         wall_clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         work_root: Path | None = None,
+        policy: GuildPolicy | None = None,
     ) -> None:
+        self._policy = policy
         self._work_root = work_root  # downloads and conversions, one folder per delivery
         self._store = store
         self._client = client
@@ -308,6 +330,9 @@ class Scheduler:
         """
         async with self._admission:
             self._check_admission(guild_id, requester_id)
+            if self._policy is not None:
+                # Under the admission lock: two quick requests cannot both take the last slot.
+                await self._policy.admit(guild_id, requester_id)
             job = await self._store.add_job(
                 guild_id=guild_id,
                 channel_id=channel_id,
@@ -327,13 +352,24 @@ class Scheduler:
         """Raise QueueFull if the member may not queue another request in this guild."""
         if self._stopping:
             raise QueueFull("The bot is restarting; please try again in a moment.")
-        limit = self._limits.queued_per_member
+        limit = self.guild_limits(guild_id).queued_per_member
         if self.pending_for(guild_id, requester_id) >= limit:
             plural = "request" if limit == 1 else "requests"
             raise QueueFull(
                 f"You already have {limit} {plural} waiting in this server; "
                 "wait for one to finish or cancel one first."
             )
+
+    def guild_limits(self, guild_id: int) -> GuildLimits:
+        """The server's own limits, or the global ones when there is no policy."""
+        if self._policy is not None:
+            return self._policy.limits(guild_id)
+        return GuildLimits(self._limits.running_per_guild, self._limits.queued_per_member)
+
+    def limits_changed(self, guild_id: int) -> None:
+        """A server's limits changed: start what now fits and show new estimates."""
+        self._dispatch()
+        self._publish_positions(guild_id)
 
     def pending_for(self, guild_id: int, requester_id: int) -> int:
         """Count a member's queued and running jobs in a guild."""
@@ -473,7 +509,7 @@ class Scheduler:
                 not self._in_outage()
                 and queue
                 and queue[0].id not in self._unannounced
-                and self._running_by_guild[guild_id] < self._limits.running_per_guild
+                and self._running_by_guild[guild_id] < self.guild_limits(guild_id).running
             ):
                 job = queue.popleft()
                 if not queue:
@@ -549,7 +585,7 @@ class Scheduler:
         finishes = queue_finishes(
             running_left,
             [self._history.estimate(job.request.model, job.request.steps) for job in queue],
-            self._limits.running_per_guild,
+            self.guild_limits(guild_id).running,
         )
         return [
             JobStatusUpdate(

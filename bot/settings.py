@@ -8,6 +8,19 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.jobs import (
+    CHECKPOINTS,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_GUIDANCE,
+    DEFAULT_MOTION_MODULE,
+    DEFAULT_STEPS,
+    MAX_GUIDANCE,
+    MAX_STEPS,
+    MIN_GUIDANCE,
+    MIN_STEPS,
+    MOTION_MODULES,
+)
+
 DEFAULT_MODEL_VERSION = "beecf59c4aee8d81bf04f0381033dfa10dc16e845b4ae00d281e2fa377e48a9f"
 
 
@@ -43,6 +56,21 @@ class Settings(BaseSettings):
     prediction_start_timeout_seconds: float = Field(default=600, gt=0)
     max_download_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
 
+    # Defaults of every server's settings; each server's owner may change them in Discord.
+    default_model: str = DEFAULT_CHECKPOINT
+    default_motion_module: str = DEFAULT_MOTION_MODULE
+    default_steps: int = Field(default=DEFAULT_STEPS, ge=MIN_STEPS, le=MAX_STEPS)
+    default_guidance_scale: float = Field(
+        default=DEFAULT_GUIDANCE, ge=MIN_GUIDANCE, le=MAX_GUIDANCE
+    )
+    default_negative_prompt: str = Field(default="", max_length=500)
+    default_spoilers: bool = False
+    default_age_restricted_only: bool = False
+    max_requests_per_member_per_day: int = Field(default=0, ge=0, le=10_000)  # 0: no limit
+    max_gpu_seconds_per_guild_per_day: float = Field(default=0, ge=0)  # 0: no limit
+    # Nvidia A40 (Large), which lucataco/animate-diff runs on: Replicate's pricing page.
+    price_per_gpu_second: float = Field(default=0.000725, ge=0)
+
     @field_validator("discord_token", "replicate_api_token")
     @classmethod
     def _not_blank(cls, value: SecretStr) -> SecretStr:
@@ -72,6 +100,22 @@ class Settings(BaseSettings):
         """Treat an empty gateway URL as "use Discord's"."""
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("default_model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        """Accept only a checkpoint the model knows."""
+        if value not in CHECKPOINTS:
+            raise ValueError(f"must be one of {', '.join(CHECKPOINTS)}")
+        return value
+
+    @field_validator("default_motion_module")
+    @classmethod
+    def _known_motion_module(cls, value: str) -> str:
+        """Accept only a motion module the model knows."""
+        if value not in MOTION_MODULES:
+            raise ValueError(f"must be one of {', '.join(MOTION_MODULES)}")
         return value
 
     @field_validator("log_level")

@@ -68,6 +68,28 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX timings_key ON timings (model, steps, id);
     """,
+    # 5: each server's own settings (only those changed from the defaults), members banned
+    # from the bot, and the GPU time of runs whose output expired and was made again.
+    """
+    CREATE TABLE guild_settings (
+        guild_id   INTEGER NOT NULL,
+        name       TEXT    NOT NULL,
+        value_json TEXT    NOT NULL,
+        updated_by INTEGER NOT NULL,
+        updated_at REAL    NOT NULL,
+        PRIMARY KEY (guild_id, name)
+    );
+    CREATE TABLE guild_bans (
+        guild_id   INTEGER NOT NULL,
+        user_id    INTEGER NOT NULL,
+        banned_by  INTEGER NOT NULL,
+        created_at REAL    NOT NULL,
+        PRIMARY KEY (guild_id, user_id)
+    );
+    ALTER TABLE jobs ADD COLUMN earlier_predict_time REAL NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_guild_created ON jobs (guild_id, created_at);
+    CREATE INDEX jobs_requester ON jobs (guild_id, requester_id, id);
+    """,
 )
 
 _COLUMNS = (
@@ -79,10 +101,17 @@ _COLUMNS = (
 _MAX_ROWID = 2**63 - 1
 TIMINGS_KEPT = 100  # per model and step count; estimates read far fewer
 _UNFINISHED = tuple(s.value for s in JobStatus if not s.is_final)
+# GPU seconds of a job: its last run, plus runs made again after their output expired.
+_GPU_SECONDS = "COALESCE(predict_time, 0) + earlier_predict_time"
+_BILLED = "(predict_time IS NOT NULL OR earlier_predict_time > 0)"
 
 
 class _Increment:
     """A column change that adds one to the stored value."""
+
+
+class _KeepPredictTime:
+    """A column change that adds the stored predict_time (the GPU time already paid for)."""
 
 
 class SchemaTooNew(RuntimeError):
@@ -249,6 +278,8 @@ class JobStore:
             (JobStatus.RUNNING, JobStatus.DELIVERING),
             status=JobStatus.SUBMITTED,
             prediction_id=None,
+            # The first run was billed too: keep its GPU time for the usage figures.
+            earlier_predict_time=_KeepPredictTime(),
             predict_time=None,
             submitted_at=self._clock(),
             started_at=None,
@@ -321,19 +352,142 @@ class JobStore:
             rows = await cursor.fetchall()
         return [Timing(str(m), int(s), float(q), float(r)) for m, s, q, r in rows]
 
+    # Server settings and bans ----------------------------------------------------------
+
+    async def guild_settings(self) -> list[tuple[int, str, str]]:
+        """Return every stored server setting as (guild id, name, JSON value)."""
+        async with self._db.execute(
+            "SELECT guild_id, name, value_json FROM guild_settings ORDER BY guild_id, name"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(int(g), str(n), str(v)) for g, n, v in rows]
+
+    async def put_guild_setting(
+        self, guild_id: int, name: str, value_json: str, *, updated_by: int
+    ) -> None:
+        """Store one server setting, replacing its previous value."""
+        await self._db.execute(
+            "INSERT INTO guild_settings (guild_id, name, value_json, updated_by, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (guild_id, name) DO UPDATE SET "
+            "value_json = excluded.value_json, updated_by = excluded.updated_by, "
+            "updated_at = excluded.updated_at",
+            (guild_id, name, value_json, updated_by, self._clock()),
+        )
+
+    async def delete_guild_setting(self, guild_id: int, name: str) -> None:
+        """Forget one server setting, so the default applies again."""
+        await self._db.execute(
+            "DELETE FROM guild_settings WHERE guild_id = ? AND name = ?", (guild_id, name)
+        )
+
+    async def ban(self, guild_id: int, user_id: int, *, banned_by: int) -> bool:
+        """Ban a member from the bot in a server; False if they already were."""
+        cursor = await self._db.execute(
+            "INSERT INTO guild_bans (guild_id, user_id, banned_by, created_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (guild_id, user_id) DO NOTHING",
+            (guild_id, user_id, banned_by, self._clock()),
+        )
+        changed = cursor.rowcount > 0
+        await cursor.close()
+        return changed
+
+    async def unban(self, guild_id: int, user_id: int) -> bool:
+        """Lift a ban; False if the member was not banned."""
+        cursor = await self._db.execute(
+            "DELETE FROM guild_bans WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+        )
+        changed = cursor.rowcount > 0
+        await cursor.close()
+        return changed
+
+    async def is_banned(self, guild_id: int, user_id: int) -> bool:
+        """True if the member is banned from the bot in the server."""
+        async with self._db.execute(
+            "SELECT 1 FROM guild_bans WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+        ) as cursor:
+            return await cursor.fetchone() is not None
+
+    # Usage ------------------------------------------------------------------------------
+
+    async def requests_since(self, guild_id: int, requester_id: int, since: float) -> int:
+        """Count a member's requests in a server made since `since`, except ones never sent."""
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND requester_id = ? "
+            "AND created_at >= ? "
+            "AND NOT (status IN ('canceled', 'failed') AND submitted_at IS NULL)",
+            (guild_id, requester_id, since),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def gpu_seconds_since(self, guild_id: int, since: float) -> float:
+        """Sum the GPU seconds of a server's requests made since `since`."""
+        async with self._db.execute(
+            f"SELECT COALESCE(SUM({_GPU_SECONDS}), 0) FROM jobs "
+            "WHERE guild_id = ? AND created_at >= ?",
+            (guild_id, since),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return float(row[0]) if row else 0.0
+
+    async def usage_by_day(self, guild_id: int, since: float) -> list[tuple[int, int, float]]:
+        """Return (UTC day number, predictions, GPU seconds) per day since `since`."""
+        async with self._db.execute(
+            f"SELECT CAST(created_at / 86400 AS INTEGER) AS day, COUNT(*), SUM({_GPU_SECONDS}) "
+            f"FROM jobs WHERE guild_id = ? AND created_at >= ? AND {_BILLED} "
+            "GROUP BY day ORDER BY day",
+            (guild_id, since),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(int(d), int(n), float(g)) for d, n, g in rows]
+
+    async def usage_by_member(self, guild_id: int, since: float) -> list[tuple[int, int, float]]:
+        """Return (member id, predictions, GPU seconds) since `since`, biggest spender first."""
+        async with self._db.execute(
+            f"SELECT requester_id, COUNT(*), SUM({_GPU_SECONDS}) AS gpu FROM jobs "
+            f"WHERE guild_id = ? AND created_at >= ? AND {_BILLED} "
+            "GROUP BY requester_id ORDER BY gpu DESC, requester_id",
+            (guild_id, since),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(int(m), int(n), float(g)) for m, n, g in rows]
+
+    async def history(
+        self,
+        guild_id: int,
+        requester_id: int,
+        *,
+        limit: int,
+        before_id: int | None = None,
+        after_id: int | None = None,
+    ) -> list[Job]:
+        """Return a member's requests in a server next to an id, newest first, none deleted."""
+        if after_id is not None:
+            # The `limit` requests just newer than `after_id`, then newest first like the rest.
+            sql = "AND id > ? ORDER BY id ASC LIMIT ?"
+            bound = after_id
+        else:
+            sql = "AND id < ? ORDER BY id DESC LIMIT ?"
+            bound = _MAX_ROWID if before_id is None else before_id
+        async with self._db.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE guild_id = ? AND requester_id = ? "
+            f"AND deleted = 0 {sql}",
+            (guild_id, requester_id, bound, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        jobs = [_job_from_row(row) for row in rows]
+        return jobs[::-1] if after_id is not None else jobs
+
     async def _update(
         self, job_id: int, allowed_from: Iterable[JobStatus] | None, **changes: Any
     ) -> Job:
         """Apply changes in one statement, only if the job is in an allowed state."""
         changes["updated_at"] = self._clock()
-        assignments = ", ".join(
-            f"{name} = {name} + 1" if isinstance(value, _Increment) else f"{name} = ?"
-            for name, value in changes.items()
-        )
+        assignments = ", ".join(_assignment(name, value) for name, value in changes.items())
         params: list[Any] = [
             value.value if isinstance(value, JobStatus) else value
             for value in changes.values()
-            if not isinstance(value, _Increment)
+            if not isinstance(value, _Increment | _KeepPredictTime)
         ]
         sql = f"UPDATE jobs SET {assignments} WHERE id = ?"
         params.append(job_id)
@@ -349,6 +503,15 @@ class JobStore:
             state = current.status.value if current else "missing"
             raise InvalidTransition(f"job {job_id} is {state}; cannot apply {sorted(changes)}")
         return _job_from_row(row)
+
+
+def _assignment(name: str, value: object) -> str:
+    """One `column = ...` of an UPDATE; SQLite reads the old row on the right-hand side."""
+    if isinstance(value, _Increment):
+        return f"{name} = {name} + 1"
+    if isinstance(value, _KeepPredictTime):
+        return f"{name} = {name} + COALESCE(predict_time, 0)"
+    return f"{name} = ?"
 
 
 def _job_from_row(row: Sequence[Any]) -> Job:

@@ -15,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.crashpoints import crash_point
+from bot.guild_settings import GuildSettings
 from bot.jobs import (
     CHECKPOINTS,
     MAX_PROMPT_LENGTH,
@@ -312,14 +313,18 @@ class AnimateCog(commands.Cog, name="Animate"):
     ) -> None:
         """Queue an animation for this server."""
         async with self.bot.in_flight.track():
+            # Options left out take the server's defaults, which its owner may have changed.
+            defaults = self._settings(interaction)
             try:
                 request = GenerationRequest.create(
                     prompt,
                     negative_prompt=negative_prompt,
-                    model=model.value if model else None,
-                    motion_module=motion_module.value if motion_module else None,
-                    steps=steps,
-                    guidance_scale=guidance_scale,
+                    model=model.value if model else defaults.model,
+                    motion_module=motion_module.value if motion_module else defaults.motion_module,
+                    steps=defaults.steps if steps is None else steps,
+                    guidance_scale=defaults.guidance_scale
+                    if guidance_scale is None
+                    else guidance_scale,
                     seed=seed,
                     output_format=output_format.value if output_format else None,
                 )
@@ -329,6 +334,35 @@ class AnimateCog(commands.Cog, name="Animate"):
                 )
                 return
             await self.queue_request(interaction, request)
+
+    def _settings(self, interaction: discord.Interaction) -> GuildSettings:
+        """The settings of the server an interaction comes from."""
+        service = self.bot.guild_settings
+        guild_id = interaction.guild_id
+        return service.get(guild_id) if guild_id is not None else service.defaults
+
+    @staticmethod
+    def _refusal(
+        interaction: discord.Interaction, settings: GuildSettings, request: GenerationRequest
+    ) -> str | None:
+        """Say why the server's settings refuse this request here, or None if they allow it."""
+        channel = interaction.channel
+        channel_id = interaction.channel_id or 0
+        # A thread belongs to its parent channel's permission.
+        parent_id = getattr(channel, "parent_id", None)
+        if not settings.allows_channel(channel_id) and not (
+            parent_id is not None and settings.allows_channel(parent_id)
+        ):
+            places = ", ".join(f"<#{c}>" for c in settings.channel_ids)
+            return f"Animations can be made only in these channels of this server: {places}."
+        if settings.age_restricted_only:
+            is_nsfw = getattr(channel, "is_nsfw", None)
+            if not (callable(is_nsfw) and is_nsfw()):
+                return "In this server, animations can be made only in age-restricted channels."
+        if settings.blocks(request.prompt):
+            # Naming the pattern would teach how to get around it.
+            return "This prompt is not allowed in this server; please try a different one."
+        return None
 
     async def queue_request(
         self,
@@ -344,6 +378,18 @@ class AnimateCog(commands.Cog, name="Animate"):
                 "Animations can be made only in a server channel.",
                 ephemeral=True,
                 allowed_mentions=NO_MENTIONS,
+            )
+            return
+        settings = self.bot.guild_settings.get(guild_id)
+        refusal = self._refusal(interaction, settings, request)
+        if refusal is None:
+            try:
+                request = settings.apply(request)
+            except InvalidRequest as exc:
+                refusal = str(exc)
+        if refusal is not None:
+            await interaction.response.send_message(
+                refusal, ephemeral=True, allowed_mentions=NO_MENTIONS
             )
             return
         # Stored before anything is shown: once Discord says "thinking", the job exists,
@@ -380,6 +426,24 @@ class AnimateCog(commands.Cog, name="Animate"):
             log.warning("job %s: could not show the request: %s", job.id, exc)
         finally:
             await self.scheduler.attach_message(job.id, message_id, shown=shown)
+        if message_id is not None:
+            await self._tell_remaining(interaction, guild_id)
+
+    async def _tell_remaining(self, interaction: discord.Interaction, guild_id: int) -> None:
+        """Tell the member, privately, how many requests they have left today."""
+        remaining = await self.bot.quotas.remaining_today(guild_id, interaction.user.id)
+        if remaining is None:
+            return
+        plural = "request" if remaining == 1 else "requests"
+        try:
+            await interaction.followup.send(
+                f"You have {remaining} {plural} left today in this server "
+                "(the count starts again at midnight UTC).",
+                ephemeral=True,
+                allowed_mentions=NO_MENTIONS,
+            )
+        except discord.HTTPException as exc:
+            log.warning("could not tell a member their remaining requests: %s", exc)
 
     # Buttons ----------------------------------------------------------------------------
 
@@ -533,7 +597,7 @@ class AnimateCog(commands.Cog, name="Animate"):
                 embed=_embed(job, result),
                 view=result_view(job.id),
                 allowed_mentions=NO_MENTIONS,
-                **_attachment(result, result.upload_limit),
+                **_attachment(result, result.upload_limit, spoiler=self._spoiler(job)),
                 **extra,
             )
         except (discord.Forbidden, discord.NotFound) as exc:
@@ -554,6 +618,10 @@ class AnimateCog(commands.Cog, name="Animate"):
         await self._quietly_report_done(job)
         return message.id
 
+    def _spoiler(self, job: Job) -> bool:
+        """True if the job's server wants results hidden behind a spoiler."""
+        return self.bot.guild_settings.get(job.guild_id).spoilers
+
     async def _deliver_by_dm(
         self, job: Job, result: JobResult, *, channel_gone: bool
     ) -> discord.Message | None:
@@ -568,7 +636,7 @@ class AnimateCog(commands.Cog, name="Animate"):
                 ),
                 embed=_embed(job, result),
                 allowed_mentions=NO_MENTIONS,
-                **_attachment(result, dm_limit),
+                **_attachment(result, dm_limit, spoiler=self._spoiler(job)),
             )
         except discord.HTTPException as exc:
             log.warning("job %s: could not send the result by DM either: %s", job.id, exc)
@@ -662,12 +730,12 @@ def _is_result_of(message: discord.Message, job: Job) -> bool:
     return any((embed.footer.text or "").startswith(footer) for embed in message.embeds)
 
 
-def _attachment(result: JobResult, limit: int) -> dict[str, Any]:
+def _attachment(result: JobResult, limit: int, *, spoiler: bool = False) -> dict[str, Any]:
     """The result's file as a send() argument, or nothing when there is none within `limit`."""
     upload = result.file
     if upload is None or upload.size_bytes > limit:
         return {}
-    return {"file": discord.File(upload.path, filename=upload.filename)}
+    return {"file": discord.File(upload.path, filename=upload.filename, spoiler=spoiler)}
 
 
 def _embed(job: Job, result: JobResult) -> discord.Embed:

@@ -1,0 +1,227 @@
+"""Discord glue for /animate-config: a server's settings, and bans from the bot."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.guild_settings import LIST_SETTINGS, RESETTABLE, SETTINGS, InvalidSetting
+from bot.owner_texts import settings_text
+from bot.texts import quote
+
+if TYPE_CHECKING:
+    from bot.client import AnimateBot
+
+NO_MENTIONS = discord.AllowedMentions.none()
+
+SETTING_CHOICES = [
+    app_commands.Choice(name=f"{spec.label} ({name})", value=name)
+    for name, spec in SETTINGS.items()
+]
+RESET_CHOICES = [
+    *SETTING_CHOICES,
+    *(
+        app_commands.Choice(name=f"{label} ({name})", value=name)
+        for name, label in LIST_SETTINGS.items()
+    ),
+]
+assert len(RESET_CHOICES) == len(RESETTABLE)  # every resettable setting is offered
+
+
+# Discord shows the whole command only to members with Manage Server (its default permission;
+# the owner can change who sees it in Server Settings > Integrations). Each subcommand checks
+# the permission again when it runs, since that default is only a hint to the client.
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+class ConfigCog(
+    commands.GroupCog,
+    name="Config",
+    group_name="animate-config",
+    group_description="Show and change how the animation bot works in this server.",
+):
+    """The /animate-config command group."""
+
+    def __init__(self, bot: AnimateBot) -> None:
+        self.bot = bot
+        self.settings = bot.guild_settings
+        super().__init__()
+
+    async def _reply(self, interaction: discord.Interaction, text: str) -> None:
+        """Answer privately, pinging nobody."""
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    async def _changed(self, interaction: discord.Interaction, guild_id: int, done: str) -> None:
+        """Confirm a change, with the settings as they now are."""
+        self.bot.scheduler.limits_changed(guild_id)
+        await self._reply(interaction, f"{done}\n\n{self._show(guild_id)}")
+
+    def _show(self, guild_id: int) -> str:
+        """The server's effective settings."""
+        changed = [name for name in RESETTABLE if self.settings.is_changed(guild_id, name)]
+        return settings_text(self.settings.get(guild_id), changed)
+
+    @staticmethod
+    def _guild(interaction: discord.Interaction) -> int:
+        """The server the command was used in."""
+        if interaction.guild_id is None:
+            raise app_commands.NoPrivateMessage
+        return interaction.guild_id
+
+    @app_commands.command(name="show", description="Show this server's animation settings.")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def show(self, interaction: discord.Interaction) -> None:
+        """Show the effective settings."""
+        async with self.bot.in_flight.track():
+            await self._reply(interaction, self._show(self._guild(interaction)))
+
+    @app_commands.command(name="set", description="Change one of this server's settings.")
+    @app_commands.describe(setting="What to change", value="The new value")
+    @app_commands.choices(setting=SETTING_CHOICES)
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def set_(
+        self,
+        interaction: discord.Interaction,
+        setting: app_commands.Choice[str],
+        value: app_commands.Range[str, 1, 1000],
+    ) -> None:
+        """Validate and store a new value."""
+        async with self.bot.in_flight.track():
+            guild_id = self._guild(interaction)
+            try:
+                await self.settings.set(guild_id, setting.value, value, by=interaction.user.id)
+            except InvalidSetting as exc:
+                await self._reply(interaction, str(exc))
+                return
+            await self._changed(interaction, guild_id, f"Changed `{setting.value}`.")
+
+    @app_commands.command(name="reset", description="Put one setting back to the bot's default.")
+    @app_commands.describe(setting="What to reset (lists become empty)")
+    @app_commands.choices(setting=RESET_CHOICES)
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def reset(
+        self, interaction: discord.Interaction, setting: app_commands.Choice[str]
+    ) -> None:
+        """Forget the server's own value of a setting."""
+        async with self.bot.in_flight.track():
+            guild_id = self._guild(interaction)
+            await self.settings.reset(guild_id, setting.value)
+            await self._changed(interaction, guild_id, f"`{setting.value}` is back to its default.")
+
+    @app_commands.command(
+        name="channel-add", description="Allow /animate in a channel (then only in listed ones)."
+    )
+    @app_commands.describe(channel="The channel to allow")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def channel_add(
+        self,
+        interaction: discord.Interaction,
+        channel: discord.TextChannel | discord.ForumChannel | discord.VoiceChannel,
+    ) -> None:
+        """Add a channel to the list where /animate may be used."""
+        await self._channel(interaction, channel.id, add=True)
+
+    @app_commands.command(
+        name="channel-remove", description="Stop allowing /animate in a listed channel."
+    )
+    @app_commands.describe(channel="The channel to take off the list")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def channel_remove(
+        self,
+        interaction: discord.Interaction,
+        channel: discord.TextChannel | discord.ForumChannel | discord.VoiceChannel,
+    ) -> None:
+        """Remove a channel from the list."""
+        await self._channel(interaction, channel.id, add=False)
+
+    async def _channel(
+        self, interaction: discord.Interaction, channel_id: int, *, add: bool
+    ) -> None:
+        """Change the channel list."""
+        async with self.bot.in_flight.track():
+            guild_id = self._guild(interaction)
+            change = self.settings.add_channel if add else self.settings.remove_channel
+            try:
+                await change(guild_id, channel_id, by=interaction.user.id)
+            except InvalidSetting as exc:
+                await self._reply(interaction, str(exc))
+                return
+            done = f"{'Added' if add else 'Removed'} <#{channel_id}>."
+            await self._changed(interaction, guild_id, done)
+
+    @app_commands.command(
+        name="block", description="Refuse prompts with a word or pattern (* matches letters)."
+    )
+    @app_commands.describe(pattern="A word or phrase; * stands for any letters, as in nud*")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def block(
+        self, interaction: discord.Interaction, pattern: app_commands.Range[str, 1, 100]
+    ) -> None:
+        """Add a blocked pattern."""
+        await self._pattern(interaction, pattern, add=True)
+
+    @app_commands.command(name="unblock", description="Stop refusing a blocked word or pattern.")
+    @app_commands.describe(pattern="The pattern, as listed by /animate-config show")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def unblock(
+        self, interaction: discord.Interaction, pattern: app_commands.Range[str, 1, 100]
+    ) -> None:
+        """Remove a blocked pattern."""
+        await self._pattern(interaction, pattern, add=False)
+
+    async def _pattern(self, interaction: discord.Interaction, pattern: str, *, add: bool) -> None:
+        """Change the blocked list."""
+        async with self.bot.in_flight.track():
+            guild_id = self._guild(interaction)
+            change = self.settings.block if add else self.settings.unblock
+            try:
+                await change(guild_id, pattern, by=interaction.user.id)
+            except InvalidSetting as exc:
+                await self._reply(interaction, str(exc))
+                return
+            done = f"{'Blocked' if add else 'Unblocked'} {quote(pattern, 100)}."
+            await self._changed(interaction, guild_id, done)
+
+    # Moderation: Manage Messages, checked here, since the group's default is Manage Server.
+    @app_commands.command(name="ban", description="Stop a member from using the bot here.")
+    @app_commands.describe(member="Who may no longer make animations in this server")
+    @app_commands.checks.has_permissions(manage_messages=True)
+    async def ban(self, interaction: discord.Interaction, member: discord.User) -> None:
+        """Ban a member from the bot in this server."""
+        async with self.bot.in_flight.track():
+            guild_id = self._guild(interaction)
+            if member.id == interaction.user.id:
+                await self._reply(interaction, "You cannot ban yourself.")
+                return
+            if member.bot:
+                await self._reply(interaction, "Bots cannot use /animate anyway.")
+                return
+            banned = await self.bot.store.ban(guild_id, member.id, banned_by=interaction.user.id)
+            await self._reply(
+                interaction,
+                f"<@{member.id}> may no longer make animations in this server."
+                if banned
+                else f"<@{member.id}> was already banned from the bot here.",
+            )
+
+    @app_commands.command(name="unban", description="Let a banned member use the bot again.")
+    @app_commands.describe(member="Who may make animations again")
+    @app_commands.checks.has_permissions(manage_messages=True)
+    async def unban(self, interaction: discord.Interaction, member: discord.User) -> None:
+        """Lift a ban."""
+        async with self.bot.in_flight.track():
+            guild_id = self._guild(interaction)
+            lifted = await self.bot.store.unban(guild_id, member.id)
+            await self._reply(
+                interaction,
+                f"<@{member.id}> may make animations in this server again."
+                if lifted
+                else f"<@{member.id}> was not banned from the bot here.",
+            )
+
+
+async def setup(bot: AnimateBot) -> None:
+    """Load the cog."""
+    await bot.add_cog(ConfigCog(bot))
