@@ -108,12 +108,12 @@ _STATUS_WORDS = {
 HISTORY_PROMPT_LIMIT = 120
 
 
-def history_text(jobs: list[Job], *, first_number: int) -> str:
+def history_text(jobs: list[Job]) -> str:
     """A page of a member's own requests, numbered to match the Run again buttons."""
     if not jobs:
         return "You have no animations in this server yet: start one with `/animate`."
     lines = ["🕘 **Your animations in this server**, newest first"]
-    for number, job in enumerate(jobs, start=first_number):
+    for number, job in enumerate(jobs, start=1):
         lines.append(
             f"**{number}.** {quote(job.request.prompt, HISTORY_PROMPT_LIMIT)} · seed "
             f"`{job.seed}` · {job.request.steps} steps · {_STATUS_WORDS[job.status]} · "
