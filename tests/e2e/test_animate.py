@@ -243,7 +243,17 @@ async def test_a_failed_prediction_tells_the_requester_and_the_queue_moves_on(
 @pytest.mark.bot_env(DISCORD_GUILD_IDS="")
 async def test_without_guild_ids_commands_are_synced_globally(world: World) -> None:
     commands = {c["name"]: c for c in world.discord.commands[None]}
-    assert sorted(commands) == ["animate", "animate-queue"]
+    assert sorted(commands) == [
+        "animate",
+        "animate-config",
+        "animate-history",
+        "animate-queue",
+        "animate-usage",
+    ]
+    # The owner's commands are shown by default only to members with Manage Server.
+    assert int(commands["animate-config"]["default_member_permissions"]) == 1 << 5
+    assert int(commands["animate-usage"]["default_member_permissions"]) == 1 << 5
+    assert commands["animate"].get("default_member_permissions") is None
     assert not world.discord.commands.get(GUILD_A)
     options = {o["name"]: o for o in commands["animate"]["options"]}
     assert options["steps"]["min_value"] == 1 and options["steps"]["max_value"] == 100
