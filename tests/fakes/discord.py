@@ -343,6 +343,7 @@ class _Channel:
     guild_id: int | None = None
     position: int = 0
     recipient_id: int | None = None
+    nsfw: bool = False  # age-restricted
 
 
 @dataclass(eq=False)
@@ -571,6 +572,21 @@ class FakeDiscord:
             role_ids.append(role_id)
         guild.members[user_id] = _Member(user_id, permissions, role_ids, _now_iso())
         self._notify()
+
+    async def add_channel(self, guild_id: int, channel_id: int, *, nsfw: bool = False) -> None:
+        """Create a text channel in a guild (age-restricted if `nsfw`); the client is told."""
+        guild = self._guilds[guild_id]
+        channel = _Channel(
+            id=channel_id,
+            type=0,
+            name=f"channel-{len(guild.channel_ids)}",
+            guild_id=guild_id,
+            position=len(guild.channel_ids),
+            nsfw=nsfw,
+        )
+        self._channels[channel_id] = channel
+        guild.channel_ids.append(channel_id)
+        await self._dispatch("CHANNEL_CREATE", self._channel_payload(channel))
 
     async def delete_channel(self, channel_id: int) -> None:
         """Delete a guild channel: the client is told, and every later request gets 10003."""
@@ -1147,7 +1163,7 @@ class FakeDiscord:
             "name": channel.name,
             "position": channel.position,
             "permission_overwrites": [],
-            "nsfw": False,
+            "nsfw": channel.nsfw,
             "parent_id": None,
             "topic": None,
             "last_message_id": None,
