@@ -415,12 +415,14 @@ class Scheduler:
         self, job_id: int, message_id: int | None, *, shown: JobStatusUpdate | None = None
     ) -> None:
         """Record the message showing a job (`shown` is what it says now) and let the job start."""
-        self._unannounced.discard(job_id)
         try:
             if message_id is None:
                 return
             job = await self._store.set_request_message(job_id, message_id)
             self._refresh(job)
+            # Only now may it start: released before the write, another job's end could
+            # launch it with no message id, and it would post a second status message.
+            self._unannounced.discard(job_id)
             if job.status.is_final:
                 # Canceled from its message before we got here: say so on it.
                 await self._report_final(job)
@@ -430,6 +432,7 @@ class Scheduler:
             if self.position(job_id) is not None:
                 self._publish_positions(job.guild_id)
         finally:
+            self._unannounced.discard(job_id)
             self._dispatch()
 
     async def cancel(self, job_id: int) -> CancelOutcome:
