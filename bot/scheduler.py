@@ -28,6 +28,7 @@ from bot.eta import (
     steady,
 )
 from bot.jobs import GenerationRequest, Job, JobStatus
+from bot.polling import TailHistory, poll_delay
 from bot.predictions import (
     CreateOutcomeUnknown,
     DownloadError,
@@ -233,6 +234,7 @@ class Scheduler:
         self._last_status: dict[int, JobStatusUpdate] = {}
         # Loaded from the store once at start, then fed by each success: polls never query.
         self._history = TimingHistory()
+        self._tails = TailHistory()  # what follows sampling, learned from each success
         self._expected: dict[int, float | None] = {}  # running job -> raw expected finish
         self._shown_eta: dict[int, int] = {}  # job -> the rounded estimate last shown
         # While the API is down only the jobs already running keep trying; the rest wait.
@@ -621,6 +623,7 @@ class Scheduler:
     async def _learn(self, job: Job, prediction: Prediction) -> None:
         """Remember how long a succeeded prediction waited and ran, for later estimates."""
         self._expected.pop(job.id, None)
+        self._tails.learn(job.request.model, job.request.steps, prediction)
         timing = observed(
             job.request.model,
             job.request.steps,
@@ -639,6 +642,15 @@ class Scheduler:
             log.warning("job %s: could not record its timing", job.id, exc_info=True)
         for guild_id in list(self._queues):
             self._publish_positions(guild_id)
+
+    @staticmethod
+    def _api_clock_offset(job: Job, prediction: Prediction) -> float:
+        """How far the API's clock runs ahead of ours, read from the create (0 if unknown)."""
+        created = instant(prediction.created_at)
+        if created is None or job.submitted_at is None:
+            return 0.0
+        # Polls are timed from the API's timestamps; a skewed host clock must not shift them.
+        return max(-300.0, min(300.0, created - job.submitted_at))
 
     def _in_outage(self) -> bool:
         """True while the API is down and a running job is already probing it."""
@@ -886,7 +898,16 @@ class Scheduler:
                         f"{'it was stopped' if stopped else 'the bot gave up on it'}.",
                     )
                     return None
-                await self._pause(_poll_delay(prediction, progress, polls), job.id)
+                delay = poll_delay(
+                    prediction,
+                    progress,
+                    steps=job.request.steps,
+                    now=self._wall() + self._api_clock_offset(job, prediction),
+                    estimate=self._history.estimate(job.request.model, job.request.steps),
+                    tail=self._tails.tail(job.request.model),
+                    polls=polls,
+                )
+                await self._pause(delay, job.id)
             prediction = await self._fetch(job)
             if prediction is None:
                 return None
@@ -1143,18 +1164,6 @@ class Scheduler:
         if self._reporter is None:
             raise RuntimeError("no reporter attached to the scheduler")
         return self._reporter
-
-
-def _poll_delay(prediction: Prediction, progress: Progress, polls: int) -> float:
-    """Time the next poll from the progress the logs report, so few polls are wasted."""
-    if prediction.status == "starting":
-        return min(8.0, 1.0 * 1.5**polls)
-    if progress.phase is Phase.SAMPLING and progress.seconds_left is not None:
-        # Aim just past the end of sampling; rendering frames takes a few seconds more.
-        return max(0.5, min(10.0, progress.seconds_left + 1.0))
-    if progress.phase is Phase.RENDERING:
-        return max(0.5, min(3.0, progress.seconds_left or 1.0))
-    return min(5.0, 1.0 * 1.5**polls)
 
 
 def _api_refusal(exc: PredictionAPIError) -> str:
