@@ -152,7 +152,7 @@ class SchedulerLimits:
     start_timeout: float = 600.0
     outage_patience: float = 1800.0  # how long a running job waits out an outage
     max_download_bytes: int = 100 * 1024 * 1024
-    status_interval: float = 2.0
+    status_interval: float = 5.0  # at most one status edit per job this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +218,8 @@ class Scheduler:
         self._reporter: JobReporter | None = None
         self._queues: dict[int, deque[Job]] = defaultdict(deque)
         self._rotation: deque[int] = deque()
+        # job -> guild of every queued job: lookups scan one short queue, not all 10,000 jobs.
+        self._queued_in: dict[int, int] = {}
         self._running: dict[int, Job] = {}
         self._running_by_guild: dict[int, int] = defaultdict(int)
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -426,16 +428,20 @@ class Scheduler:
     def _enqueue(self, job: Job) -> None:
         """Append a job to its guild's queue and put the guild in the rotation."""
         self._queues[job.guild_id].append(job)
+        self._queued_in[job.id] = job.guild_id
         if job.guild_id not in self._rotation:
             self._rotation.append(job.guild_id)
         self.idle.clear()
 
     def _find_queued(self, job_id: int) -> tuple[deque[Job], int] | None:
         """Locate a queued job: its guild's queue and its index there."""
-        for queue in self._queues.values():
-            for index, job in enumerate(queue):
-                if job.id == job_id:
-                    return queue, index
+        guild_id = self._queued_in.get(job_id)
+        queue = self._queues.get(guild_id) if guild_id is not None else None
+        if queue is None:
+            return None
+        for index, job in enumerate(queue):
+            if job.id == job_id:
+                return queue, index
         return None
 
     def _remove_queued(self, job_id: int) -> Job | None:
@@ -446,6 +452,7 @@ class Scheduler:
         queue, index = found
         job = queue[index]
         del queue[index]
+        self._queued_in.pop(job_id, None)
         if not queue and job.guild_id in self._rotation:
             self._rotation.remove(job.guild_id)
         return job
@@ -478,6 +485,7 @@ class Scheduler:
                 and self._running_by_guild[guild_id] < self._limits.running_per_guild
             ):
                 job = queue.popleft()
+                self._queued_in.pop(job.id, None)
                 if not queue:
                     self._rotation.remove(guild_id)
                 return job
@@ -642,6 +650,20 @@ class Scheduler:
             log.warning("job %s: could not record its timing", job.id, exc_info=True)
         for guild_id in list(self._queues):
             self._publish_positions(guild_id)
+
+    def _poll_delay(
+        self, job: Job, prediction: Prediction, progress: Progress, polls: int
+    ) -> float:
+        """Seconds until the next poll: aimed just past the end the logs and history foretell."""
+        return poll_delay(
+            prediction,
+            progress,
+            steps=job.request.steps,
+            now=self._wall() + self._api_clock_offset(job, prediction),
+            estimate=self._history.estimate(job.request.model, job.request.steps),
+            tail=self._tails.tail(job.request.model),
+            polls=polls,
+        )
 
     @staticmethod
     def _api_clock_offset(job: Job, prediction: Prediction) -> float:
@@ -898,16 +920,7 @@ class Scheduler:
                         f"{'it was stopped' if stopped else 'the bot gave up on it'}.",
                     )
                     return None
-                delay = poll_delay(
-                    prediction,
-                    progress,
-                    steps=job.request.steps,
-                    now=self._wall() + self._api_clock_offset(job, prediction),
-                    estimate=self._history.estimate(job.request.model, job.request.steps),
-                    tail=self._tails.tail(job.request.model),
-                    polls=polls,
-                )
-                await self._pause(delay, job.id)
+                await self._pause(self._poll_delay(job, prediction, progress, polls), job.id)
             prediction = await self._fetch(job)
             if prediction is None:
                 return None

@@ -1035,6 +1035,11 @@ class FakePredictionAPI:
         prediction.output = self._output(prediction)
         self._finish(prediction, "succeeded")
 
+    @property
+    def timeline(self) -> tuple[float, float]:
+        """Unix and monotonic seconds of the same instant: the origin of the scaled time."""
+        return self._epoch, self._mono0
+
     def _now(self) -> datetime:
         """The API's idea of now: the manual clock, or real time run `time_scale` times faster."""
         if self.clock is not None:
