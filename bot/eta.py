@@ -58,6 +58,8 @@ class TimingHistory:
         self._keep = keep
         self._by_key: dict[tuple[str, int], deque[Timing]] = defaultdict(lambda: deque(maxlen=keep))
         self._by_steps: dict[int, deque[Timing]] = defaultdict(lambda: deque(maxlen=keep))
+        # Every queued job asks on every queue change; the medians change only on `add`.
+        self._estimates: dict[tuple[str, int], Estimate | None] = {}
         for timing in timings:
             self.add(timing)
 
@@ -65,16 +67,24 @@ class TimingHistory:
         """Remember an observation (older ones drop out)."""
         self._by_key[(timing.model, timing.steps)].append(timing)
         self._by_steps[timing.steps].append(timing)
+        self._estimates.clear()
 
     def estimate(self, model: str, steps: int) -> Estimate | None:
         """Return the medians for this model and step count, or for any model with these steps."""
-        samples = self._by_key.get((model, steps)) or self._by_steps.get(steps)
-        if not samples:
-            return None
-        return Estimate(
-            queue_wait=statistics.median(t.queue_wait for t in samples),
-            run_time=statistics.median(t.run_time for t in samples),
+        key = (model, steps)
+        if key in self._estimates:
+            return self._estimates[key]
+        samples = self._by_key.get(key) or self._by_steps.get(steps)
+        estimate = (
+            Estimate(
+                queue_wait=statistics.median(t.queue_wait for t in samples),
+                run_time=statistics.median(t.run_time for t in samples),
+            )
+            if samples
+            else None
         )
+        self._estimates[key] = estimate
+        return estimate
 
 
 def observed(

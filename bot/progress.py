@@ -33,6 +33,8 @@ class Progress:
     total: int = 0
     seconds_left: float | None = None
     seed: int | None = None
+    step_seconds: float | None = None  # seconds per sampling step, from the bar's rate
+    frame_seconds: float | None = None  # seconds per rendered frame, from the frame bar's rate
 
     @property
     def fraction(self) -> float:
@@ -57,13 +59,17 @@ def parse_progress(logs: str, steps: int) -> Progress:
         elif total == steps and last_frames is None:
             last_sampling = match
             sampling_finished = done >= steps
+    step_seconds = _per_item(last_sampling) if last_sampling is not None else None
     if last_frames is not None:
+        frames_done = int(last_frames["done"])
         return Progress(
             Phase.RENDERING,
-            step=int(last_frames["done"]),
+            step=frames_done,
             total=FRAME_COUNT,
-            seconds_left=_seconds(last_frames["remaining"]),
+            seconds_left=_remaining(last_frames, frames_done, FRAME_COUNT),
             seed=seed,
+            step_seconds=step_seconds,
+            frame_seconds=_per_item(last_frames),
         )
     if last_sampling is not None:
         done = int(last_sampling["done"])
@@ -73,19 +79,28 @@ def parse_progress(logs: str, steps: int) -> Progress:
             total=steps,
             seconds_left=_remaining(last_sampling, done, steps),
             seed=seed,
+            step_seconds=step_seconds,
         )
     return Progress(Phase.WAITING, total=steps, seed=seed)
 
 
 def _remaining(match: re.Match[str], done: int, total: int) -> float | None:
-    """Estimate seconds left in the sampling bar from its rate, else from tqdm's own guess."""
-    rate = match["rate"]
-    if rate:
-        value = float(rate)
-        per_step = value if match["unit"] == "s/it" else (1 / value if value else None)
-        if per_step is not None:
-            return per_step * (total - done)
+    """Estimate seconds left in a bar from its rate, else from tqdm's own (whole-second) guess."""
+    per_item = _per_item(match)
+    if per_item is not None:
+        return per_item * (total - done)
     return _seconds(match["remaining"])
+
+
+def _per_item(match: re.Match[str]) -> float | None:
+    """Seconds per iteration of a tqdm bar, from its rate (`it/s` or `s/it`), if it shows one."""
+    rate = match["rate"]
+    if not rate:
+        return None
+    value = float(rate)
+    if match["unit"] == "s/it":
+        return value
+    return 1 / value if value else None
 
 
 def _seconds(clock: str) -> float | None:

@@ -28,6 +28,7 @@ from bot.eta import (
     steady,
 )
 from bot.jobs import GenerationRequest, Job, JobStatus
+from bot.polling import TailHistory, poll_delay
 from bot.predictions import (
     CreateOutcomeUnknown,
     DownloadError,
@@ -151,7 +152,7 @@ class SchedulerLimits:
     start_timeout: float = 600.0
     outage_patience: float = 1800.0  # how long a running job waits out an outage
     max_download_bytes: int = 100 * 1024 * 1024
-    status_interval: float = 2.0
+    status_interval: float = 5.0  # at most one status edit per job this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +240,8 @@ class Scheduler:
         self._reporter: JobReporter | None = None
         self._queues: dict[int, deque[Job]] = defaultdict(deque)
         self._rotation: deque[int] = deque()
+        # job -> guild of every queued job: lookups scan one short queue, not all 10,000 jobs.
+        self._queued_in: dict[int, int] = {}
         self._running: dict[int, Job] = {}
         self._running_by_guild: dict[int, int] = defaultdict(int)
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -255,6 +258,7 @@ class Scheduler:
         self._last_status: dict[int, JobStatusUpdate] = {}
         # Loaded from the store once at start, then fed by each success: polls never query.
         self._history = TimingHistory()
+        self._tails = TailHistory()  # what follows sampling, learned from each success
         self._expected: dict[int, float | None] = {}  # running job -> raw expected finish
         self._shown_eta: dict[int, int] = {}  # job -> the rounded estimate last shown
         # While the API is down only the jobs already running keep trying; the rest wait.
@@ -463,16 +467,20 @@ class Scheduler:
     def _enqueue(self, job: Job) -> None:
         """Append a job to its guild's queue and put the guild in the rotation."""
         self._queues[job.guild_id].append(job)
+        self._queued_in[job.id] = job.guild_id
         if job.guild_id not in self._rotation:
             self._rotation.append(job.guild_id)
         self.idle.clear()
 
     def _find_queued(self, job_id: int) -> tuple[deque[Job], int] | None:
         """Locate a queued job: its guild's queue and its index there."""
-        for queue in self._queues.values():
-            for index, job in enumerate(queue):
-                if job.id == job_id:
-                    return queue, index
+        guild_id = self._queued_in.get(job_id)
+        queue = self._queues.get(guild_id) if guild_id is not None else None
+        if queue is None:
+            return None
+        for index, job in enumerate(queue):
+            if job.id == job_id:
+                return queue, index
         return None
 
     def _remove_queued(self, job_id: int) -> Job | None:
@@ -483,6 +491,7 @@ class Scheduler:
         queue, index = found
         job = queue[index]
         del queue[index]
+        self._queued_in.pop(job_id, None)
         if not queue and job.guild_id in self._rotation:
             self._rotation.remove(job.guild_id)
         return job
@@ -515,6 +524,7 @@ class Scheduler:
                 and self._running_by_guild[guild_id] < self.guild_limits(guild_id).running
             ):
                 job = queue.popleft()
+                self._queued_in.pop(job.id, None)
                 if not queue:
                     self._rotation.remove(guild_id)
                 return job
@@ -660,6 +670,7 @@ class Scheduler:
     async def _learn(self, job: Job, prediction: Prediction) -> None:
         """Remember how long a succeeded prediction waited and ran, for later estimates."""
         self._expected.pop(job.id, None)
+        self._tails.learn(job.request.model, job.request.steps, prediction)
         timing = observed(
             job.request.model,
             job.request.steps,
@@ -678,6 +689,29 @@ class Scheduler:
             log.warning("job %s: could not record its timing", job.id, exc_info=True)
         for guild_id in list(self._queues):
             self._publish_positions(guild_id)
+
+    def _poll_delay(
+        self, job: Job, prediction: Prediction, progress: Progress, polls: int
+    ) -> float:
+        """Seconds until the next poll: aimed just past the end the logs and history foretell."""
+        return poll_delay(
+            prediction,
+            progress,
+            steps=job.request.steps,
+            now=self._wall() + self._api_clock_offset(job, prediction),
+            estimate=self._history.estimate(job.request.model, job.request.steps),
+            tail=self._tails.tail(job.request.model),
+            polls=polls,
+        )
+
+    @staticmethod
+    def _api_clock_offset(job: Job, prediction: Prediction) -> float:
+        """How far the API's clock runs ahead of ours, read from the create (0 if unknown)."""
+        created = instant(prediction.created_at)
+        if created is None or job.submitted_at is None:
+            return 0.0
+        # Polls are timed from the API's timestamps; a skewed host clock must not shift them.
+        return max(-300.0, min(300.0, created - job.submitted_at))
 
     def _in_outage(self) -> bool:
         """True while the API is down and a running job is already probing it."""
@@ -925,7 +959,7 @@ class Scheduler:
                         f"{'it was stopped' if stopped else 'the bot gave up on it'}.",
                     )
                     return None
-                await self._pause(_poll_delay(prediction, progress, polls), job.id)
+                await self._pause(self._poll_delay(job, prediction, progress, polls), job.id)
             prediction = await self._fetch(job)
             if prediction is None:
                 return None
@@ -1182,18 +1216,6 @@ class Scheduler:
         if self._reporter is None:
             raise RuntimeError("no reporter attached to the scheduler")
         return self._reporter
-
-
-def _poll_delay(prediction: Prediction, progress: Progress, polls: int) -> float:
-    """Time the next poll from the progress the logs report, so few polls are wasted."""
-    if prediction.status == "starting":
-        return min(8.0, 1.0 * 1.5**polls)
-    if progress.phase is Phase.SAMPLING and progress.seconds_left is not None:
-        # Aim just past the end of sampling; rendering frames takes a few seconds more.
-        return max(0.5, min(10.0, progress.seconds_left + 1.0))
-    if progress.phase is Phase.RENDERING:
-        return max(0.5, min(3.0, progress.seconds_left or 1.0))
-    return min(5.0, 1.0 * 1.5**polls)
 
 
 def _api_refusal(exc: PredictionAPIError) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import math
 import random
@@ -12,6 +14,7 @@ import re
 import secrets
 import socket
 import string
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from time import monotonic
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
+import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -37,8 +41,10 @@ __all__ = [
     "FakePrediction",
     "FakePredictionAPI",
     "Fault",
+    "ManualClock",
     "RandomFaults",
     "RecordedRequest",
+    "WebhookDelivery",
     "request_kind",
 ]
 
@@ -148,6 +154,11 @@ class FakePrediction:
     source: str = "api"
     created_mono: float = field(default_factory=monotonic)
     started_mono: float | None = None
+    completed_mono: float | None = None  # real monotonic instant it ended (benchmarks' lag)
+    created_virtual: float = 0.0  # on a ManualClock: when it was created
+    webhook: str | None = None
+    webhook_events: frozenset[str] = frozenset()
+    last_logs_event: float = float("-inf")
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -428,8 +439,15 @@ class FakePredictionAPI:
         token: str = DEFAULT_TOKEN,
         version: str = DEFAULT_VERSION,
         sample: bytes | None = None,
+        time_scale: float = 1.0,
+        clock: ManualClock | None = None,
     ) -> None:
-        """Configure the fake; call start() (or use `async with`) to serve."""
+        """Configure the fake; call start() (or use `async with`) to serve.
+
+        `time_scale` < 1 runs every duration (behaviour times, Prefer: wait holds) that much
+        faster while logs, timestamps and metrics still read in unscaled seconds. A `clock`
+        instead computes each prediction's state from that clock when asked (no tasks run).
+        """
         self.token = token
         self.version = version
         if sample is None:
@@ -449,6 +467,13 @@ class FakePredictionAPI:
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed_event = asyncio.Event()
         self._closing = asyncio.Event()
+        self.time_scale = time_scale
+        self.clock = clock
+        self._epoch = time.time()
+        self._mono0 = monotonic()
+        self.webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        self.webhook_deliveries: list[WebhookDelivery] = []
+        self._webhook_session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
         """Start serving for the duration of an `async with` block."""
@@ -472,6 +497,7 @@ class FakePredictionAPI:
         app.router.add_get("/v1/predictions/{id}", self._get)
         app.router.add_post("/v1/predictions/{id}/cancel", self._cancel)
         app.router.add_get("/files/{name}", self._file)
+        app.router.add_get("/v1/webhooks/default/secret", self._webhook_secret_answer)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -488,6 +514,9 @@ class FakePredictionAPI:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._webhook_session is not None:
+            await self._webhook_session.close()
+            self._webhook_session = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -786,13 +815,31 @@ class FakePredictionAPI:
         problems = validate_input(body["input"])
         if problems:
             return self._invalid(problems)
+        webhook = body.get("webhook")
+        events = body.get("webhook_events_filter")
+        if webhook is not None and not isinstance(webhook, str):
+            return self._invalid([("webhook", "Invalid type. Expected: string")])
+        if events is not None and (
+            not isinstance(events, list) or not set(events) <= set(WEBHOOK_EVENTS)
+        ):
+            return self._invalid([("webhook_events_filter", "Invalid webhook events filter")])
         prediction = self._spawn(dict(body["input"]))
+        if webhook:
+            prediction.webhook = webhook
+            prediction.webhook_events = frozenset(events or DEFAULT_WEBHOOK_EVENTS)
         status = 201
-        if wait is not None:
+        if wait is not None and self.clock is not None:
+            # Hold on the manual clock: jump to the end, or to the end of the window.
+            finish = self._clocked_finish(prediction)
+            self.clock.now = min(finish, self.clock.now + wait) if finish else self.clock.now + wait
+            self._settle(prediction)
+            if not prediction.terminal:
+                status = 202
+        elif wait is not None:
             done = asyncio.ensure_future(prediction.done.wait())
             closing = asyncio.ensure_future(self._closing.wait())
             _, pending = await asyncio.wait(
-                {done, closing}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                {done, closing}, timeout=wait * self.time_scale, return_when=asyncio.FIRST_COMPLETED
             )
             for future in pending:
                 future.cancel()
@@ -825,8 +872,13 @@ class FakePredictionAPI:
             seq=self._seq,
             seed=seed,
             origin=self.origin,
+            created_at=self._now(),
         )
         self.predictions[prediction.id] = prediction
+        if self.clock is not None:
+            prediction.created_virtual = self.clock.now
+            self._changed()
+            return prediction
         task = asyncio.get_running_loop().create_task(self._run(prediction))
         prediction.task = task
         self._tasks.add(task)
@@ -841,13 +893,17 @@ class FakePredictionAPI:
     async def _get(self, request: web.Request) -> web.Response:
         """GET /v1/predictions/{id}."""
         prediction = self._lookup(request)
-        return _not_found() if prediction is None else _json_response(prediction.to_json())
+        if prediction is None:
+            return _not_found()
+        self._settle(prediction)
+        return _json_response(prediction.to_json())
 
     async def _cancel(self, request: web.Request) -> web.Response:
         """POST /v1/predictions/{id}/cancel: cancel unless already terminal."""
         prediction = self._lookup(request)
         if prediction is None:
             return _not_found()
+        self._settle(prediction)
         if not prediction.terminal:
             if prediction.task is not None:
                 prediction.task.cancel()
@@ -856,6 +912,8 @@ class FakePredictionAPI:
 
     async def _list(self, request: web.Request) -> web.Response:
         """GET /v1/predictions: newest first, cursor-paginated."""
+        for prediction in self.predictions.values():
+            self._settle(prediction)
         ordered = sorted(self.predictions.values(), key=lambda p: p.seq, reverse=True)
         cursor = request.query.get("cursor")
         if cursor is not None:
@@ -876,6 +934,8 @@ class FakePredictionAPI:
         """GET /files/{name}: serve the sample video without requiring auth."""
         name = request.match_info["name"]
         prediction = self.predictions.get(name.removesuffix(".mp4"))
+        if prediction is not None:
+            self._settle(prediction)
         if (
             prediction is None
             or name != prediction.file_name
@@ -889,20 +949,34 @@ class FakePredictionAPI:
         """Append a log line and announce the change."""
         prediction.logs += line
         self._changed()
+        if "logs" in prediction.webhook_events:
+            # Replicate sends `logs` events at most every 500 ms.
+            now = monotonic()
+            if now - prediction.last_logs_event >= 0.5 * self.time_scale:
+                prediction.last_logs_event = now
+                self._send_webhook(prediction, "logs")
 
     def _finish(self, prediction: FakePrediction, status: Status, error: str | None = None) -> None:
         """Move a prediction to a terminal status with timestamps and metrics."""
         now = monotonic()
         prediction.status = status
         prediction.error = error
-        prediction.completed_at = datetime.now(UTC)
+        prediction.completed_at = self._now()
+        prediction.completed_mono = now
+        if self.clock is not None:
+            # Timestamps and metrics come from the manual clock (_settle), not real time.
+            prediction.done.set()
+            self._changed()
+            return
         metrics: dict[str, float] = {}
+        scale = self.time_scale
         if prediction.started_mono is not None:
-            metrics["predict_time"] = round(now - prediction.started_mono, 6)
-        metrics["total_time"] = round(now - prediction.created_mono, 6)
+            metrics["predict_time"] = round((now - prediction.started_mono) / scale, 6)
+        metrics["total_time"] = round((now - prediction.created_mono) / scale, 6)
         prediction.metrics = metrics
         prediction.done.set()
         self._changed()
+        self._send_webhook(prediction, "completed")
 
     def _output(self, prediction: FakePrediction) -> Any:
         """Build the output value for the behaviour's output kind."""
@@ -918,25 +992,27 @@ class FakePredictionAPI:
         behaviour = prediction.behaviour
         if behaviour.hold_starting is not None:
             await behaviour.hold_starting.wait()
-        await asyncio.sleep(behaviour.queue_time)
+        scale = self.time_scale
+        await asyncio.sleep(behaviour.queue_time * scale)
         if prediction.terminal:
             return
         if behaviour.outcome == "aborted":
             self._finish(prediction, "aborted")
             return
         prediction.status = "processing"
-        prediction.started_at = datetime.now(UTC)
+        prediction.started_at = self._now()
         prediction.started_mono = monotonic()
+        self._send_webhook(prediction, "start")
         self._log(prediction, f"Using seed: {prediction.seed}\n")
         total = prediction.steps
         halfway = max(1, total // 2)
         began = monotonic()
         self._log(prediction, tqdm_line(0, total, 0.0))
         for n in range(1, total + 1):
-            await asyncio.sleep(behaviour.step_time)
+            await asyncio.sleep(behaviour.step_time * scale)
             if prediction.terminal:
                 return
-            self._log(prediction, tqdm_line(n, total, monotonic() - began))
+            self._log(prediction, tqdm_line(n, total, (monotonic() - began) / scale))
             if n != halfway:
                 continue
             if behaviour.hold is not None:
@@ -952,9 +1028,177 @@ class FakePredictionAPI:
         began = monotonic()
         self._log(prediction, tqdm_line(0, FRAMES, 0.0))
         for n in range(1, FRAMES + 1):
-            await asyncio.sleep(behaviour.frame_time)
+            await asyncio.sleep(behaviour.frame_time * scale)
             if prediction.terminal:
                 return
-            self._log(prediction, tqdm_line(n, FRAMES, monotonic() - began))
+            self._log(prediction, tqdm_line(n, FRAMES, (monotonic() - began) / scale))
         prediction.output = self._output(prediction)
         self._finish(prediction, "succeeded")
+
+    @property
+    def timeline(self) -> tuple[float, float]:
+        """Unix and monotonic seconds of the same instant: the origin of the scaled time."""
+        return self._epoch, self._mono0
+
+    def _now(self) -> datetime:
+        """The API's idea of now: the manual clock, or real time run `time_scale` times faster."""
+        if self.clock is not None:
+            return datetime.fromtimestamp(self.clock.now, UTC)
+        return datetime.fromtimestamp(
+            self._epoch + (monotonic() - self._mono0) / self.time_scale, UTC
+        )
+
+    # ---- predictions on a manual clock ----------------------------------------------------
+    #
+    # With a ManualClock nothing runs by itself: every request first works out where each
+    # prediction stands at the clock's `now`, and a held create moves the clock to the end
+    # of the prediction or of the wait window. Tests of polling get exact times, no sleeps.
+
+    def _clocked_finish(self, prediction: FakePrediction) -> float | None:
+        """When a prediction on the manual clock succeeds, or None if it never will by itself."""
+        behaviour = prediction.behaviour
+        if behaviour.outcome != "succeeded" or prediction.terminal:
+            return None
+        return (
+            prediction.created_virtual
+            + behaviour.queue_time
+            + prediction.steps * behaviour.step_time
+            + FRAMES * behaviour.frame_time
+        )
+
+    def _settle(self, prediction: FakePrediction) -> None:
+        """Bring a prediction on the manual clock up to the clock's `now` (no-op otherwise)."""
+        if self.clock is None or prediction.terminal:
+            return
+        behaviour = prediction.behaviour
+        if behaviour.outcome != "succeeded":
+            raise NotImplementedError("the manual clock runs only predictions that succeed")
+        now = self.clock.now
+        began = prediction.created_virtual + behaviour.queue_time
+        if now < began:
+            return
+        prediction.status = "processing"
+        prediction.started_at = datetime.fromtimestamp(began, UTC)
+        total = prediction.steps
+        # A hair of slack: float sums of step times must not fall just short of a step.
+        done = min(total, int((now - began) / behaviour.step_time + 1e-9))
+        logs = [f"Using seed: {prediction.seed}\n"]
+        logs += [tqdm_line(n, total, n * behaviour.step_time) for n in range(done + 1)]
+        if done == total:
+            frames_began = began + total * behaviour.step_time
+            frames = min(FRAMES, int((now - frames_began) / behaviour.frame_time + 1e-9))
+            logs += [tqdm_line(n, FRAMES, n * behaviour.frame_time) for n in range(frames + 1)]
+        prediction.logs = "".join(logs)
+        finish = self._clocked_finish(prediction)
+        if finish is not None and now >= finish:
+            prediction.output = self._output(prediction)
+            self._finish(prediction, "succeeded")
+            prediction.completed_at = datetime.fromtimestamp(finish, UTC)
+            prediction.metrics = {
+                "predict_time": round(finish - began, 6),
+                "total_time": round(finish - prediction.created_virtual, 6),
+            }
+        self._changed()
+
+    # ---- webhooks ---------------------------------------------------------------------------
+    #
+    # As Replicate documents them: a create may name a `webhook` URL and the events it wants
+    # (`webhook_events_filter`: start, output, logs, completed; output and completed by
+    # default). Each delivery POSTs the prediction as JSON, signed Standard Webhooks style:
+    # `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, keyed with
+    # the base64 part of the secret that GET /v1/webhooks/default/secret returns. A delivery
+    # that is not answered 2xx is retried a few times.
+
+    async def _webhook_secret_answer(self, _request: web.Request) -> web.Response:
+        """GET /v1/webhooks/default/secret."""
+        return _json_response({"key": self.webhook_secret})
+
+    def sign_webhook(self, message_id: str, timestamp: int, body: bytes) -> str:
+        """The `webhook-signature` header value for a delivery."""
+        key = base64.b64decode(self.webhook_secret.removeprefix("whsec_"))
+        signed = f"{message_id}.{timestamp}.".encode() + body
+        digest = hmac.new(key, signed, hashlib.sha256).digest()
+        return "v1," + base64.b64encode(digest).decode()
+
+    def _send_webhook(self, prediction: FakePrediction, event: str) -> None:
+        """Queue a signed delivery of the prediction's current state, if it asked for `event`."""
+        wanted = prediction.webhook_events
+        if prediction.webhook is None or not (
+            event in wanted or (event == "completed" and "output" in wanted)
+        ):
+            return
+        body = json.dumps(prediction.to_json()).encode()
+        delivery = WebhookDelivery(
+            url=prediction.webhook,
+            event=event,
+            prediction_id=prediction.id,
+            message_id="msg_" + _new_id(),
+            body=body,
+            timestamp=int(time.time()),
+        )
+        self.webhook_deliveries.append(delivery)
+        task = asyncio.get_running_loop().create_task(self._deliver_webhook(delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver_webhook(self, delivery: WebhookDelivery) -> None:
+        """POST one delivery, retrying a few times until it is answered 2xx."""
+        if self._webhook_session is None:
+            self._webhook_session = aiohttp.ClientSession()
+        for _ in range(3):
+            try:
+                async with self._webhook_session.post(
+                    delivery.url,
+                    data=delivery.body,
+                    headers=delivery.headers(self.sign_webhook),
+                    timeout=aiohttp.ClientTimeout(total=10),
+                ) as response:
+                    delivery.answers.append(response.status)
+                    if 200 <= response.status < 300:
+                        break
+            except (aiohttp.ClientError, TimeoutError):
+                delivery.answers.append(0)
+            await self._pause(0.2)
+        self._changed()
+
+
+WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
+DEFAULT_WEBHOOK_EVENTS = ("output", "completed")
+
+
+@dataclass
+class WebhookDelivery:
+    """One webhook request the fake sent (or is sending), and how it was answered."""
+
+    url: str
+    event: str
+    prediction_id: str
+    message_id: str
+    body: bytes
+    timestamp: int
+    answers: list[int] = field(default_factory=list)  # status per attempt, 0: no answer
+
+    def headers(self, sign: Callable[[str, int, bytes], str]) -> dict[str, str]:
+        """The headers of this delivery, signed with `sign`."""
+        return {
+            "Content-Type": "application/json",
+            "webhook-id": self.message_id,
+            "webhook-timestamp": str(self.timestamp),
+            "webhook-signature": sign(self.message_id, self.timestamp, self.body),
+        }
+
+
+class ManualClock:
+    """A clock that moves only when slept on or advanced: one timeline for fake and bot."""
+
+    def __init__(self, start: float = 1_750_000_000.0) -> None:
+        self.now = start
+
+    def time(self) -> float:
+        """The current instant (used as both monotonic and wall time)."""
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        """Move the clock forward at once, then let other tasks run."""
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
