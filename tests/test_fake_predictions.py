@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import random
 import re
@@ -13,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from yarl import URL
 
 from tests.fakes.predictions import (
@@ -481,3 +484,105 @@ def test_random_faults_follow_the_seed() -> None:
     assert draws(1) == draws(1)
     assert draws(1) != draws(2)
     assert 40 < len(draws(1)) < 120
+
+
+# ---- webhooks ------------------------------------------------------------------------------
+
+
+class _Receiver:
+    """A webhook endpoint on 127.0.0.1 that records what it is sent."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        """Listen on a free port."""
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/hook"
+
+    async def close(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        """Record one delivery."""
+        self.received.append((dict(request.headers), await request.read()))
+        return web.Response(status=self.status)
+
+
+def _verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """Check a Standard Webhooks signature independently of the fake's own signer."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return any(
+        part.removeprefix("v1,") == expected for part in headers["webhook-signature"].split()
+    )
+
+
+async def test_webhook_secret_needs_the_token(
+    fake: FakePredictionAPI, session: aiohttp.ClientSession
+) -> None:
+    url = f"{fake.base_url}/webhooks/default/secret"
+    async with session.get(url) as refused:
+        assert refused.status == 401
+    async with session.get(url, headers=AUTH) as answer:
+        assert (await answer.json())["key"].startswith("whsec_")
+
+
+async def test_a_completed_webhook_is_signed_and_carries_the_prediction(
+    fake: FakePredictionAPI, session: aiohttp.ClientSession
+) -> None:
+    receiver = _Receiver()
+    await receiver.start()
+    try:
+        status, created = await _create(
+            session,
+            fake,
+            body={
+                "version": DEFAULT_VERSION,
+                "input": _input(),
+                "webhook": receiver.url,
+                "webhook_events_filter": ["completed"],
+            },
+        )
+        assert status == 201
+        await fake.wait_for(lambda: fake.webhook_deliveries and fake.webhook_deliveries[-1].answers)
+    finally:
+        await receiver.close()
+    assert [d.event for d in fake.webhook_deliveries] == ["completed"]
+    headers, body = receiver.received[0]
+    delivered = json.loads(body)
+    assert delivered["id"] == created["id"] and delivered["status"] == "succeeded"
+    assert _verify(fake.webhook_secret, headers, body)
+    assert not _verify(fake.webhook_secret, headers, body + b" ")
+
+
+async def test_an_unanswered_webhook_is_retried(
+    fake: FakePredictionAPI, session: aiohttp.ClientSession
+) -> None:
+    receiver = _Receiver(status=500)
+    await receiver.start()
+    try:
+        await _create(
+            session,
+            fake,
+            body={"version": DEFAULT_VERSION, "input": _input(), "webhook": receiver.url},
+        )
+        await fake.wait_for(
+            lambda: any(len(d.answers) == 3 for d in fake.webhook_deliveries), timeout=15
+        )
+    finally:
+        await receiver.close()
+    completed = [d for d in fake.webhook_deliveries if d.event == "completed"]
+    assert completed and completed[0].answers == [500, 500, 500]
