@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -88,8 +89,8 @@ class GuildSettings:
 
     def blocks(self, prompt: str) -> bool:
         """True if the prompt matches any blocked word or pattern."""
-        text = _normalise(prompt)
-        return any(_compile(pattern).search(text) for pattern in self.blocked_patterns)
+        words = _tokens(prompt)
+        return any(_matches(_tokens(pattern), words) for pattern in self.blocked_patterns)
 
     def apply(self, request: GenerationRequest) -> GenerationRequest:
         """Append the server's negative prompt, unless the request already carries it."""
@@ -107,16 +108,54 @@ class GuildSettings:
 
 
 def _normalise(text: str) -> str:
-    """Prompt text as patterns see it: no invisible characters, one case, single spaces."""
-    return " ".join(INVISIBLE.sub("", text).casefold().split())
+    """A pattern as stored: NFKC, no invisible characters, one case, single spaces."""
+    return " ".join(unicodedata.normalize("NFKC", INVISIBLE.sub("", text)).casefold().split())
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    """A blocked pattern as a regex: whole words, `*` for any letters, case-insensitive."""
-    # Members' patterns never become raw regexes: `*` is the only wildcard, so no
-    # pattern can backtrack catastrophically.
-    parts = [re.escape(part) for part in _normalise(pattern).split("*")]
-    return re.compile(r"(?<!\w)" + r"\w*".join(parts) + r"(?!\w)")
+# Words are runs of letters or runs of digits: `gore_`, `gore2` and `ｇｏｒｅ` all hold `gore`.
+_TOKEN = re.compile(r"(?:[^\W\d_]|\*)+|\d+")
+
+
+def _tokens(text: str) -> list[str]:
+    """Text as blocked patterns see it: NFKC, no invisible characters, one case, words."""
+    return _TOKEN.findall(unicodedata.normalize("NFKC", INVISIBLE.sub("", text)).casefold())
+
+
+def _matches(pattern: list[str], words: list[str]) -> bool:
+    """True if the pattern's words match a run of consecutive words of the prompt."""
+    if not pattern:
+        return False
+    span = len(pattern)
+    return any(
+        all(
+            _glob(part, word)
+            for part, word in zip(pattern, words[start : start + span], strict=True)
+        )
+        for start in range(len(words) - span + 1)
+    )
+
+
+def _glob(pattern: str, word: str) -> bool:
+    """Match one word against a pattern whose only wildcard is `*` (any letters).
+
+    Two pointers and one remembered star: at most len(pattern) x len(word) steps, so no
+    pattern an owner writes can stall the bot the way a backtracking regex could.
+    """
+    p = w = 0
+    star, resume = -1, 0
+    while w < len(word):
+        if p < len(pattern) and pattern[p] == word[w]:
+            p, w = p + 1, w + 1
+        elif p < len(pattern) and pattern[p] == "*":
+            star, resume, p = p, w, p + 1
+        elif star >= 0:
+            resume += 1
+            p, w = star + 1, resume
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == "*":
+        p += 1
+    return p == len(pattern)
 
 
 # The settings an owner can change with `set`, how each value is read and shown.
@@ -170,12 +209,14 @@ def _number(low: float, high: float, what: str) -> Callable[[str], float]:
 
     def parse(text: str) -> float:
         try:
-            value = float(text.strip())
+            raw = float(text.strip())
         except ValueError:
             raise InvalidSetting(f"{what} must be a number from {low:g} to {high:g}.") from None
-        if not (math.isfinite(value) and low <= value <= high):
+        # Rounded first, so a value too small to store is refused, not stored as 0.
+        value = round(raw, 2) if math.isfinite(raw) else raw
+        if not (math.isfinite(value) and low <= value <= high) or (value == 0 and raw != 0):
             raise InvalidSetting(f"{what} must be a number from {low:g} to {high:g}.")
-        return round(value, 2)
+        return value
 
     return parse
 
@@ -368,8 +409,8 @@ class GuildSettingsService:
 def _check_pattern(pattern: str) -> str:
     """Validate a blocked pattern and return it as stored."""
     value = _normalise(pattern)
-    if not value.replace("*", "").strip():
-        raise InvalidSetting("A blocked pattern needs at least one letter besides `*`.")
+    if not any(token.strip("*") for token in _tokens(value)):
+        raise InvalidSetting("A blocked pattern needs at least one letter or digit besides `*`.")
     if len(value) > MAX_PATTERN_LENGTH:
         raise InvalidSetting(f"A blocked pattern must be at most {MAX_PATTERN_LENGTH} characters.")
     return value

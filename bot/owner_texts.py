@@ -8,14 +8,26 @@ from datetime import UTC, datetime
 from bot.guild_settings import LIST_SETTINGS, SETTINGS, GuildSettings
 from bot.jobs import Job, JobStatus
 from bot.quotas import UsageReport
-from bot.texts import CONTENT_LIMIT, DESCRIPTION_LIMIT, quote
+from bot.texts import CONTENT_LIMIT, DESCRIPTION_LIMIT, quote, shorten
 
 CHANGED_MARK = " ✱"
 MEMBERS_SHOWN = 15
 
 
-def settings_text(settings: GuildSettings, changed: Collection[str]) -> str:
-    """The effective settings of a server, marking those its owner changed."""
+CHANNELS_SHOWN = 20
+
+
+def settings_text(
+    settings: GuildSettings, changed: Collection[str], *, limit: int = CONTENT_LIMIT
+) -> str:
+    """The effective settings of a server, marking those its owner changed, within `limit`."""
+    text = _settings_text(settings, changed, limit)
+    # Every part is bounded above; this only guards the sum against a future setting.
+    return shorten(text, limit)
+
+
+def _settings_text(settings: GuildSettings, changed: Collection[str], limit: int) -> str:
+    """The settings text, with long lists cut to what fits."""
     lines = [
         "⚙️ **Animation settings for this server** (✱ changed here; the rest are the bot's defaults)"
     ]
@@ -24,10 +36,12 @@ def settings_text(settings: GuildSettings, changed: Collection[str]) -> str:
         return CHANGED_MARK if name in changed else ""
 
     channels = (
-        ", ".join(f"<#{c}>" for c in settings.channel_ids)
+        ", ".join(f"<#{c}>" for c in settings.channel_ids[:CHANNELS_SHOWN])
         if settings.channel_ids
         else "every channel"
     )
+    if len(settings.channel_ids) > CHANNELS_SHOWN:
+        channels += f" …and {len(settings.channel_ids) - CHANNELS_SHOWN} more"
     lines.append(f"**{LIST_SETTINGS['channel_ids']}**: {channels}{mark('channel_ids')}")
     for name, spec in SETTINGS.items():
         value = spec.show(getattr(settings, name))
@@ -42,7 +56,7 @@ def settings_text(settings: GuildSettings, changed: Collection[str]) -> str:
         left = len(settings.blocked_patterns) - index
         candidate = ", ".join([*shown, quote(pattern, 100)])
         more = f" …and {left - 1} more" if left > 1 else ""
-        if len(text) + 1 + len(header) + len(candidate) + len(more) + 20 > CONTENT_LIMIT:
+        if len(text) + 1 + len(header) + len(candidate) + len(more) + 20 > limit:
             return f"{text}\n{header}{', '.join(shown)} …and {left} more"
         shown.append(quote(pattern, 100))
     return f"{text}\n{header}{', '.join(shown)}"

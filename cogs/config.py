@@ -10,7 +10,7 @@ from discord.ext import commands
 
 from bot.guild_settings import LIST_SETTINGS, RESETTABLE, SETTINGS, InvalidSetting
 from bot.owner_texts import settings_text
-from bot.texts import quote
+from bot.texts import CONTENT_LIMIT, quote
 
 if TYPE_CHECKING:
     from bot.client import AnimateBot
@@ -36,6 +36,14 @@ assert len(RESET_CHOICES) == len(RESETTABLE)  # every resettable setting is offe
 # the permission again when it runs, since that default is only a hint to the client.
 @app_commands.guild_only()
 @app_commands.default_permissions(manage_guild=True)
+async def _moderates_server(interaction: discord.Interaction) -> bool:
+    """Manage Messages across the server, not just in this channel, may ban and unban."""
+    member = interaction.user
+    if isinstance(member, discord.Member) and member.guild_permissions.manage_messages:
+        return True
+    raise app_commands.MissingPermissions(["manage_messages"])
+
+
 class ConfigCog(
     commands.GroupCog,
     name="Config",
@@ -56,12 +64,13 @@ class ConfigCog(
     async def _changed(self, interaction: discord.Interaction, guild_id: int, done: str) -> None:
         """Confirm a change, with the settings as they now are."""
         self.bot.scheduler.limits_changed(guild_id)
-        await self._reply(interaction, f"{done}\n\n{self._show(guild_id)}")
+        shown = self._show(guild_id, limit=CONTENT_LIMIT - len(done) - 2)
+        await self._reply(interaction, f"{done}\n\n{shown}")
 
-    def _show(self, guild_id: int) -> str:
+    def _show(self, guild_id: int, limit: int = CONTENT_LIMIT) -> str:
         """The server's effective settings."""
         changed = [name for name in RESETTABLE if self.settings.is_changed(guild_id, name)]
-        return settings_text(self.settings.get(guild_id), changed)
+        return settings_text(self.settings.get(guild_id), changed, limit=limit)
 
     @staticmethod
     def _guild(interaction: discord.Interaction) -> int:
@@ -187,7 +196,7 @@ class ConfigCog(
     # Moderation: Manage Messages, checked here, since the group's default is Manage Server.
     @app_commands.command(name="ban", description="Stop a member from using the bot here.")
     @app_commands.describe(member="Who may no longer make animations in this server")
-    @app_commands.checks.has_permissions(manage_messages=True)
+    @app_commands.check(_moderates_server)
     async def ban(self, interaction: discord.Interaction, member: discord.User) -> None:
         """Ban a member from the bot in this server."""
         async with self.bot.in_flight.track():
@@ -208,11 +217,14 @@ class ConfigCog(
 
     @app_commands.command(name="unban", description="Let a banned member use the bot again.")
     @app_commands.describe(member="Who may make animations again")
-    @app_commands.checks.has_permissions(manage_messages=True)
+    @app_commands.check(_moderates_server)
     async def unban(self, interaction: discord.Interaction, member: discord.User) -> None:
         """Lift a ban."""
         async with self.bot.in_flight.track():
             guild_id = self._guild(interaction)
+            if member.id == interaction.user.id:
+                await self._reply(interaction, "You cannot lift your own ban.")
+                return
             lifted = await self.bot.store.unban(guild_id, member.id)
             await self._reply(
                 interaction,

@@ -27,7 +27,7 @@ def _bot(interaction: discord.Interaction) -> AnimateBot:
 
 class PageButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"animate:history:(?P<user>[0-9]+):(?P<way>[on])(?P<job>[0-9]+)",
+    template=r"animate:history:(?P<user>[0-9]{1,20}):(?P<way>[on])(?P<job>[0-9]{1,19})",
 ):
     """Newer or Older: the page of the history next to a job, for the member it belongs to."""
 
