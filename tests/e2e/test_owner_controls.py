@@ -288,6 +288,9 @@ async def test_moderators_ban_and_unban_members(world: World) -> None:
     reply = await config(world, "unban", {"member": BOB}, user=MODERATOR)
     assert reply == f"<@{BOB}> may make animations in this server again."
     await world.result_for(await world.request_message(await world.animate("back", user=BOB)))
+    assert await config(world, "unban", {"member": MODERATOR}, user=MODERATOR) == (
+        "You cannot lift your own ban."
+    )
 
 
 @pytest.mark.bot_env(DEFAULT_STEPS="7", MAX_REQUESTS_PER_MEMBER_PER_DAY="5")
