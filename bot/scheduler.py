@@ -964,17 +964,21 @@ class Scheduler:
             if prediction is None:
                 return None
             polls += 1
+        # A prediction that ends any other way than success is still billed for its GPU time.
+        billed = prediction.predict_time
         if self._cancel_wanted(job.id):
             # Whatever the outcome, the member was told it is being stopped: keep that promise.
-            await self._cancel_job(job.id, "Canceled.")
+            await self._cancel_job(job.id, "Canceled.", predict_time=billed)
             return None
         if prediction.status == "succeeded":
             return prediction
         if prediction.status in ("canceled", "aborted"):
-            await self._fail(job.id, "The animation service stopped this request.")
+            await self._fail(
+                job.id, "The animation service stopped this request.", predict_time=billed
+            )
             return None
         reason = (prediction.error or "").strip() or "The animation service reported a failure."
-        await self._fail(job.id, f"The animation failed: {reason}")
+        await self._fail(job.id, f"The animation failed: {reason}", predict_time=billed)
         return None
 
     async def _fetch(self, job: Job) -> Prediction | None:
@@ -1163,19 +1167,21 @@ class Scheduler:
             seconds_left=seconds_left,
         )
 
-    async def _fail(self, job_id: int, reason: str) -> None:
-        """Record a failure and tell the requester."""
+    async def _fail(self, job_id: int, reason: str, *, predict_time: float | None = None) -> None:
+        """Record a failure (and any GPU time it was billed) and tell the requester."""
         try:
-            job = await self._store.mark_failed(job_id, reason)
+            job = await self._store.mark_failed(job_id, reason, predict_time=predict_time)
         except InvalidTransition:
             return
         log.info("job %s failed: %s", job_id, reason)
         await self._report(job, lambda reporter: reporter.report_failure(job, reason))
 
-    async def _cancel_job(self, job_id: int, reason: str) -> None:
-        """Record a cancellation and show it."""
+    async def _cancel_job(
+        self, job_id: int, reason: str, *, predict_time: float | None = None
+    ) -> None:
+        """Record a cancellation (and any GPU time it was billed) and show it."""
         try:
-            job = await self._store.mark_canceled(job_id, reason)
+            job = await self._store.mark_canceled(job_id, reason, predict_time=predict_time)
         except InvalidTransition:
             return
         await self._report(job, lambda reporter: reporter.report_canceled(job))

@@ -296,24 +296,35 @@ class JobStore:
             completed_at=self._clock(),
         )
 
-    async def mark_failed(self, job_id: int, error: str) -> Job:
-        """Any unfinished state -> failed, with the reason shown to the requester."""
+    async def mark_failed(
+        self, job_id: int, error: str, *, predict_time: float | None = None
+    ) -> Job:
+        """Any unfinished state -> failed, with the reason shown to the requester.
+
+        `predict_time` is the GPU time a failed prediction was still billed for.
+        """
+        billed = {} if predict_time is None else {"predict_time": predict_time}
         return await self._update(
             job_id,
             tuple(JobStatus(s) for s in _UNFINISHED),
             status=JobStatus.FAILED,
             error=error,
             completed_at=self._clock(),
+            **billed,
         )
 
-    async def mark_canceled(self, job_id: int, reason: str | None = None) -> Job:
-        """A pending state -> canceled."""
+    async def mark_canceled(
+        self, job_id: int, reason: str | None = None, *, predict_time: float | None = None
+    ) -> Job:
+        """A pending state -> canceled (with the GPU time billed before it stopped, if any)."""
+        billed = {} if predict_time is None else {"predict_time": predict_time}
         return await self._update(
             job_id,
             (JobStatus.QUEUED, JobStatus.SUBMITTED, JobStatus.RUNNING),
             status=JobStatus.CANCELED,
             error=reason,
             completed_at=self._clock(),
+            **billed,
         )
 
     async def mark_deleted(self, job_id: int) -> Job:

@@ -157,6 +157,13 @@ async def test_a_prediction_that_ends_badly_is_explained_and_the_queue_moves(
         await reporter.wait_for(lambda: reporter.failures and reporter.delivered)
     job, said = reporter.failures[0]
     assert job.id == failing.id and said.startswith(reason)
+    # Whatever GPU time it was billed counts toward the server's usage and budget
+    # (an aborted prediction never started, so it has none).
+    stored = await store.get(failing.id)
+    assert stored is not None and stored.prediction_id is not None
+    billed = prediction_api.predictions[stored.prediction_id].metrics.get("predict_time")
+    assert stored.predict_time == billed
+    assert (billed is None) == (name == "aborted")
 
 
 @pytest.mark.parametrize("status", [404, 403])
