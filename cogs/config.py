@@ -31,11 +31,6 @@ RESET_CHOICES = [
 assert len(RESET_CHOICES) == len(RESETTABLE)  # every resettable setting is offered
 
 
-# Discord shows the whole command only to members with Manage Server (its default permission;
-# the owner can change who sees it in Server Settings > Integrations). Each subcommand checks
-# the permission again when it runs, since that default is only a hint to the client.
-@app_commands.guild_only()
-@app_commands.default_permissions(manage_guild=True)
 async def _moderates_server(interaction: discord.Interaction) -> bool:
     """Manage Messages across the server, not just in this channel, may ban and unban."""
     member = interaction.user
@@ -44,6 +39,11 @@ async def _moderates_server(interaction: discord.Interaction) -> bool:
     raise app_commands.MissingPermissions(["manage_messages"])
 
 
+# Discord shows the whole command only to members with Manage Server (its default permission;
+# the owner can change who sees it in Server Settings > Integrations). Each subcommand checks
+# the permission again when it runs, since that default is only a hint to the client.
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
 class ConfigCog(
     commands.GroupCog,
     name="Config",
