@@ -7,7 +7,7 @@ import logging
 import math
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -86,6 +86,21 @@ class GuildSettings:
     def allows_channel(self, channel_id: int) -> bool:
         """True if /animate may be used in the channel."""
         return not self.channel_ids or channel_id in self.channel_ids
+
+    def refusal(
+        self, *, channel_ids: Sequence[int], age_restricted: bool, prompt: str
+    ) -> str | None:
+        """Say why these settings refuse a prompt in a channel (or thread), or None."""
+        # A thread counts as its parent channel, so callers pass both ids.
+        if not any(self.allows_channel(channel_id) for channel_id in channel_ids):
+            places = ", ".join(f"<#{c}>" for c in self.channel_ids)
+            return f"Animations can be made only in these channels of this server: {places}."
+        if self.age_restricted_only and not age_restricted:
+            return "In this server, animations can be made only in age-restricted channels."
+        if self.blocks(prompt):
+            # Naming the pattern would teach how to get around it.
+            return "This prompt is not allowed in this server; please try a different one."
+        return None
 
     def blocks(self, prompt: str) -> bool:
         """True if the prompt matches any blocked word or pattern."""

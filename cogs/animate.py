@@ -75,10 +75,10 @@ class JobButton(
     EMOJI: ClassVar[str] = ""
     STYLE: ClassVar[discord.ButtonStyle] = discord.ButtonStyle.secondary
 
-    def __init__(self, job_id: int) -> None:
+    def __init__(self, job_id: int, label: str | None = None) -> None:
         super().__init__(
             discord.ui.Button(
-                label=self.LABEL,
+                label=label or self.LABEL,
                 emoji=self.EMOJI or None,
                 style=self.STYLE,
                 custom_id=f"animate:{self.ACTION}:{job_id}",
@@ -95,7 +95,7 @@ class JobButton(
 
     async def callback(self, interaction: discord.Interaction) -> None:
         """Hand the press to the cog, turning any error into a message."""
-        bot = _bot(interaction)
+        bot = bot_of(interaction)
         cog = bot.get_cog(AnimateCog.__cog_name__)
         async with bot.in_flight.track():
             try:
@@ -163,7 +163,7 @@ class DeleteButton(JobButton, template=r"animate:delete:(?P<job>[0-9]+)"):
 BUTTONS = (CancelButton, RerollButton, RemixButton, DeleteButton, InfoButton)
 
 
-def _bot(interaction: discord.Interaction) -> AnimateBot:
+def bot_of(interaction: discord.Interaction) -> AnimateBot:
     """The bot that received an interaction, typed as ours."""
     return cast("AnimateBot", interaction.client)
 
@@ -239,7 +239,7 @@ class RemixModal(discord.ui.Modal, title="Remix animation"):
 
     async def on_submit(self, interaction: discord.Interaction, /) -> None:
         """Queue the edited request, or explain what is wrong with it."""
-        async with _bot(interaction).in_flight.track():
+        async with bot_of(interaction).in_flight.track():
             await self._submit(interaction)
 
     async def _submit(self, interaction: discord.Interaction) -> None:
@@ -261,7 +261,7 @@ class RemixModal(discord.ui.Modal, title="Remix animation"):
 
     async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
         """Send modal errors through the central handler."""
-        await _bot(interaction).report_error(interaction, error)
+        await bot_of(interaction).report_error(interaction, error)
 
 
 class AnimateCog(commands.Cog, name="Animate"):
@@ -345,24 +345,15 @@ class AnimateCog(commands.Cog, name="Animate"):
     def _refusal(
         interaction: discord.Interaction, settings: GuildSettings, request: GenerationRequest
     ) -> str | None:
-        """Say why the server's settings refuse this request here, or None if they allow it."""
+        """Ask the server's settings whether they allow this request where it was made."""
         channel = interaction.channel
-        channel_id = interaction.channel_id or 0
-        # A thread belongs to its parent channel's permission.
         parent_id = getattr(channel, "parent_id", None)
-        if not settings.allows_channel(channel_id) and not (
-            parent_id is not None and settings.allows_channel(parent_id)
-        ):
-            places = ", ".join(f"<#{c}>" for c in settings.channel_ids)
-            return f"Animations can be made only in these channels of this server: {places}."
-        if settings.age_restricted_only:
-            is_nsfw = getattr(channel, "is_nsfw", None)
-            if not (callable(is_nsfw) and is_nsfw()):
-                return "In this server, animations can be made only in age-restricted channels."
-        if settings.blocks(request.prompt):
-            # Naming the pattern would teach how to get around it.
-            return "This prompt is not allowed in this server; please try a different one."
-        return None
+        is_nsfw = getattr(channel, "is_nsfw", None)
+        return settings.refusal(
+            channel_ids=[c for c in (interaction.channel_id, parent_id) if c is not None],
+            age_restricted=callable(is_nsfw) and bool(is_nsfw()),
+            prompt=request.prompt,
+        )
 
     async def queue_request(
         self,
@@ -447,7 +438,7 @@ class AnimateCog(commands.Cog, name="Animate"):
 
     # Buttons ----------------------------------------------------------------------------
 
-    async def _job_for(self, interaction: discord.Interaction, job_id: int) -> Job | None:
+    async def job_for(self, interaction: discord.Interaction, job_id: int) -> Job | None:
         """Load the job a button names, refusing ids from another server or that do not exist."""
         job = await self.store.get(job_id)
         if job is None or job.guild_id != interaction.guild_id:
@@ -464,7 +455,7 @@ class AnimateCog(commands.Cog, name="Animate"):
 
     async def cancel_pressed(self, interaction: discord.Interaction, job_id: int) -> None:
         """Cancel a pending job."""
-        job = await self._job_for(interaction, job_id)
+        job = await self.job_for(interaction, job_id)
         if job is None:
             return
         if not self._may_manage(interaction, job):
@@ -487,21 +478,21 @@ class AnimateCog(commands.Cog, name="Animate"):
 
     async def reroll_pressed(self, interaction: discord.Interaction, job_id: int) -> None:
         """Queue the same settings with a new seed, for whoever pressed."""
-        job = await self._job_for(interaction, job_id)
+        job = await self.job_for(interaction, job_id)
         if job is None:
             return
         await self.queue_request(interaction, job.request.with_new_seed(), parent_job_id=job.id)
 
     async def remix_pressed(self, interaction: discord.Interaction, job_id: int) -> None:
         """Open the remix modal, prefilled from the job."""
-        job = await self._job_for(interaction, job_id)
+        job = await self.job_for(interaction, job_id)
         if job is None:
             return
         await interaction.response.send_modal(RemixModal(self, job))
 
     async def info_pressed(self, interaction: discord.Interaction, job_id: int) -> None:
         """Show every setting of a job as JSON, to the presser only."""
-        job = await self._job_for(interaction, job_id)
+        job = await self.job_for(interaction, job_id)
         if job is None:
             return
         text = settings_json(job)
@@ -524,7 +515,7 @@ class AnimateCog(commands.Cog, name="Animate"):
 
     async def delete_pressed(self, interaction: discord.Interaction, job_id: int) -> None:
         """Delete a result if the presser asked for it or moderates messages."""
-        job = await self._job_for(interaction, job_id)
+        job = await self.job_for(interaction, job_id)
         if job is None:
             return
         message = interaction.message

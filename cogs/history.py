@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Self, cast
+from typing import TYPE_CHECKING, Any, Self
 
 import discord
 from discord import app_commands
@@ -11,18 +11,13 @@ from discord.ext import commands
 
 from bot.jobs import Job
 from bot.owner_texts import history_text
+from cogs.animate import AnimateCog, JobButton, bot_of
 
 if TYPE_CHECKING:
     from bot.client import AnimateBot
-    from cogs.animate import AnimateCog
 
 NO_MENTIONS = discord.AllowedMentions.none()
 PAGE_SIZE = 5  # one row of Run again buttons
-
-
-def _bot(interaction: discord.Interaction) -> AnimateBot:
-    """The bot that received an interaction, typed as ours."""
-    return cast("AnimateBot", interaction.client)
 
 
 class PageButton(
@@ -51,7 +46,7 @@ class PageButton(
 
     async def callback(self, interaction: discord.Interaction) -> None:
         """Show the next page in place."""
-        bot = _bot(interaction)
+        bot = bot_of(interaction)
         async with bot.in_flight.track():
             try:
                 await self._turn(bot, interaction)
@@ -81,57 +76,26 @@ class PageButton(
         )
 
 
-class RunAgainButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"animate:again:(?P<job>[0-9]+)"
-):
+class RunAgainButton(JobButton, template=r"animate:again:(?P<job>[0-9]+)"):
     """Queue a request from the history again, seed and all."""
 
-    def __init__(self, job_id: int, number: int = 0) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=f"Run again {number}" if number else "Run again",
-                emoji="🔁",
-                style=discord.ButtonStyle.primary,
-                custom_id=f"animate:again:{job_id}",
-            )
-        )
-        self.job_id = job_id
+    ACTION, LABEL, EMOJI, STYLE = "again", "Run again", "🔁", discord.ButtonStyle.primary
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> Self:
-        """Rebuild the button from a pressed custom_id."""
-        return cls(int(match["job"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        """Queue the same request for the member who made it."""
-        bot = _bot(interaction)
-        async with bot.in_flight.track():
-            try:
-                await self._run(bot, interaction)
-            except Exception as exc:
-                await bot.report_error(interaction, exc)
-
-    async def _run(self, bot: AnimateBot, interaction: discord.Interaction) -> None:
-        """Check the job is the presser's own in this server, then queue it again."""
-        job = await bot.store.get(self.job_id)
-        if job is None or job.guild_id != interaction.guild_id or job.deleted:
-            await interaction.response.send_message(
-                "That request no longer exists.", ephemeral=True, allowed_mentions=NO_MENTIONS
-            )
+    async def handle(self, cog: AnimateCog, interaction: discord.Interaction) -> None:
+        """Queue the same request, for the member who made it only."""
+        job = await cog.job_for(interaction, self.job_id)
+        if job is None:
             return
-        if job.requester_id != interaction.user.id:
+        if job.deleted or job.requester_id != interaction.user.id:
             await interaction.response.send_message(
-                "Only the person who made it can run it again from the history.",
+                "That request no longer exists."
+                if job.deleted
+                else "Only the person who made it can run it again from the history.",
                 ephemeral=True,
                 allowed_mentions=NO_MENTIONS,
             )
             return
-        animate = cast("AnimateCog | None", bot.get_cog("Animate"))
-        if animate is None:
-            raise RuntimeError("the animate cog is not loaded")
-        await animate.queue_request(interaction, job.request, parent_job_id=job.id)
+        await cog.queue_request(interaction, job.request, parent_job_id=job.id)
 
 
 async def page(
@@ -140,7 +104,7 @@ async def page(
     """The text and buttons of one page of a member's history."""
     view = discord.ui.View(timeout=None)
     for number, job in enumerate(jobs, start=1):
-        view.add_item(RunAgainButton(job.id, number))
+        view.add_item(RunAgainButton(job.id, f"Run again {number}"))
     if jobs:
         newer = await bot.store.history(guild_id, user_id, after_id=jobs[0].id, limit=1)
         older = await bot.store.history(guild_id, user_id, before_id=jobs[-1].id, limit=1)
