@@ -111,7 +111,7 @@ class ScaledTime:
 class BaselineClient(PredictionClient):
     """The official client's create: answered at once, without holding for the result."""
 
-    async def create(self, api_input: Mapping[str, Any], *, wait: bool = True) -> Prediction:
+    async def create(self, api_input: Mapping[str, Any], *, wait: bool | None = None) -> Prediction:
         """Create without `Prefer: wait`."""
         return await super().create(api_input, wait=False)
 

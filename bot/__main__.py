@@ -14,7 +14,12 @@ import discord
 import discord.http
 
 from bot import check, redaction
-from bot.client import AnimateBot, ExtensionsFailed, use_discord_endpoints
+from bot.client import (
+    AnimateBot,
+    ExtensionsFailed,
+    WebhookListenFailed,
+    use_discord_endpoints,
+)
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import JobStore
 
@@ -39,7 +44,10 @@ async def run(settings: Settings) -> int:
     use_discord_endpoints(settings)
     store = await JobStore.open(settings.database_path)
     try:
-        async with aiohttp.ClientSession() as session:
+        # Every running job may hold a create open (Prefer: wait): aiohttp's default of 100
+        # connections would queue polls and downloads behind them.
+        connector = aiohttp.TCPConnector(limit=settings.max_running_total + 100)
+        async with aiohttp.ClientSession(connector=connector) as session:
             bot = AnimateBot(settings, session=session, store=store)
             return await _serve(bot, settings.discord_token.get_secret_value())
     finally:
@@ -63,6 +71,9 @@ async def _serve(bot: AnimateBot, token: str) -> int:
         runner.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         error = await asyncio.gather(runner, return_exceptions=True)
+        if isinstance(error[0], WebhookListenFailed):
+            print(f"animate-bot: {error[0]}", file=sys.stderr)
+            return 1
         if isinstance(error[0], ExtensionsFailed):
             print(f"animate-bot: {error[0]}; see the log above.", file=sys.stderr)
             return 1

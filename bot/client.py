@@ -21,6 +21,7 @@ from bot.quotas import Quotas
 from bot.scheduler import Scheduler, SchedulerLimits
 from bot.settings import Settings
 from bot.store import JobStore
+from bot.webhooks import WebhookReceiver, WebhookVerifier
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ class ExtensionsFailed(Exception):
     def __init__(self, names: list[str]) -> None:
         super().__init__(f"could not load {', '.join(names)}")
         self.names = names
+
+
+class WebhookListenFailed(Exception):
+    """The webhook listener could not bind its address."""
 
 
 class InFlight:
@@ -108,6 +113,8 @@ class AnimateBot(commands.Bot):
             token=settings.replicate_api_token.get_secret_value(),
             version=settings.replicate_model_version,
             wait_seconds=settings.prediction_wait_seconds,
+            webhook_url=settings.public_webhook_url,
+            webhook_events=("logs", "completed") if settings.webhook_progress else ("completed",),
         )
         self.guild_settings = GuildSettingsService(store, GuildSettings.from_environment(settings))
         self.quotas = Quotas(
@@ -128,11 +135,28 @@ class AnimateBot(commands.Bot):
             work_root=settings.database_path.parent / "work",
             policy=self.quotas,
         )
+        self.webhooks: WebhookReceiver | None = None
+        if settings.public_webhook_url is not None:
+            self.webhooks = WebhookReceiver(
+                WebhookVerifier(self.predictions.webhook_secret),
+                self.scheduler.push,
+                public_url=settings.public_webhook_url,
+            )
 
     async def setup_hook(self) -> None:
         """Load extensions (logging each failure) and sync the slash commands."""
         # Before the scheduler starts: resumed work obeys each server's own limits.
         await self.guild_settings.load()
+        if self.webhooks is not None:
+            # Before any create names the webhook, so no delivery finds nobody listening.
+            host, port = self.settings.webhook_listen_host, self.settings.webhook_listen_port
+            try:
+                await self.webhooks.start(host, port)
+            except OSError as exc:
+                raise WebhookListenFailed(
+                    f"could not listen for webhooks on {host}:{port} ({exc.strerror or exc}); "
+                    "check WEBHOOK_LISTEN_HOST and WEBHOOK_LISTEN_PORT."
+                ) from None
         failed = []
         for extension in EXTENSIONS:
             try:
@@ -166,6 +190,8 @@ class AnimateBot(commands.Bot):
         """Let interaction handlers finish, then unload the cogs (stopping the scheduler)."""
         await self.in_flight.wait(timeout=SHUTDOWN_GRACE_SECONDS)
         await super().close()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
 
     async def on_ready(self) -> None:
         """Log who we are once connected."""

@@ -15,6 +15,8 @@ MARGIN = 0.25
 FIRST_FRAMES = 1.0
 MIN_DELAY = 0.2
 MAX_DELAY = 120.0  # estimates can be wrong: look again at least this often
+# With webhooks the end is pushed; a poll this long after the foretold end catches a lost push.
+SAFETY_GRACE = 30.0
 TAILS_KEPT = 20
 
 
@@ -51,6 +53,11 @@ def poll_delay(
     """Seconds until the next poll of an unfinished prediction (`now` on the API's clock)."""
     delay = _seconds_to_end(prediction, progress, steps, now, estimate, tail, polls)
     return min(MAX_DELAY, max(MIN_DELAY, delay))
+
+
+def safety_delay(delay: float) -> float:
+    """The safety-net poll when the API pushes the end: well after the adaptive poll's time."""
+    return delay + SAFETY_GRACE
 
 
 def _seconds_to_end(

@@ -253,6 +253,8 @@ class PredictionClient:
         token: str,
         version: str,
         wait_seconds: int = 60,
+        webhook_url: str | None = None,
+        webhook_events: tuple[str, ...] = ("completed",),
         max_attempts: int = 6,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
@@ -273,6 +275,8 @@ class PredictionClient:
         self._token = token
         self.version = version
         self._wait_seconds = max(1, min(60, wait_seconds))
+        self.webhook_url = webhook_url
+        self._webhook_events = webhook_events
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
@@ -285,19 +289,42 @@ class PredictionClient:
         """The configured API base, without a trailing slash."""
         return self._base
 
-    async def create(self, api_input: Mapping[str, Any], *, wait: bool = True) -> Prediction:
-        """Start a prediction; with `wait`, hold the request until it ends or the window closes."""
+    @property
+    def pushes_results(self) -> bool:
+        """True if the API is asked to send each prediction's end to our webhook."""
+        return self.webhook_url is not None
+
+    async def create(self, api_input: Mapping[str, Any], *, wait: bool | None = None) -> Prediction:
+        """Start a prediction; with `wait`, hold the request until it ends or the window closes.
+
+        By default it holds only without a webhook: with one, the end is pushed to us, and an
+        answer at once records the prediction's id at once (nothing to search for after a crash).
+        """
+        if wait is None:
+            wait = not self.pushes_results
         headers = {"Prefer": f"wait={self._wait_seconds}"} if wait else {}
         timeout = self._wait_seconds + self._request_timeout if wait else self._request_timeout
+        body: dict[str, Any] = {"version": self.version, "input": dict(api_input)}
+        if self.webhook_url is not None:
+            body["webhook"] = self.webhook_url
+            body["webhook_events_filter"] = list(self._webhook_events)
         data = await self._request(
             "POST",
             f"{self._base}/predictions",
-            body={"version": self.version, "input": dict(api_input)},
+            body=body,
             headers=headers,
             timeout=timeout,
             idempotent=False,
         )
         return Prediction.from_json(data)
+
+    async def webhook_secret(self) -> str:
+        """Fetch the account's webhook signing secret (`whsec_...`)."""
+        data = await self._request("GET", f"{self._base}/webhooks/default/secret")
+        key = data.get("key") if isinstance(data, dict) else None
+        if not isinstance(key, str) or not key:
+            raise PredictionAPIError("The prediction API returned no webhook signing secret.")
+        return key
 
     async def get(self, prediction_id: str) -> Prediction:
         """Fetch a prediction by id, from the configured base (never from `urls.get`)."""

@@ -9,7 +9,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -28,7 +28,7 @@ from bot.eta import (
     steady,
 )
 from bot.jobs import GenerationRequest, Job, JobStatus
-from bot.polling import TailHistory, poll_delay
+from bot.polling import TailHistory, poll_delay, safety_delay
 from bot.predictions import (
     CreateOutcomeUnknown,
     DownloadError,
@@ -247,6 +247,9 @@ class Scheduler:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._cancel_wanted_ids: set[int] = set()
         self._wakeups: dict[int, asyncio.Event] = {}
+        # Predictions the API pushed (webhooks), newest state per id, and who follows which.
+        self._pushed: OrderedDict[str, Prediction] = OrderedDict()
+        self._following: dict[str, int] = {}  # prediction id -> job id
         self._unannounced: set[int] = set()
         self._posting: set[int] = set()
         self._same_input = _KeyedLocks()
@@ -458,6 +461,20 @@ class Scheduler:
             self._wakeup(job_id).set()
         return CancelOutcome.CANCELING
 
+    def push(self, prediction: Prediction) -> None:
+        """Take a prediction the API pushed (a webhook) and wake the job following it."""
+        held = self._pushed.get(prediction.id)
+        if held is not None and not _fresher(prediction, held):
+            return  # deliveries can arrive out of order, or twice
+        self._pushed[prediction.id] = prediction
+        self._pushed.move_to_end(prediction.id)
+        # Pushes for predictions no job follows (yet) are kept a while, then dropped.
+        while len(self._pushed) > PUSHES_KEPT:
+            self._pushed.popitem(last=False)
+        job_id = self._following.get(prediction.id)
+        if job_id is not None:
+            self._wakeup(job_id).set()
+
     async def wait_idle(self) -> None:
         """Wait until no job is queued or running."""
         await self.idle.wait()
@@ -541,6 +558,9 @@ class Scheduler:
         """Release a job's slot and let the next one start."""
         job = self._running.pop(job_id, None)
         self._tasks.pop(job_id, None)
+        if job is not None and job.prediction_id is not None:
+            self._following.pop(job.prediction_id, None)
+            self._pushed.pop(job.prediction_id, None)
         self._cancel_wanted_ids.discard(job_id)
         self._wakeups.pop(job_id, None)
         self._forget(job_id)
@@ -693,8 +713,11 @@ class Scheduler:
     def _poll_delay(
         self, job: Job, prediction: Prediction, progress: Progress, polls: int
     ) -> float:
-        """Seconds until the next poll: aimed just past the end the logs and history foretell."""
-        return poll_delay(
+        """Seconds until the next poll: aimed just past the end the logs and history foretell.
+
+        When the API pushes the end (webhooks), a poll is only the safety net for a lost push.
+        """
+        delay = poll_delay(
             prediction,
             progress,
             steps=job.request.steps,
@@ -703,6 +726,7 @@ class Scheduler:
             tail=self._tails.tail(job.request.model),
             polls=polls,
         )
+        return safety_delay(delay) if self._client.pushes_results else delay
 
     @staticmethod
     def _api_clock_offset(job: Job, prediction: Prediction) -> float:
@@ -808,6 +832,9 @@ class Scheduler:
             )
             return None
         log.info("job %s: output of %s expired; running it again", job.id, job.prediction_id)
+        if job.prediction_id is not None:
+            self._following.pop(job.prediction_id, None)
+            self._pushed.pop(job.prediction_id, None)
         job = self._track(await self._store.mark_rerun(job.id))
         self._show_running(job, Stage.STARTING)
         return job
@@ -929,6 +956,7 @@ class Scheduler:
         started = job.started_at if job.started_at is not None else self._wall()
         polls = 0
         cancel_sent = False
+        self._following[job.prediction_id] = job.id
         while prediction is None or not prediction.is_terminal:
             if self._cancel_wanted(job.id):
                 self._wakeup(job.id).clear()
@@ -959,7 +987,19 @@ class Scheduler:
                         f"{'it was stopped' if stopped else 'the bot gave up on it'}.",
                     )
                     return None
-                await self._pause(self._poll_delay(job, prediction, progress, polls), job.id)
+                woken = await self._pause(
+                    self._poll_delay(job, prediction, progress, polls), job.id
+                )
+                pushed = self._take_pushed(job, prediction)
+                if pushed is not None:
+                    prediction = pushed
+                    continue
+                if woken and not self._cancel_wanted(job.id):
+                    continue  # a push older than what we know: nothing new
+            else:
+                prediction = self._take_pushed(job, None)
+                if prediction is not None:
+                    continue
             prediction = await self._fetch(job)
             if prediction is None:
                 return None
@@ -1132,11 +1172,11 @@ class Scheduler:
             return False
         return True
 
-    async def _pause(self, seconds: float, job_id: int) -> None:
-        """Sleep, waking early if the job is canceled."""
+    async def _pause(self, seconds: float, job_id: int) -> bool:
+        """Sleep, waking early if the job is canceled or pushed; return whether it woke early."""
         event = self._wakeup(job_id)
         if event.is_set():
-            return
+            return True
         sleeper = asyncio.ensure_future(self._sleep(seconds))
         waiter = asyncio.ensure_future(event.wait())
         try:
@@ -1144,6 +1184,17 @@ class Scheduler:
         finally:
             sleeper.cancel()
             waiter.cancel()
+        return event.is_set()
+
+    def _take_pushed(self, job: Job, known: Prediction | None) -> Prediction | None:
+        """Return the pushed state of the job's prediction if it is newer than `known`."""
+        assert job.prediction_id is not None
+        if not self._cancel_wanted(job.id):
+            self._wakeup(job.id).clear()  # a Cancel press keeps its wake-up for the loop
+        pushed = self._pushed.get(job.prediction_id)
+        if pushed is None or (known is not None and not _fresher(pushed, known)):
+            return None
+        return pushed
 
     def _show_progress(self, job: Job, prediction: Prediction, progress: Progress) -> None:
         """Turn the progress read from the logs into a status update."""
@@ -1222,6 +1273,23 @@ class Scheduler:
         if self._reporter is None:
             raise RuntimeError("no reporter attached to the scheduler")
         return self._reporter
+
+
+PUSHES_KEPT = 2000  # pushed predictions remembered, for jobs that were not following yet
+
+_STATUS_ORDER = {"starting": 0, "processing": 1}
+
+
+def _fresher(candidate: Prediction, known: Prediction) -> bool:
+    """True if `candidate` is a later state of the same prediction than `known`."""
+    if known.is_terminal:
+        return False
+    if candidate.is_terminal:
+        return True
+    rank, known_rank = _STATUS_ORDER.get(candidate.status, 0), _STATUS_ORDER.get(known.status, 0)
+    if rank != known_rank:
+        return rank > known_rank
+    return len(candidate.logs) > len(known.logs)
 
 
 def _api_refusal(exc: PredictionAPIError) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import yarl
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -55,6 +56,11 @@ class Settings(BaseSettings):
     prediction_timeout_seconds: float = Field(default=1800, gt=0)
     prediction_start_timeout_seconds: float = Field(default=600, gt=0)
     max_download_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    # Webhooks: set the public URL (reaching the listener below) and predictions push their end.
+    public_webhook_url: str | None = None
+    webhook_listen_host: str = "0.0.0.0"  # every interface: the proxy or API must reach it
+    webhook_listen_port: int = Field(default=8080, ge=0, le=65535)
+    webhook_progress: bool = True  # also push log lines, for the progress bar
 
     # Defaults of every server's settings; each server's owner may change them in Discord.
     default_model: str = DEFAULT_CHECKPOINT
@@ -100,6 +106,20 @@ class Settings(BaseSettings):
         """Treat an empty gateway URL as "use Discord's"."""
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("public_webhook_url", mode="before")
+    @classmethod
+    def _webhook_url(cls, value: object) -> object:
+        """Accept an absolute http(s) URL; empty means no webhooks."""
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        if not value:
+            return None
+        url = yarl.URL(value)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an absolute http:// or https:// URL")
         return value
 
     @field_validator("default_model")

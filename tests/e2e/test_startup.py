@@ -87,3 +87,34 @@ async def test_the_database_folder_is_created(tmp_path: Path, discord: FakeDisco
     )
     assert code == 1, output
     assert (tmp_path / "data" / "animate-bot.sqlite3").is_file()
+
+
+async def test_a_webhook_port_in_use(tmp_path: Path, discord: FakeDiscord) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = await run_bot(
+            {
+                "DISCORD_TOKEN": discord.token,
+                "REPLICATE_API_TOKEN": "r",
+                "DISCORD_API_BASE": discord.api_base,
+                "DISCORD_GATEWAY_URL": discord.gateway_url,
+                "PUBLIC_WEBHOOK_URL": "https://bot.example.com/hooks",
+                "WEBHOOK_LISTEN_HOST": "127.0.0.1",
+                "WEBHOOK_LISTEN_PORT": str(port),
+            },
+            tmp_path,
+        )
+    assert code == 1, output
+    assert f"animate-bot: could not listen for webhooks on 127.0.0.1:{port}" in output
+    assert "Traceback" not in output
+
+
+async def test_a_webhook_url_that_is_not_http(tmp_path: Path) -> None:
+    code, output = await run_bot(
+        {"DISCORD_TOKEN": "d", "REPLICATE_API_TOKEN": "r", "PUBLIC_WEBHOOK_URL": "bot.example.com"},
+        tmp_path,
+    )
+    assert code == 2, output
+    assert "PUBLIC_WEBHOOK_URL is invalid" in output and "Traceback" not in output
