@@ -17,4 +17,6 @@ RUN pip install . \
 USER animate
 # The job database lives on a volume so queued work and buttons survive a new container.
 VOLUME ["/data"]
+# The webhook listener, used only when PUBLIC_WEBHOOK_URL is set.
+EXPOSE 8080
 CMD ["animate-bot"]

@@ -12,7 +12,9 @@ in unscaled seconds. Discord is a recording sink. A strategy stops after --deliv
 
 Strategies: `baseline` creates without holding and polls every 0.5 s, as the official Python
 client does; `adaptive` is the bot: a create held with Prefer: wait, then polls aimed at the
-end its progress logs and measured runs foretell.
+end its progress logs and measured runs foretell; `webhook` is the bot with PUBLIC_WEBHOOK_URL
+set: the fake pushes log lines and the end to the bot's webhook receiver (signed, verified),
+and a poll is only the safety net for a lost push.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ from bot.predictions import Prediction, PredictionClient
 from bot.progress import Progress
 from bot.scheduler import JobResult, JobStatusUpdate, Scheduler, SchedulerLimits
 from bot.store import JobStore
+from bot.webhooks import WebhookReceiver, WebhookVerifier
 
-STRATEGIES = ("baseline", "adaptive")
+STRATEGIES = ("baseline", "adaptive", "webhook")
 STEPS = 25
 FRAME_TIME = 0.15
 BASELINE_INTERVAL = 0.5  # the official client's poll interval
@@ -233,7 +236,9 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
     trace.on_request_start.append(on_request)
     cpu_before = _cpu()
     sink = Sink(scaled, target=options.deliveries)
-    async with aiohttp.ClientSession(trace_configs=[trace]) as http:
+    # As the bot's own session: room for every running job's held create.
+    connector = aiohttp.TCPConnector(limit=options.running + 100)
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as http:
         client_class = BaselineClient if options.worker == "baseline" else PredictionClient
         client = client_class(
             http,
@@ -241,6 +246,7 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
             token=api["token"],
             version=api["version"],
             wait_seconds=60,
+            webhook_events=("logs", "completed"),
             sleep=scaled.sleep,
         )
         scheduler_class = BaselineScheduler if options.worker == "baseline" else Scheduler
@@ -268,6 +274,15 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
 
         scheduler._learn = learn  # type: ignore[method-assign]
         scheduler.attach(sink)
+        receiver: WebhookReceiver | None = None
+        if options.worker == "webhook":
+            receiver = WebhookReceiver(
+                WebhookVerifier(client.webhook_secret),
+                scheduler.push,
+                public_url="http://127.0.0.1/hooks/replicate",
+            )
+            await receiver.start("127.0.0.1", 0)
+            client.webhook_url = f"http://127.0.0.1:{receiver.port}/hooks/replicate"
         await scheduler.start()
         startup = time.perf_counter() - started
         lag_samples: list[float] = []
@@ -278,6 +293,8 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
         await monitor
         await scheduler.stop(grace=0)
         await store.close()
+        if receiver is not None:
+            await receiver.stop()
     cpu = _cpu() - cpu_before
     delivered = set(sink.results.values())
     polls = sum(requests[p]["poll"] for p in delivered)
@@ -297,6 +314,8 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
         "discord_ack": 1.0,
         "discord_edits": sum(sink.status_edits[j] for j in sink.results) / n,
         "discord_results": 1.0,
+        "pushes": (receiver.taken if receiver is not None else 0) / n,
+        "pushes_refused": receiver.rejected if receiver is not None else 0,
         "loop_lag_p99_ms": _pct(sorted(lag_samples), 99) * 1000,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cpu_per_1000": cpu / n * 1000,
@@ -376,6 +395,8 @@ ROWS = (
     ("  creates", "creates", "{:.2f}"),
     ("  polls", "polls", "{:.2f}"),
     ("  downloads", "downloads", "{:.2f}"),
+    ("webhook deliveries taken per job", "pushes", "{:.2f}"),
+    ("  refused", "pushes_refused", "{:d}"),
     ("delivery lag p50 (s)", "lag_p50", "{:.2f}"),
     ("delivery lag p95 (s)", "lag_p95", "{:.2f}"),
     ("delivery lag max (s)", "lag_max", "{:.2f}"),
@@ -397,7 +418,7 @@ def report(results: list[dict[str, Any]], options: argparse.Namespace) -> str:
         result["discord_total"] = (
             result["discord_ack"] + result["discord_edits"] + result["discord_results"]
         )
-    base = results[0]
+    base = next((r for r in results if r["strategy"] == "baseline"), None)
     lines = [
         f"{os.cpu_count()} cores, Python {platform.python_version()}, {options.jobs} queued jobs "
         f"across {options.guilds} servers, {options.running} running, predictions 20-90 s, "
@@ -410,7 +431,7 @@ def report(results: list[dict[str, Any]], options: argparse.Namespace) -> str:
         cells = []
         for result in results:
             cell = fmt.format(result[key])
-            if key == "api_per_job" and result is not base:
+            if key == "api_per_job" and base is not None and result is not base:
                 cell += f" ({result[key] / base[key]:.1%} of baseline)"
             cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")

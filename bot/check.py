@@ -16,6 +16,7 @@ import aiohttp
 from bot import redaction
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import JobStore, SchemaTooNew
+from bot.webhooks import SigningKey
 
 # Short: an operator waits at a prompt, and a healthy service answers in well under a second.
 REQUEST_TIMEOUT_SECONDS = 10.0
@@ -45,7 +46,7 @@ class Result:
     detail: str
 
 
-CHECK_NAMES = ("settings", "database", "Discord token", "prediction API")
+CHECK_NAMES = ("settings", "database", "Discord token", "prediction API", "webhooks")
 
 
 async def run_checks(load: Callable[[], Settings] = load_settings) -> list[Result]:
@@ -65,6 +66,7 @@ async def run_checks(load: Callable[[], Settings] = load_settings) -> list[Resul
     async with aiohttp.ClientSession(timeout=timeout) as http:
         results.append(await check_discord(http, settings))
         results.append(await check_prediction_api(http, settings))
+        results.append(await check_webhooks(http, settings))
     return results
 
 
@@ -142,6 +144,36 @@ async def check_prediction_api(http: aiohttp.ClientSession, settings: Settings) 
     if not isinstance(body, dict) or not isinstance(body.get("results"), list):
         return Result(name, Outcome.FAIL, f"{url} answered 200 but not with a prediction list")
     return Result(name, Outcome.OK, f"token accepted at {settings.replicate_api_base}")
+
+
+async def check_webhooks(http: aiohttp.ClientSession, settings: Settings) -> Result:
+    """With PUBLIC_WEBHOOK_URL set, fetch the signing secret that deliveries are checked with."""
+    name = "webhooks"
+    if settings.public_webhook_url is None:
+        return Result(
+            name, Outcome.SKIPPED, "PUBLIC_WEBHOOK_URL is not set: predictions are polled"
+        )
+    url = f"{settings.replicate_api_base}/webhooks/default/secret"
+    headers = {"Authorization": f"Bearer {settings.replicate_api_token.get_secret_value()}"}
+    try:
+        status, body = await _get(
+            http, url, headers, service="the prediction API", setting="REPLICATE_API_BASE"
+        )
+    except _Unanswered as exc:
+        return Result(name, Outcome.FAIL, str(exc))
+    key = body.get("key") if isinstance(body, dict) else None
+    if status != 200 or not isinstance(key, str):
+        return Result(name, Outcome.FAIL, f"no signing secret at {url} (HTTP {status})")
+    try:
+        SigningKey.from_secret(key)
+    except ValueError as exc:
+        return Result(name, Outcome.FAIL, f"the signing secret at {url} is unusable: {exc}")
+    where = f"{settings.webhook_listen_host}:{settings.webhook_listen_port}"
+    return Result(
+        name,
+        Outcome.OK,
+        f"signing secret fetched; listening on {where} for {settings.public_webhook_url}",
+    )
 
 
 class _Unanswered(Exception):

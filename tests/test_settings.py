@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.settings import DEFAULT_MODEL_VERSION, SettingsError, load_settings
+from bot.settings import DEFAULT_MODEL_VERSION, Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
-        if name.startswith(("DISCORD_", "REPLICATE_", "DATABASE_", "MAX_", "PREDICTION_")):
+        if name.startswith(
+            ("DISCORD_", "REPLICATE_", "DATABASE_", "MAX_", "PREDICTION_", "WEBHOOK_", "PUBLIC_")
+        ):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 
@@ -34,6 +36,32 @@ def test_defaults_with_only_the_two_tokens(monkeypatch: pytest.MonkeyPatch) -> N
     assert settings.discord_gateway_url is None
     assert (settings.max_running_per_guild, settings.max_running_total) == (1, 4)
     assert settings.max_queued_per_member == 3
+    assert settings.public_webhook_url is None, "no webhooks unless asked for"
+
+
+def test_env_example_lists_every_setting_and_loads_once_the_tokens_are_in(tmp_path: Path) -> None:
+    example = (ROOT / ".env.example").read_text()
+    names = {
+        line.split("=", 1)[0] for line in example.splitlines() if "=" in line and line[0] != "#"
+    }
+    assert names == {field.upper() for field in Settings.model_fields}
+    filled = example.replace("DISCORD_TOKEN=\n", "DISCORD_TOKEN=d\n").replace(
+        "REPLICATE_API_TOKEN=\n", "REPLICATE_API_TOKEN=r\n"
+    )
+    (tmp_path / ".env").write_text(filled)
+    settings = load_settings()
+    assert settings.public_webhook_url is None and settings.webhook_listen_port == 8080
+
+
+def test_a_webhook_url_must_be_absolute_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "d")
+    monkeypatch.setenv("REPLICATE_API_TOKEN", "r")
+    monkeypatch.setenv("PUBLIC_WEBHOOK_URL", " https://bot.example.com/hooks ")
+    assert load_settings().public_webhook_url == "https://bot.example.com/hooks"
+    for bad in ("bot.example.com/hooks", "ftp://bot.example.com/", "https://"):
+        monkeypatch.setenv("PUBLIC_WEBHOOK_URL", bad)
+        with pytest.raises(SettingsError, match="PUBLIC_WEBHOOK_URL is invalid"):
+            load_settings()
 
 
 def test_dotenv_file_is_read(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.check import CHECK_NAMES
 from bot.store import MIGRATIONS
 from tests.e2e.harness import bot_environment
 from tests.fakes.discord import FakeDiscord
@@ -38,7 +39,7 @@ class Checked:
         """The table's rows by check name: (result, detail)."""
         rows: dict[str, tuple[str, str]] = {}
         for line in self.stdout.splitlines():
-            for name in ("settings", "database", "Discord token", "prediction API"):
+            for name in CHECK_NAMES:
                 if line.startswith(name + " "):
                     result, _, detail = line[len(name) :].strip().partition(" ")
                     rows[name] = (result, detail.strip())
@@ -140,7 +141,7 @@ async def test_a_good_configuration_passes_every_check(fakes: Fakes, command: li
     checked = await run_check(fakes, command=command)
     assert checked.code == 0, checked
     rows = checked.rows()
-    assert [result for result, _ in rows.values()] == ["OK"] * 4, checked.stdout
+    assert [result for result, _ in rows.values()] == ["OK"] * 4 + ["SKIPPED"], checked.stdout
     assert rows["settings"][1] == "both tokens set; commands sync to 2 server(s)"
     database = fakes.env["DATABASE_PATH"]
     assert rows["database"][1] == (
@@ -156,6 +157,22 @@ async def test_a_good_configuration_passes_every_check(fakes: Fakes, command: li
     with contextlib.closing(sqlite3.connect(database)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert db.execute("SELECT COUNT(*) FROM timings").fetchone()[0] == 0
+
+
+async def test_with_webhooks_the_signing_secret_is_fetched(fakes: Fakes) -> None:
+    url = "https://bot.example.com/hooks/replicate"
+    checked = await run_check(fakes, PUBLIC_WEBHOOK_URL=url, WEBHOOK_LISTEN_PORT="9000")
+    assert checked.code == 0, checked
+    assert checked.rows()["webhooks"] == (
+        "OK",
+        f"signing secret fetched; listening on 0.0.0.0:9000 for {url}",
+    )
+    assert ("GET", "/v1/webhooks/default/secret") in [
+        (r.method, r.path) for r in fakes.api.requests
+    ]
+    fakes.api.inject("GET", r"/v1/webhooks/default/secret", status=404)
+    checked = await run_check(fakes, PUBLIC_WEBHOOK_URL=url)
+    assert checked.code == 1 and checked.rows()["webhooks"][0] == "FAIL", checked
 
 
 async def test_the_table_is_aligned(fakes: Fakes) -> None:
@@ -184,7 +201,7 @@ async def test_a_token_discord_refuses_fails_its_row(fakes: Fakes) -> None:
     assert rows["Discord token"] == ("FAIL", "Discord refused DISCORD_TOKEN; check the token")
     assert rows["settings"][0] == rows["database"][0] == rows["prediction API"][0] == "OK"
     assert "wrong-discord-token-Kp2" not in checked.stdout + checked.stderr
-    assert "1 of 4 checks failed" in checked.stdout
+    assert "1 of 5 checks failed" in checked.stdout
     assert_no_gateway(fakes.discord)
 
 
@@ -227,7 +244,7 @@ async def test_unreachable_services_are_named_with_their_url(fakes: Fakes) -> No
     assert rows["prediction API"][1].startswith(
         f"could not reach the prediction API at {api_base}/predictions"
     )
-    assert "2 of 4 checks failed" in checked.stdout
+    assert "2 of 5 checks failed" in checked.stdout
 
 
 async def test_credentials_in_a_base_url_are_masked(fakes: Fakes) -> None:

@@ -1144,7 +1144,8 @@ class FakePredictionAPI:
     async def _deliver_webhook(self, delivery: WebhookDelivery) -> None:
         """POST one delivery, retrying a few times until it is answered 2xx."""
         if self._webhook_session is None:
-            self._webhook_session = aiohttp.ClientSession()
+            # Replicate sends from many workers at once: no cap on connections here.
+            self._webhook_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         for _ in range(3):
             try:
                 async with self._webhook_session.post(
