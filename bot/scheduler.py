@@ -10,7 +10,7 @@ import sqlite3
 import tempfile
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -207,6 +207,9 @@ class _KeyedLocks:
 
 
 MAX_RERUNS = 2  # an expired output is made again at most this often
+# Queued jobs re-estimated per turn of the event loop when many servers' queues go stale at
+# once (a measured run, an outage): 10,000 in one go would stall the loop for a second.
+REFRESH_CHUNK = 256
 
 _BAD_CREDENTIALS = (
     "The bot's prediction API token was refused; the server owner needs to fix the bot's "
@@ -243,7 +246,8 @@ class Scheduler:
         # job -> guild of every queued job: lookups scan one short queue, not all 10,000 jobs.
         self._queued_in: dict[int, int] = {}
         self._running: dict[int, Job] = {}
-        self._running_by_guild: dict[int, int] = defaultdict(int)
+        # guild -> its running jobs' ids: estimating one queue must not scan every running job.
+        self._running_by_guild: dict[int, set[int]] = defaultdict(set)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._cancel_wanted_ids: set[int] = set()
         self._wakeups: dict[int, asyncio.Event] = {}
@@ -256,6 +260,12 @@ class Scheduler:
             self._send_status, interval=self._limits.status_interval, clock=clock, sleep=sleep
         )
         self._last_status: dict[int, JobStatusUpdate] = {}
+        # Guilds whose queues wait for the refresher: True to show what changed, False to only
+        # record it as shown (after a start, the messages already say about that).
+        self._stale: dict[int, bool] = {}
+        self._refreshing: dict[int, bool] = {}  # the pass under way
+        self._refreshed_at = float("-inf")
+        self._refresher: asyncio.Task[None] | None = None
         # Loaded from the store once at start, then fed by each success: polls never query.
         self._history = TimingHistory()
         self._tails = TailHistory()  # what follows sampling, learned from each success
@@ -298,9 +308,11 @@ class Scheduler:
                 resumed += 1
         if jobs:
             log.info("resumed %d running and %d queued jobs", resumed, len(jobs) - resumed)
+        # Their messages already show about this: note it, so that only changes are edited,
+        # rather than edit 10,000 messages at once. The refresher spreads out the work; the
+        # queues that move now are shown at once (and so are not merely noted later).
+        self._mark_stale(self._queues, show=False)
         self._dispatch()
-        for guild_id in list(self._queues):
-            self._publish_positions(guild_id)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop work; every job stays recorded where it stood and resumes on the next start."""
@@ -313,6 +325,8 @@ class Scheduler:
                 break
             await asyncio.wait(posting, timeout=remaining)
         tasks = list(self._tasks.values())
+        if self._refresher is not None:
+            tasks.append(self._refresher)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -382,8 +396,8 @@ class Scheduler:
         )
         running = sum(
             1
-            for job in self._running.values()
-            if job.guild_id == guild_id and job.requester_id == requester_id
+            for job_id in self._running_by_guild.get(guild_id, ())
+            if self._running[job_id].requester_id == requester_id
         )
         return queued + running
 
@@ -521,7 +535,7 @@ class Scheduler:
                 not self._in_outage()
                 and queue
                 and queue[0].id not in self._unannounced
-                and self._running_by_guild[guild_id] < self.guild_limits(guild_id).running
+                and len(self._running_by_guild[guild_id]) < self.guild_limits(guild_id).running
             ):
                 job = queue.popleft()
                 self._queued_in.pop(job.id, None)
@@ -533,7 +547,7 @@ class Scheduler:
     def _launch(self, job: Job) -> None:
         """Start the task that carries a job to its end."""
         self._running[job.id] = job
-        self._running_by_guild[job.guild_id] += 1
+        self._running_by_guild[job.guild_id].add(job.id)
         self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
         self.idle.clear()
 
@@ -545,7 +559,7 @@ class Scheduler:
         self._wakeups.pop(job_id, None)
         self._forget(job_id)
         if job is not None:
-            self._running_by_guild[job.guild_id] -= 1
+            self._running_by_guild[job.guild_id].discard(job_id)
         if not self._running and self._outage_since is not None:
             # The job that was probing the outage is gone: let the next one probe.
             self._leave_outage()
@@ -575,11 +589,56 @@ class Scheduler:
         self._last_status[job_id] = update
         self._relay.publish(job_id, update)
 
-    def _publish_positions(self, guild_id: int) -> None:
-        """Show every waiting job in a guild its current place and estimate (and any outage)."""
+    def _publish_positions(self, guild_id: int, *, show: bool = True) -> None:
+        """Show every waiting job in a guild its current place and estimate (and any outage).
+
+        With `show` false, only record them as shown: the messages already say about that.
+        """
+        # This covers whatever made the guild stale, so the refresher need not come back to it.
+        stale = self._stale.pop(guild_id, False)
+        show = self._refreshing.pop(guild_id, False) or stale or show
         queue = list(self._queues.get(guild_id, ()))
         for job, status in zip(queue, self._waiting_statuses(guild_id), strict=True):
-            self._publish(job.id, status)
+            if show:
+                self._publish(job.id, status)
+            else:
+                self._last_status[job.id] = status
+                self._relay.prime(job.id, status)
+
+    def _mark_stale(self, guild_ids: Iterable[int], *, show: bool = True) -> None:
+        """Have the refresher re-estimate these guilds' queues soon; repeats coalesce."""
+        for guild_id in guild_ids:
+            if self._queues.get(guild_id):
+                self._stale[guild_id] = show or self._stale.get(guild_id, False)
+        if self._stale and not self._stopping and self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh_stale(), name="queue-refresher")
+
+    async def _refresh_stale(self) -> None:
+        """Re-estimate stale guilds a chunk at a time, yielding to the loop between chunks.
+
+        A pass starts at most once per status interval: estimates that change on every
+        measured run (several a second) cannot be edited into messages faster than that anyway.
+        """
+        try:
+            while self._stale:
+                wait = self._refreshed_at + self._limits.status_interval - self._clock()
+                if wait > 0:
+                    await self._sleep(wait)
+                self._refreshing, self._stale = self._stale, {}
+                done = 0
+                for guild_id in list(self._refreshing):
+                    if guild_id not in self._refreshing:
+                        continue  # shown meanwhile, as its queue moved
+                    # Takes it out of `_refreshing` and `_stale`; shows it if either says so.
+                    self._publish_positions(guild_id, show=False)
+                    done += len(self._queues.get(guild_id, ())) + 1
+                    if done >= REFRESH_CHUNK:
+                        done = 0
+                        await asyncio.sleep(0)
+                self._refreshed_at = self._clock()
+        finally:
+            self._refreshing = {}
+            self._refresher = None
 
     def _waiting_statuses(self, guild_id: int) -> list[JobStatusUpdate]:
         """The status of each queued job of a guild, in queue order."""
@@ -591,9 +650,8 @@ class Scheduler:
             ]
         now = self._wall()
         running_left = [
-            self._running_left(job, now)
-            for job in self._running.values()
-            if job.guild_id == guild_id
+            self._running_left(self._running[job_id], now)
+            for job_id in self._running_by_guild.get(guild_id, ())
         ]
         finishes = queue_finishes(
             running_left,
@@ -681,14 +739,14 @@ class Scheduler:
         )
         if timing is None:
             return
-        self._history.add(timing)
+        changed = self._history.add(timing)
         try:
             await self._store.record_timing(timing)
         except sqlite3.Error:
             # Only estimates suffer; the job itself is fine.
             log.warning("job %s: could not record its timing", job.id, exc_info=True)
-        for guild_id in list(self._queues):
-            self._publish_positions(guild_id)
+        if changed:
+            self._mark_stale(self._queues)
 
     def _poll_delay(
         self, job: Job, prediction: Prediction, progress: Progress, polls: int
@@ -722,16 +780,14 @@ class Scheduler:
         if self._outage_since is None:
             log.warning("the prediction API is unavailable; holding the queues")
             self._outage_since = self._clock()
-            for guild_id in list(self._queues):
-                self._publish_positions(guild_id)
+            self._mark_stale(self._queues)
 
     def _leave_outage(self) -> None:
         """The API answered: start queued work again."""
         if self._outage_since is not None:
             log.info("the prediction API is back after %.0f s", self._clock() - self._outage_since)
             self._outage_since = None
-            for guild_id in list(self._queues):
-                self._publish_positions(guild_id)
+            self._mark_stale(self._queues)
             self._dispatch()
 
     # The life of one job --------------------------------------------------------------
