@@ -1131,8 +1131,15 @@ class Scheduler:
             if job.upload_limit is None:
                 guild_limit = await self._require_reporter().guild_upload_limit(job)
             limit = media.upload_limit(job.upload_limit, guild_limit)
-            # FFmpeg uses every core: one conversion at a time keeps the bot responsive.
-            async with self._converting:
+            fmt = job.request.output_format
+            # FFmpeg uses every core: one conversion at a time keeps the bot responsive. A
+            # file posted as it is converts nothing, so it does not queue behind one.
+            converting: contextlib.AbstractAsyncContextManager[object] = (
+                contextlib.nullcontext()
+                if media.fits_as_is(downloaded, limit, fmt)  # pyright: ignore[reportArgumentType]
+                else self._converting
+            )
+            async with converting:
                 upload = await media.prepare_upload(
                     downloaded,
                     fmt=job.request.output_format,  # pyright: ignore[reportArgumentType]

@@ -14,6 +14,7 @@ from bot.jobs import DEFAULT_CHECKPOINT, Job
 from bot.predictions import PredictionClient
 from bot.scheduler import JobStatusUpdate, Scheduler, Stage
 from bot.store import JobStore
+from tests.fakes.predictions import Behaviour, FakePredictionAPI
 from tests.scheduling import RecordingReporter, make_scheduler, request
 
 GUILDS = 20
@@ -167,3 +168,25 @@ async def test_an_outage_banner_reaches_every_queued_job(
     finally:
         await scheduler.stop()
 
+
+async def test_a_file_that_fits_is_posted_while_another_is_being_converted(
+    store: JobStore,
+    client: PredictionClient,
+    reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    prediction_api.next_behaviours.append(Behaviour())
+    scheduler = make_scheduler(store, client)
+    scheduler.attach(reporter)
+    await scheduler.start()
+    try:
+        # A long conversion holds the converter for the whole test.
+        async with scheduler._converting:
+            job, _ = await scheduler.submit(
+                guild_id=1, channel_id=100, requester_id=10, request=request()
+            )
+            await scheduler.attach_message(job.id, 5000 + job.id)
+            await reporter.wait_for(lambda: reporter.delivered)
+        assert reporter.delivered[0][0].id == job.id
+    finally:
+        await scheduler.stop()
