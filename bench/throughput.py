@@ -43,7 +43,13 @@ from bot.eta import instant
 from bot.jobs import GenerationRequest, Job
 from bot.predictions import Prediction, PredictionClient
 from bot.progress import Progress
-from bot.scheduler import JobResult, JobStatusUpdate, Scheduler, SchedulerLimits
+from bot.scheduler import (
+    JobResult,
+    JobStatusUpdate,
+    Scheduler,
+    SchedulerLimits,
+    connection_limit,
+)
 from bot.store import JobStore
 
 STRATEGIES = ("baseline", "adaptive")
@@ -233,7 +239,9 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
     trace.on_request_start.append(on_request)
     cpu_before = _cpu()
     sink = Sink(scaled, target=options.deliveries)
-    async with aiohttp.ClientSession(trace_configs=[trace]) as http:
+    # Sized as the bot sizes its own (bot/__main__.py).
+    connector = aiohttp.TCPConnector(limit=connection_limit(options.running))
+    async with aiohttp.ClientSession(trace_configs=[trace], connector=connector) as http:
         client_class = BaselineClient if options.worker == "baseline" else PredictionClient
         client = client_class(
             http,

@@ -15,6 +15,7 @@ import discord.http
 
 from bot import check, redaction
 from bot.client import AnimateBot, ExtensionsFailed, use_discord_endpoints
+from bot.scheduler import connection_limit
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import JobStore
 
@@ -39,7 +40,8 @@ async def run(settings: Settings) -> int:
     use_discord_endpoints(settings)
     store = await JobStore.open(settings.database_path)
     try:
-        async with aiohttp.ClientSession() as session:
+        connector = aiohttp.TCPConnector(limit=connection_limit(settings.max_running_total))
+        async with aiohttp.ClientSession(connector=connector) as session:
             bot = AnimateBot(settings, session=session, store=store)
             return await _serve(bot, settings.discord_token.get_secret_value())
     finally:
