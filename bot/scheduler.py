@@ -20,6 +20,7 @@ from bot import media
 from bot.crashpoints import crash_point
 from bot.eta import (
     SAMPLES_PER_KEY,
+    Timing,
     TimingHistory,
     instant,
     observed,
@@ -277,6 +278,7 @@ class Scheduler:
         self._refreshing: dict[int, bool] = {}  # the pass under way
         self._refreshed_at = float("-inf")
         self._refresher: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Task[None]] = set()  # timings being stored
         # Loaded from the store once at start, then fed by each success: polls never query.
         self._history = TimingHistory()
         self._tails = TailHistory()  # what follows sampling, learned from each success
@@ -341,6 +343,8 @@ class Scheduler:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Not cancelled: each is one quick write, and the store closes after this returns.
+        await asyncio.gather(*self._writes, return_exceptions=True)
         await self._relay.close()
 
     async def submit(
@@ -750,14 +754,21 @@ class Scheduler:
         )
         if timing is None:
             return
-        changed = self._history.add(timing)
+        if self._history.add(timing):
+            self._mark_stale(self._queues)
+        # Stored beside the post rather than before it: the history in memory already has it,
+        # and a write queued behind other jobs' must not hold up this job's delivery.
+        write = asyncio.create_task(self._record_timing(job.id, timing), name=f"timing-{job.id}")
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+
+    async def _record_timing(self, job_id: int, timing: Timing) -> None:
+        """Store a measured run for the estimates after a restart."""
         try:
             await self._store.record_timing(timing)
         except sqlite3.Error:
             # Only estimates suffer; the job itself is fine.
-            log.warning("job %s: could not record its timing", job.id, exc_info=True)
-        if changed:
-            self._mark_stale(self._queues)
+            log.warning("job %s: could not record its timing", job_id, exc_info=True)
 
     def _poll_delay(
         self, job: Job, prediction: Prediction, progress: Progress, polls: int
