@@ -1,17 +1,18 @@
-"""Queues re-estimated in the background: a chunk at a time, every guild reached, no edit storms."""
+"""The scheduler under a big backlog: background re-estimates, quick posts, well-aimed polls."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 
 from bot import scheduler as scheduler_module
 from bot.eta import Timing
-from bot.jobs import DEFAULT_CHECKPOINT, Job
-from bot.predictions import PredictionClient
+from bot.jobs import DEFAULT_CHECKPOINT, Job, JobStatus
+from bot.predictions import Prediction, PredictionClient
 from bot.scheduler import JobStatusUpdate, Scheduler, Stage
 from bot.store import JobStore
 from tests.fakes.predictions import Behaviour, FakePredictionAPI
@@ -190,3 +191,43 @@ async def test_a_file_that_fits_is_posted_while_another_is_being_converted(
         assert reporter.delivered[0][0].id == job.id
     finally:
         await scheduler.stop()
+
+
+def _submitted(job_id: int, at: float) -> Job:
+    """A running job whose create was recorded as sent at `at` (our clock)."""
+    return Job(
+        id=job_id,
+        guild_id=1,
+        channel_id=100,
+        requester_id=10,
+        request=request(),
+        status=JobStatus.RUNNING,
+        created_at=at,
+        updated_at=at,
+        submitted_at=at,
+    )
+
+
+def _created(at: float) -> Prediction:
+    """A processing prediction the API says it created at `at` (its clock)."""
+    stamp = datetime.fromtimestamp(at, UTC).isoformat()
+    return Prediction(id=f"p{at}", status="processing", created_at=stamp)
+
+
+async def test_the_api_clock_offset_is_the_least_delayed_reading(
+    store: JobStore, client: PredictionClient
+) -> None:
+    scheduler = make_scheduler(store, client)
+    # The API's clock runs 2 s ahead; one create reached it 1.5 s after its submit was
+    # recorded (a busy database), another at once.
+    late = scheduler._api_clock_offset(_submitted(1, 1000.0), _created(1003.5))
+    assert late == pytest.approx(3.5)  # alone, it is all there is to go on
+    prompt = scheduler._api_clock_offset(_submitted(2, 1000.0), _created(1002.0))
+    assert prompt == pytest.approx(2.0)
+    assert scheduler._api_clock_offset(_submitted(1, 1000.0), _created(1003.5)) == pytest.approx(
+        2.0
+    )
+    scheduler._forget(2)  # the prompt one finished
+    assert scheduler._api_clock_offset(_submitted(1, 1000.0), _created(1003.5)) == pytest.approx(
+        3.5
+    )
