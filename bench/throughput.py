@@ -43,13 +43,7 @@ from bot.eta import instant
 from bot.jobs import GenerationRequest, Job
 from bot.predictions import Prediction, PredictionClient
 from bot.progress import Progress
-from bot.scheduler import (
-    JobResult,
-    JobStatusUpdate,
-    Scheduler,
-    SchedulerLimits,
-    connection_limit,
-)
+from bot.scheduler import JobResult, JobStatusUpdate, Scheduler, SchedulerLimits
 from bot.store import JobStore
 
 STRATEGIES = ("baseline", "adaptive")
@@ -239,9 +233,9 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
     trace.on_request_start.append(on_request)
     cpu_before = _cpu()
     sink = Sink(scaled, target=options.deliveries)
-    # Sized as the bot sizes its own (bot/__main__.py).
-    connector = aiohttp.TCPConnector(limit=connection_limit(options.running))
-    async with aiohttp.ClientSession(trace_configs=[trace], connector=connector) as http:
+    # As the bot's own session: room for every running job's held create.
+    connector = aiohttp.TCPConnector(limit=options.running + 100)
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as http:
         client_class = BaselineClient if options.worker == "baseline" else PredictionClient
         client = client_class(
             http,

@@ -15,7 +15,6 @@ import discord.http
 
 from bot import check, redaction
 from bot.client import AnimateBot, ExtensionsFailed, use_discord_endpoints
-from bot.scheduler import connection_limit
 from bot.settings import Settings, SettingsError, load_settings
 from bot.store import JobStore
 
@@ -40,7 +39,9 @@ async def run(settings: Settings) -> int:
     use_discord_endpoints(settings)
     store = await JobStore.open(settings.database_path)
     try:
-        connector = aiohttp.TCPConnector(limit=connection_limit(settings.max_running_total))
+        # Every running job may hold a create open (Prefer: wait): aiohttp's default of 100
+        # connections would queue polls and downloads behind them.
+        connector = aiohttp.TCPConnector(limit=settings.max_running_total + 100)
         async with aiohttp.ClientSession(connector=connector) as session:
             bot = AnimateBot(settings, session=session, store=store)
             return await _serve(bot, settings.discord_token.get_secret_value())

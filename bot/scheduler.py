@@ -156,17 +156,6 @@ class SchedulerLimits:
     status_interval: float = 5.0  # at most one status edit per job this often
 
 
-CONNECTION_HEADROOM = 16  # cancels, lookups and the odd second request of a job
-
-
-def connection_limit(running_total: int) -> int:
-    """Return how many connections the prediction client's HTTP session should allow."""
-    # Each running job holds one request at a time, a create for up to a minute. With fewer
-    # connections than running jobs (aiohttp's default is 100), a finished job's download
-    # waits in the pool behind other jobs' held creates, for as long as they hold.
-    return running_total + CONNECTION_HEADROOM
-
-
 @dataclass(frozen=True, slots=True)
 class GuildLimits:
     """One server's own limits, which replace the global per-server ones."""
