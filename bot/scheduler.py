@@ -10,7 +10,7 @@ import sqlite3
 import tempfile
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -314,7 +314,7 @@ class Scheduler:
         # Their messages already show about this: note it, so that only changes are edited,
         # rather than edit 10,000 messages at once. The refresher spreads out the work; the
         # queues that move now are shown at once (and so are not merely noted later).
-        self._mark_stale(self._queues, show=False)
+        self._mark_stale(show=False)
         self._dispatch()
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -611,10 +611,10 @@ class Scheduler:
                 self._last_status[job.id] = status
                 self._relay.prime(job.id, status)
 
-    def _mark_stale(self, guild_ids: Iterable[int], *, show: bool = True) -> None:
-        """Have the refresher re-estimate these guilds' queues soon; repeats coalesce."""
-        for guild_id in guild_ids:
-            if self._queues.get(guild_id):
+    def _mark_stale(self, *, show: bool = True) -> None:
+        """Have the refresher re-estimate every guild's queue soon; repeats coalesce."""
+        for guild_id, queue in self._queues.items():
+            if queue:
                 self._stale[guild_id] = show or self._stale.get(guild_id, False)
         if self._stale and not self._stopping and self._refresher is None:
             self._refresher = asyncio.create_task(self._refresh_stale(), name="queue-refresher")
@@ -746,7 +746,7 @@ class Scheduler:
         if timing is None:
             return
         if self._history.add(timing):
-            self._mark_stale(self._queues)
+            self._mark_stale()
         # Stored beside the post rather than before it: the history in memory already has it,
         # and a write queued behind other jobs' must not hold up this job's delivery.
         write = asyncio.create_task(self._record_timing(job.id, timing), name=f"timing-{job.id}")
@@ -795,14 +795,14 @@ class Scheduler:
         if self._outage_since is None:
             log.warning("the prediction API is unavailable; holding the queues")
             self._outage_since = self._clock()
-            self._mark_stale(self._queues)
+            self._mark_stale()
 
     def _leave_outage(self) -> None:
         """The API answered: start queued work again."""
         if self._outage_since is not None:
             log.info("the prediction API is back after %.0f s", self._clock() - self._outage_since)
             self._outage_since = None
-            self._mark_stale(self._queues)
+            self._mark_stale()
             self._dispatch()
 
     # The life of one job --------------------------------------------------------------

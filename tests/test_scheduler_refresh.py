@@ -111,7 +111,7 @@ async def test_a_measured_run_reaches_every_guild_a_chunk_at_a_time(
             monkeypatch.setattr(scheduler, "_publish_positions", publish)
             # What `_learn` does with a run that moved the estimates.
             assert scheduler._history.add(Timing(DEFAULT_CHECKPOINT, 10, 5, 60))
-            scheduler._mark_stale(scheduler._queues)
+            scheduler._mark_stale()
             assert turns == []  # nothing re-estimated in the caller's turn
             await refreshed(scheduler)
         assert len(turns) == GUILDS
@@ -146,7 +146,7 @@ async def test_repeated_changes_before_a_pass_coalesce_into_one_per_guild(
         monkeypatch.setattr(scheduler, "_publish_positions", publish)
         for run in (60, 70, 80):
             scheduler._history.add(Timing(DEFAULT_CHECKPOINT, 10, 5, run))
-            scheduler._mark_stale(scheduler._queues)
+            scheduler._mark_stale()
         await refreshed(scheduler)
         assert sorted(guilds) == list(range(1, GUILDS + 1))
     finally:
