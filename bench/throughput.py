@@ -378,6 +378,7 @@ def run_strategy(strategy: str, options: argparse.Namespace) -> dict[str, Any]:
                 str(options.running),
                 "--deliveries",
                 str(options.deliveries),
+                *(["--profile", options.profile] if options.profile else []),
             ],
             stdout=subprocess.PIPE,
             text=True,

@@ -63,28 +63,36 @@ class TimingHistory:
         for timing in timings:
             self.add(timing)
 
-    def add(self, timing: Timing) -> None:
-        """Remember an observation (older ones drop out)."""
-        self._by_key[(timing.model, timing.steps)].append(timing)
+    def add(self, timing: Timing) -> bool:
+        """Remember an observation (older ones drop out); return whether any estimate moved."""
+        key = (timing.model, timing.steps)
+        before = (self._median(self._by_key.get(key)), self._median(self._by_steps.get(key[1])))
+        self._by_key[key].append(timing)
         self._by_steps[timing.steps].append(timing)
         self._estimates.clear()
+        # Only the medians of this model and step count, and of any model with these steps
+        # (the fallback), can have moved; most runs leave both as they were.
+        return before != (self._median(self._by_key[key]), self._median(self._by_steps[key[1]]))
 
     def estimate(self, model: str, steps: int) -> Estimate | None:
         """Return the medians for this model and step count, or for any model with these steps."""
         key = (model, steps)
         if key in self._estimates:
             return self._estimates[key]
-        samples = self._by_key.get(key) or self._by_steps.get(steps)
-        estimate = (
-            Estimate(
-                queue_wait=statistics.median(t.queue_wait for t in samples),
-                run_time=statistics.median(t.run_time for t in samples),
-            )
-            if samples
-            else None
-        )
+        estimate = self._median(self._by_key.get(key) or self._by_steps.get(steps))
         self._estimates[key] = estimate
         return estimate
+
+    @staticmethod
+    def _median(samples: Iterable[Timing] | None) -> Estimate | None:
+        """Return the median queue wait and run time of some observations, or None if none."""
+        timings = list(samples or ())
+        if not timings:
+            return None
+        return Estimate(
+            queue_wait=statistics.median(t.queue_wait for t in timings),
+            run_time=statistics.median(t.run_time for t in timings),
+        )
 
 
 def observed(

@@ -230,13 +230,18 @@ async def fit_to_limit(
     thin for it; GIF drops to 128 colours, then shrinks. Failed attempts are deleted.
     """
     source = Path(src)
-    _extension(fmt)
-    if _container(source) == fmt and _file_size(source) <= limit_bytes:
+    if fits_as_is(source, limit_bytes, fmt):
         return source
     info = await probe(source)
     if fmt == "gif":
         return await _fit_gif(source, info, limit_bytes, Path(workdir))
     return await _fit_mp4(source, info, limit_bytes, Path(workdir))
+
+
+def fits_as_is(path: Path, limit_bytes: int, fmt: OutputFormat) -> bool:
+    """Tell whether a file can be posted as it is: already a `fmt` file within the limit."""
+    _extension(fmt)
+    return _container(path) == fmt and _file_size(path) <= limit_bytes
 
 
 async def prepare_upload(

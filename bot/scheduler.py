@@ -20,6 +20,7 @@ from bot import media
 from bot.crashpoints import crash_point
 from bot.eta import (
     SAMPLES_PER_KEY,
+    Timing,
     TimingHistory,
     instant,
     observed,
@@ -207,6 +208,9 @@ class _KeyedLocks:
 
 
 MAX_RERUNS = 2  # an expired output is made again at most this often
+# Queued jobs re-estimated per turn of the event loop when many servers' queues go stale at
+# once (a measured run, an outage): 10,000 in one go would stall the loop for a second.
+REFRESH_CHUNK = 256
 
 _BAD_CREDENTIALS = (
     "The bot's prediction API token was refused; the server owner needs to fix the bot's "
@@ -243,7 +247,8 @@ class Scheduler:
         # job -> guild of every queued job: lookups scan one short queue, not all 10,000 jobs.
         self._queued_in: dict[int, int] = {}
         self._running: dict[int, Job] = {}
-        self._running_by_guild: dict[int, int] = defaultdict(int)
+        # guild -> its running jobs' ids: estimating one queue must not scan every running job.
+        self._running_by_guild: dict[int, set[int]] = defaultdict(set)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._cancel_wanted_ids: set[int] = set()
         self._wakeups: dict[int, asyncio.Event] = {}
@@ -259,11 +264,19 @@ class Scheduler:
             self._send_status, interval=self._limits.status_interval, clock=clock, sleep=sleep
         )
         self._last_status: dict[int, JobStatusUpdate] = {}
+        # Guilds whose queues wait for the refresher: True to show what changed, False to only
+        # record it as shown (after a start, the messages already say about that).
+        self._stale: dict[int, bool] = {}
+        self._refreshing: dict[int, bool] = {}  # the pass under way
+        self._refreshed_at = float("-inf")
+        self._refresher: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Task[None]] = set()  # timings being stored
         # Loaded from the store once at start, then fed by each success: polls never query.
         self._history = TimingHistory()
         self._tails = TailHistory()  # what follows sampling, learned from each success
         self._expected: dict[int, float | None] = {}  # running job -> raw expected finish
         self._shown_eta: dict[int, int] = {}  # job -> the rounded estimate last shown
+        self._api_offsets: dict[int, float] = {}  # running job -> API clock minus ours
         # While the API is down only the jobs already running keep trying; the rest wait.
         self._outage_since: float | None = None
         self._started = False
@@ -301,9 +314,11 @@ class Scheduler:
                 resumed += 1
         if jobs:
             log.info("resumed %d running and %d queued jobs", resumed, len(jobs) - resumed)
+        # Their messages already show about this: note it, so that only changes are edited,
+        # rather than edit 10,000 messages at once. The refresher spreads out the work; the
+        # queues that move now are shown at once (and so are not merely noted later).
+        self._mark_stale(show=False)
         self._dispatch()
-        for guild_id in list(self._queues):
-            self._publish_positions(guild_id)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop work; every job stays recorded where it stood and resumes on the next start."""
@@ -316,9 +331,13 @@ class Scheduler:
                 break
             await asyncio.wait(posting, timeout=remaining)
         tasks = list(self._tasks.values())
+        if self._refresher is not None:
+            tasks.append(self._refresher)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Not cancelled: each is one quick write, and the store closes after this returns.
+        await asyncio.gather(*self._writes, return_exceptions=True)
         await self._relay.close()
 
     async def submit(
@@ -385,8 +404,8 @@ class Scheduler:
         )
         running = sum(
             1
-            for job in self._running.values()
-            if job.guild_id == guild_id and job.requester_id == requester_id
+            for job_id in self._running_by_guild.get(guild_id, ())
+            if self._running[job_id].requester_id == requester_id
         )
         return queued + running
 
@@ -538,7 +557,7 @@ class Scheduler:
                 not self._in_outage()
                 and queue
                 and queue[0].id not in self._unannounced
-                and self._running_by_guild[guild_id] < self.guild_limits(guild_id).running
+                and len(self._running_by_guild[guild_id]) < self.guild_limits(guild_id).running
             ):
                 job = queue.popleft()
                 self._queued_in.pop(job.id, None)
@@ -550,7 +569,7 @@ class Scheduler:
     def _launch(self, job: Job) -> None:
         """Start the task that carries a job to its end."""
         self._running[job.id] = job
-        self._running_by_guild[job.guild_id] += 1
+        self._running_by_guild[job.guild_id].add(job.id)
         self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
         self.idle.clear()
 
@@ -565,7 +584,7 @@ class Scheduler:
         self._wakeups.pop(job_id, None)
         self._forget(job_id)
         if job is not None:
-            self._running_by_guild[job.guild_id] -= 1
+            self._running_by_guild[job.guild_id].discard(job_id)
         if not self._running and self._outage_since is not None:
             # The job that was probing the outage is gone: let the next one probe.
             self._leave_outage()
@@ -589,17 +608,63 @@ class Scheduler:
         self._last_status.pop(job_id, None)
         self._expected.pop(job_id, None)
         self._shown_eta.pop(job_id, None)
+        self._api_offsets.pop(job_id, None)
 
     def _publish(self, job_id: int, update: JobStatusUpdate) -> None:
         """Show a job's status (the relay drops repeats) and remember it for the queue view."""
         self._last_status[job_id] = update
         self._relay.publish(job_id, update)
 
-    def _publish_positions(self, guild_id: int) -> None:
-        """Show every waiting job in a guild its current place and estimate (and any outage)."""
+    def _publish_positions(self, guild_id: int, *, show: bool = True) -> None:
+        """Show every waiting job in a guild its current place and estimate (and any outage).
+
+        With `show` false, only record them as shown: the messages already say about that.
+        """
+        # This covers whatever made the guild stale, so the refresher need not come back to it.
+        stale = self._stale.pop(guild_id, False)
+        show = self._refreshing.pop(guild_id, False) or stale or show
         queue = list(self._queues.get(guild_id, ()))
         for job, status in zip(queue, self._waiting_statuses(guild_id), strict=True):
-            self._publish(job.id, status)
+            if show:
+                self._publish(job.id, status)
+            else:
+                self._last_status[job.id] = status
+                self._relay.prime(job.id, status)
+
+    def _mark_stale(self, *, show: bool = True) -> None:
+        """Have the refresher re-estimate every guild's queue soon; repeats coalesce."""
+        for guild_id, queue in self._queues.items():
+            if queue:
+                self._stale[guild_id] = show or self._stale.get(guild_id, False)
+        if self._stale and not self._stopping and self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh_stale(), name="queue-refresher")
+
+    async def _refresh_stale(self) -> None:
+        """Re-estimate stale guilds a chunk at a time, yielding to the loop between chunks.
+
+        A pass starts at most once per status interval: estimates that change on every
+        measured run (several a second) cannot be edited into messages faster than that anyway.
+        """
+        try:
+            while self._stale:
+                wait = self._refreshed_at + self._limits.status_interval - self._clock()
+                if wait > 0:
+                    await self._sleep(wait)
+                self._refreshing, self._stale = self._stale, {}
+                done = 0
+                for guild_id in list(self._refreshing):
+                    if guild_id not in self._refreshing:
+                        continue  # shown meanwhile, as its queue moved
+                    # Takes it out of `_refreshing` and `_stale`; shows it if either says so.
+                    self._publish_positions(guild_id, show=False)
+                    done += len(self._queues.get(guild_id, ())) + 1
+                    if done >= REFRESH_CHUNK:
+                        done = 0
+                        await asyncio.sleep(0)
+                self._refreshed_at = self._clock()
+        finally:
+            self._refreshing = {}
+            self._refresher = None
 
     def _waiting_statuses(self, guild_id: int) -> list[JobStatusUpdate]:
         """The status of each queued job of a guild, in queue order."""
@@ -611,9 +676,8 @@ class Scheduler:
             ]
         now = self._wall()
         running_left = [
-            self._running_left(job, now)
-            for job in self._running.values()
-            if job.guild_id == guild_id
+            self._running_left(self._running[job_id], now)
+            for job_id in self._running_by_guild.get(guild_id, ())
         ]
         finishes = queue_finishes(
             running_left,
@@ -701,14 +765,21 @@ class Scheduler:
         )
         if timing is None:
             return
-        self._history.add(timing)
+        if self._history.add(timing):
+            self._mark_stale()
+        # Stored beside the post rather than before it: the history in memory already has it,
+        # and a write queued behind other jobs' must not hold up this job's delivery.
+        write = asyncio.create_task(self._record_timing(job.id, timing), name=f"timing-{job.id}")
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+
+    async def _record_timing(self, job_id: int, timing: Timing) -> None:
+        """Store a measured run for the estimates after a restart."""
         try:
             await self._store.record_timing(timing)
         except sqlite3.Error:
             # Only estimates suffer; the job itself is fine.
-            log.warning("job %s: could not record its timing", job.id, exc_info=True)
-        for guild_id in list(self._queues):
-            self._publish_positions(guild_id)
+            log.warning("job %s: could not record its timing", job_id, exc_info=True)
 
     def _poll_delay(
         self, job: Job, prediction: Prediction, progress: Progress, polls: int
@@ -728,14 +799,16 @@ class Scheduler:
         )
         return safety_delay(delay) if self._client.pushes_results else delay
 
-    @staticmethod
-    def _api_clock_offset(job: Job, prediction: Prediction) -> float:
-        """How far the API's clock runs ahead of ours, read from the create (0 if unknown)."""
+    def _api_clock_offset(self, job: Job, prediction: Prediction) -> float:
+        """How far the API's clock runs ahead of ours, read from the creates (0 if unknown)."""
         created = instant(prediction.created_at)
-        if created is None or job.submitted_at is None:
-            return 0.0
-        # Polls are timed from the API's timestamps; a skewed host clock must not shift them.
-        return max(-300.0, min(300.0, created - job.submitted_at))
+        if created is not None and job.submitted_at is not None:
+            # Polls are timed from the API's timestamps; a skewed host clock must not shift them.
+            self._api_offsets[job.id] = max(-300.0, min(300.0, created - job.submitted_at))
+        # Each reading also holds the time from recording the submit to the API receiving the
+        # create (a busy database, a connection to open): a quarter second of that would aim
+        # every poll too early. The smallest reading across the running jobs has the least.
+        return min(self._api_offsets.values(), default=0.0)
 
     def _in_outage(self) -> bool:
         """True while the API is down and a running job is already probing it."""
@@ -746,16 +819,14 @@ class Scheduler:
         if self._outage_since is None:
             log.warning("the prediction API is unavailable; holding the queues")
             self._outage_since = self._clock()
-            for guild_id in list(self._queues):
-                self._publish_positions(guild_id)
+            self._mark_stale()
 
     def _leave_outage(self) -> None:
         """The API answered: start queued work again."""
         if self._outage_since is not None:
             log.info("the prediction API is back after %.0f s", self._clock() - self._outage_since)
             self._outage_since = None
-            for guild_id in list(self._queues):
-                self._publish_positions(guild_id)
+            self._mark_stale()
             self._dispatch()
 
     # The life of one job --------------------------------------------------------------
@@ -1115,8 +1186,15 @@ class Scheduler:
             if job.upload_limit is None:
                 guild_limit = await self._require_reporter().guild_upload_limit(job)
             limit = media.upload_limit(job.upload_limit, guild_limit)
-            # FFmpeg uses every core: one conversion at a time keeps the bot responsive.
-            async with self._converting:
+            fmt = job.request.output_format
+            # FFmpeg uses every core: one conversion at a time keeps the bot responsive. A
+            # file posted as it is converts nothing, so it does not queue behind one.
+            converting: contextlib.AbstractAsyncContextManager[object] = (
+                contextlib.nullcontext()
+                if media.fits_as_is(downloaded, limit, fmt)  # pyright: ignore[reportArgumentType]
+                else self._converting
+            )
+            async with converting:
                 upload = await media.prepare_upload(
                     downloaded,
                     fmt=job.request.output_format,  # pyright: ignore[reportArgumentType]

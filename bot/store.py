@@ -507,8 +507,10 @@ class JobStore:
             sql += f" AND status IN ({', '.join('?' for _ in allowed)})"
             params.extend(allowed)
         sql += f" RETURNING {_COLUMNS}"
-        async with self._db.execute(sql, params) as cursor:
-            row = await cursor.fetchone()
+        # One trip to the database thread, not three (execute, fetch, close): each trip waits
+        # for a turn of a busy event loop, and every state change of every job comes here.
+        rows = list(await self._db.execute_fetchall(sql, params))
+        row = rows[0] if rows else None
         if row is None:
             current = await self.get(job_id)
             state = current.status.value if current else "missing"

@@ -47,6 +47,16 @@ def test_another_model_with_the_same_steps_stands_in_and_other_steps_do_not() ->
     assert history.estimate(TOON, 30) is None
 
 
+def test_adding_a_run_says_whether_any_estimate_moved() -> None:
+    history = TimingHistory()
+    assert history.add(Timing(TOON, 25, 0, 40))  # the first estimate for 25 steps
+    assert history.add(Timing(TOON, 25, 0, 60))  # the median is now 50
+    assert not history.add(Timing(TOON, 25, 0, 50))  # still 50, for the model and the steps
+    # Another model's run moves the fallback for these steps, which models without runs use.
+    assert history.add(Timing(LYRIEL, 25, 0, 90))
+    assert history.estimate(TOON, 25) == Estimate(0, 50)
+
+
 def test_observed_reads_the_apis_own_timestamps() -> None:
     timing = observed(
         TOON,
