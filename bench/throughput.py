@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import cProfile
 import json
+import math
 import os
 import platform
 import random
@@ -140,6 +141,8 @@ class Sink:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     target: int = 0
     completed_at: dict[str, float] = field(default_factory=dict)
+    pushed_at: dict[str, float] = field(default_factory=dict)  # webhook: when the end arrived
+    push_lags: list[float] = field(default_factory=list)
 
     async def show_status(self, job: Job, update: JobStatusUpdate) -> None:
         self.status_edits[job.id] += 1
@@ -148,6 +151,9 @@ class Sink:
         completed = self.completed_at.get(result.prediction_id)
         if completed is not None:
             self.lags.append(self.time.wall() - completed)
+            pushed = self.pushed_at.get(result.prediction_id)
+            if pushed is not None:
+                self.push_lags.append(pushed - completed)
         self.results[job.id] = result.prediction_id
         if len(self.results) >= self.target:
             self.done.set()
@@ -276,9 +282,16 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
         scheduler.attach(sink)
         receiver: WebhookReceiver | None = None
         if options.worker == "webhook":
+
+            def push(prediction: Prediction) -> None:
+                """Note when the end arrived, to split the lag into the push and the rest."""
+                if prediction.is_terminal and prediction.id not in sink.pushed_at:
+                    sink.pushed_at[prediction.id] = scaled.wall()
+                scheduler.push(prediction)
+
             receiver = WebhookReceiver(
                 WebhookVerifier(client.webhook_secret),
-                scheduler.push,
+                push,
                 public_url="http://127.0.0.1/hooks/replicate",
             )
             await receiver.start("127.0.0.1", 0)
@@ -311,6 +324,7 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
         "lag_p50": _pct(lags, 50),
         "lag_p95": _pct(lags, 95),
         "lag_max": lags[-1] if lags else float("nan"),
+        "push_lag_p95": _pct(sorted(sink.push_lags), 95),
         "discord_ack": 1.0,
         "discord_edits": sum(sink.status_edits[j] for j in sink.results) / n,
         "discord_results": 1.0,
@@ -401,6 +415,7 @@ ROWS = (
     ("delivery lag p50 (s)", "lag_p50", "{:.2f}"),
     ("delivery lag p95 (s)", "lag_p95", "{:.2f}"),
     ("delivery lag max (s)", "lag_max", "{:.2f}"),
+    ("  of which the webhook's own trip, p95 (s)", "push_lag_p95", "{:.2f}"),
     ("Discord requests per job", "discord_total", "{:.2f}"),
     ("  acknowledgement", "discord_ack", "{:.2f}"),
     ("  status edits", "discord_edits", "{:.2f}"),
@@ -431,7 +446,8 @@ def report(results: list[dict[str, Any]], options: argparse.Namespace) -> str:
     for label, key, fmt in ROWS:
         cells = []
         for result in results:
-            cell = fmt.format(result[key])
+            value = result[key]
+            cell = "-" if isinstance(value, float) and math.isnan(value) else fmt.format(value)
             if key == "api_per_job" and base is not None and result is not base:
                 cell += f" ({result[key] / base[key]:.1%} of baseline)"
             cells.append(cell)

@@ -49,12 +49,14 @@ class StatusRelay(Generic[K, V]):
         interval: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        concurrency: int = 8,
+        concurrency: int = 32,
     ) -> None:
         self._send = send
         self._interval = interval
         self._clock = clock
         self._sleep = sleep
+        # Room for many: one server's burst of edits, slowed by its channel's rate limit,
+        # must leave sends free for every other server.
         self._concurrency = max(1, concurrency)
         self._lanes: dict[K, _Lane[V]] = {}
         # (due time, tie-breaker, key, lane): a lane settled meanwhile is skipped when popped.
