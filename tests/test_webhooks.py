@@ -269,8 +269,9 @@ async def pushed(
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[PushedWorld]:
     """The real scheduler, client and receiver; `lost` webhooks go to a dead address."""
-    lost = request.node.get_closest_marker("lost_webhooks") is not None
-    scale = 0.01 if lost else 1.0
+    marker = request.node.get_closest_marker("lost_webhooks")
+    lost = marker is not None
+    scale = marker.kwargs.get("scale", 0.01) if marker is not None else 1.0
 
     async def sleep(seconds: float) -> None:
         """Real sleeps: the safety-net poll must come long after the push (or, lost, scaled)."""
@@ -335,3 +336,31 @@ async def test_lost_webhooks_are_caught_by_the_safety_net_poll(
         0 in delivery.answers for delivery in api.webhook_deliveries
     )
     assert api.polls >= 1 and api.downloads == 1 and api.create_requests == 1
+
+
+@pytest.mark.lost_webhooks(scale=1.0)
+async def test_pushes_out_of_order_or_after_the_end_change_nothing(
+    pushed: PushedWorld, reporter: RecordingReporter
+) -> None:
+    api = pushed.api
+    hold = asyncio.Event()
+    api.behaviour_for = lambda _input: Behaviour(hold=hold)
+    await submit(pushed.scheduler)
+    halfway = await api.wait_for(
+        lambda: api.latest.to_json() if "5/10" in api.latest.logs else None
+    )
+    pushed.scheduler.push(Prediction.from_json(halfway))
+    hold.set()
+    done = await api.wait_for(
+        lambda: api.latest.to_json() if api.latest.status == "succeeded" else None
+    )
+    # The end, then a late copy of the middle: the job goes by the end, and asks nothing.
+    pushed.scheduler.push(Prediction.from_json(done))
+    pushed.scheduler.push(Prediction.from_json(halfway))
+    await reporter.wait_for(lambda: reporter.delivered)
+    pushed.scheduler.push(Prediction.from_json(halfway))
+    pushed.scheduler.push(Prediction.from_json(done))
+    await pushed.scheduler.wait_idle()
+    assert len(reporter.delivered) == 1 and not reporter.failures
+    assert (api.polls, api.downloads) == (0, 1)
+    assert any(update.step == 5 for _, update in reporter.statuses), "the middle was shown"
