@@ -21,6 +21,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -65,6 +66,7 @@ class Options:
     kill_on_ack: float
     sample_bytes: int
     keep: bool
+    webhooks: bool = False
 
 
 @dataclass
@@ -178,10 +180,24 @@ class Soak:
                 # Admission limits are not under test here: every request should be queued.
                 "MAX_QUEUED_PER_MEMBER": "100",
                 "PREDICTION_WAIT_SECONDS": str(self.options.wait_seconds),
+                **self._webhook_env(),
             },
         )
         self.bot = BotProcess(env, self.workdir)
         await self._start_bot()
+
+    def _webhook_env(self) -> dict[str, str]:
+        """With --webhooks, have the bot listen on a free port (deliveries to a killed bot fail)."""
+        if not self.options.webhooks:
+            return {}
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        return {
+            "PUBLIC_WEBHOOK_URL": f"http://127.0.0.1:{port}/hooks/replicate",
+            "WEBHOOK_LISTEN_HOST": "127.0.0.1",
+            "WEBHOOK_LISTEN_PORT": str(port),
+        }
 
     async def _start_bot(self) -> None:
         """Start the bot and wait until it is connected and has its guilds."""
@@ -473,6 +489,7 @@ def report(soak: Soak, wall: float) -> int:
             f"({(faults.total if faults else 0) / max(1, api_total):.1%} of requests)",
         ),
         ("  by kind", _counter_text(fault_counts) or "-"),
+        ("webhook deliveries (answers)", _webhook_text(soak.api)),
         ("bot exit code on SIGTERM", str(soak.exit_code)),
         ("tracebacks in the bot log", str(tracebacks)),
         ("all jobs ended before the time-out", "yes" if soak.drained else "NO"),
@@ -538,6 +555,15 @@ def _counter_text(counter: Counter[str]) -> str:
     return ", ".join(f"{name} {count}" for name, count in counter.most_common())
 
 
+def _webhook_text(api: FakePredictionAPI) -> str:
+    """How the bot answered the fake's webhook deliveries (0: no answer, it was down)."""
+    deliveries = api.webhook_deliveries
+    if not deliveries:
+        return "-"
+    answers = Counter(str(d.answers[-1]) if d.answers else "pending" for d in deliveries)
+    return f"{len(deliveries)} ({_counter_text(answers)})"
+
+
 def parse_options(argv: list[str] | None = None) -> Options:
     """Read the command line."""
     parser = argparse.ArgumentParser(
@@ -562,6 +588,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     add("--kill-on-ack", type=float, default=0.0, help="share of kills right on an ack (0)")
     add("--sample-bytes", type=int, default=64 * 1024, help="size of each output file (64 KiB)")
     add("--keep", action="store_true", help="keep the work folder (database, bot log)")
+    add("--webhooks", action="store_true", help="run the bot with PUBLIC_WEBHOOK_URL set")
     args = parser.parse_args(argv)
     return Options(**{name: value for name, value in vars(args).items()})
 
