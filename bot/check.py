@@ -122,11 +122,8 @@ async def check_prediction_api(http: aiohttp.ClientSession, settings: Settings) 
     """List predictions with the bearer token: the cheapest authenticated request."""
     name = "prediction API"
     url = f"{settings.replicate_api_base}/predictions"
-    headers = {"Authorization": f"Bearer {settings.replicate_api_token.get_secret_value()}"}
     try:
-        status, body = await _get(
-            http, url, headers, service="the prediction API", setting="REPLICATE_API_BASE"
-        )
+        status, body = await _get_from_api(http, settings, url)
     except _Unanswered as exc:
         return Result(name, Outcome.FAIL, str(exc))
     detail = body.get("detail") if isinstance(body, dict) else None
@@ -154,11 +151,8 @@ async def check_webhooks(http: aiohttp.ClientSession, settings: Settings) -> Res
             name, Outcome.SKIPPED, "PUBLIC_WEBHOOK_URL is not set: predictions are polled"
         )
     url = f"{settings.replicate_api_base}/webhooks/default/secret"
-    headers = {"Authorization": f"Bearer {settings.replicate_api_token.get_secret_value()}"}
     try:
-        status, body = await _get(
-            http, url, headers, service="the prediction API", setting="REPLICATE_API_BASE"
-        )
+        status, body = await _get_from_api(http, settings, url)
     except _Unanswered as exc:
         return Result(name, Outcome.FAIL, str(exc))
     key = body.get("key") if isinstance(body, dict) else None
@@ -178,6 +172,16 @@ async def check_webhooks(http: aiohttp.ClientSession, settings: Settings) -> Res
 
 class _Unanswered(Exception):
     """A request got no HTTP answer; the message says why, for the table."""
+
+
+async def _get_from_api(
+    http: aiohttp.ClientSession, settings: Settings, url: str
+) -> tuple[int, Any]:
+    """GET a URL of the prediction API with the bearer token (see `_get`)."""
+    headers = {"Authorization": f"Bearer {settings.replicate_api_token.get_secret_value()}"}
+    return await _get(
+        http, url, headers, service="the prediction API", setting="REPLICATE_API_BASE"
+    )
 
 
 async def _get(

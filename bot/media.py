@@ -221,27 +221,29 @@ async def to_mp4(src: Path, dst: Path, *, bitrate: int, size: tuple[int, int]) -
 
 
 async def fit_to_limit(
-    src: Path, limit_bytes: int, workdir: Path, *, fmt: OutputFormat = "mp4"
+    src: Path,
+    limit_bytes: int,
+    workdir: Path,
+    *,
+    fmt: OutputFormat = "mp4",
+    conversions: asyncio.Semaphore | None = None,
 ) -> Path | None:
     """Return `src` if it is already a `fmt` file within the limit, else a smaller copy in
     `workdir` with the same frames, timing and aspect ratio, or None if nothing fits.
 
     MP4 lowers the bitrate first and shrinks the picture only once the bitrate would be too
-    thin for it; GIF drops to 128 colours, then shrinks. Failed attempts are deleted.
+    thin for it; GIF drops to 128 colours, then shrinks. Failed attempts are deleted. Only an
+    actual conversion takes a slot of `conversions`: a file posted as it is waits for none.
     """
     source = Path(src)
-    if fits_as_is(source, limit_bytes, fmt):
-        return source
-    info = await probe(source)
-    if fmt == "gif":
-        return await _fit_gif(source, info, limit_bytes, Path(workdir))
-    return await _fit_mp4(source, info, limit_bytes, Path(workdir))
-
-
-def fits_as_is(path: Path, limit_bytes: int, fmt: OutputFormat) -> bool:
-    """Tell whether a file can be posted as it is: already a `fmt` file within the limit."""
     _extension(fmt)
-    return _container(path) == fmt and _file_size(path) <= limit_bytes
+    if _container(source) == fmt and _file_size(source) <= limit_bytes:
+        return source
+    async with conversions or contextlib.nullcontext():
+        info = await probe(source)
+        if fmt == "gif":
+            return await _fit_gif(source, info, limit_bytes, Path(workdir))
+        return await _fit_mp4(source, info, limit_bytes, Path(workdir))
 
 
 async def prepare_upload(
@@ -252,9 +254,10 @@ async def prepare_upload(
     workdir: Path,
     seed: int,
     prompt: str,
+    conversions: asyncio.Semaphore | None = None,
 ) -> Upload | None:
     """Turn a downloaded output into the file to post in `fmt`, or None if none can fit."""
-    path = await fit_to_limit(downloaded, limit_bytes, workdir, fmt=fmt)
+    path = await fit_to_limit(downloaded, limit_bytes, workdir, fmt=fmt, conversions=conversions)
     if path is None:
         return None
     return Upload(path, output_filename(seed, prompt, fmt), CONTENT_TYPES[fmt], _file_size(path))

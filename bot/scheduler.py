@@ -577,9 +577,8 @@ class Scheduler:
         """Release a job's slot and let the next one start."""
         job = self._running.pop(job_id, None)
         self._tasks.pop(job_id, None)
-        if job is not None and job.prediction_id is not None:
-            self._following.pop(job.prediction_id, None)
-            self._pushed.pop(job.prediction_id, None)
+        if job is not None:
+            self._unfollow(job)
         self._cancel_wanted_ids.discard(job_id)
         self._wakeups.pop(job_id, None)
         self._forget(job_id)
@@ -903,9 +902,7 @@ class Scheduler:
             )
             return None
         log.info("job %s: output of %s expired; running it again", job.id, job.prediction_id)
-        if job.prediction_id is not None:
-            self._following.pop(job.prediction_id, None)
-            self._pushed.pop(job.prediction_id, None)
+        self._unfollow(job)
         job = self._track(await self._store.mark_rerun(job.id))
         self._show_running(job, Stage.STARTING)
         return job
@@ -1186,23 +1183,16 @@ class Scheduler:
             if job.upload_limit is None:
                 guild_limit = await self._require_reporter().guild_upload_limit(job)
             limit = media.upload_limit(job.upload_limit, guild_limit)
-            fmt = job.request.output_format
-            # FFmpeg uses every core: one conversion at a time keeps the bot responsive. A
-            # file posted as it is converts nothing, so it does not queue behind one.
-            converting: contextlib.AbstractAsyncContextManager[object] = (
-                contextlib.nullcontext()
-                if media.fits_as_is(downloaded, limit, fmt)  # pyright: ignore[reportArgumentType]
-                else self._converting
+            upload = await media.prepare_upload(
+                downloaded,
+                fmt=job.request.output_format,  # pyright: ignore[reportArgumentType]
+                limit_bytes=limit,
+                workdir=workdir,
+                seed=job.seed,
+                prompt=job.request.prompt,
+                # FFmpeg uses every core: one conversion at a time keeps the bot responsive.
+                conversions=self._converting,
             )
-            async with converting:
-                upload = await media.prepare_upload(
-                    downloaded,
-                    fmt=job.request.output_format,  # pyright: ignore[reportArgumentType]
-                    limit_bytes=limit,
-                    workdir=workdir,
-                    seed=job.seed,
-                    prompt=job.request.prompt,
-                )
         except DownloadError as exc:
             await self._fail(job.id, f"The animation could not be downloaded: {exc}")
             return None
@@ -1263,6 +1253,12 @@ class Scheduler:
             sleeper.cancel()
             waiter.cancel()
         return event.is_set()
+
+    def _unfollow(self, job: Job) -> None:
+        """Forget the job's prediction for pushes: it ended, or an expired one is made again."""
+        if job.prediction_id is not None:
+            self._following.pop(job.prediction_id, None)
+            self._pushed.pop(job.prediction_id, None)
 
     def _take_pushed(self, job: Job, known: Prediction | None) -> Prediction | None:
         """Return the pushed state of the job's prediction if it is newer than `known`."""
