@@ -115,6 +115,7 @@ class AnimateBot(commands.Bot):
             wait_seconds=settings.prediction_wait_seconds,
             webhook_url=settings.public_webhook_url,
             webhook_events=("logs", "completed") if settings.webhook_progress else ("completed",),
+            output_prefixes=settings.output_url_prefixes,
         )
         self.guild_settings = GuildSettingsService(store, GuildSettings.from_environment(settings))
         self.quotas = Quotas(

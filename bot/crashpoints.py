@@ -18,7 +18,8 @@ CRASH_ENV = "ANIMATE_CRASH_AT"
 
 # Every point, in the order a job passes them; see docs/job-states.md.
 POINTS = (
-    "accepted",  # job stored, its status message not yet recorded
+    "accepted",  # job stored (with the interaction's token), before the interaction is deferred
+    "acknowledged",  # deferred ("thinking…" shown), its message id not stored yet
     "submitted",  # marked submitted, create not yet sent
     "created",  # the API answered the create; its prediction id is not stored yet
     "running",  # prediction id stored, before the first poll

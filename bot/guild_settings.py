@@ -38,6 +38,15 @@ MAX_DAILY_REQUESTS = 10_000
 MAX_DAILY_GPU_SECONDS = 86_400.0 * 100  # a hundred GPUs busy all day: surely a typo beyond
 
 
+# Whether a channel of the server still exists, as the Discord side knows it.
+ChannelExists = Callable[[int], bool]
+# The `updated_by` of changes no member made (a listed channel was deleted): no Discord user
+# has id 0, and the settings need no bot id passed down for it.
+BY_THE_BOT = 0
+# The settings that list channels, cleaned up when Discord reports one of them deleted.
+CHANNEL_LISTS = ("channel_ids",)
+
+
 class InvalidSetting(ValueError):
     """A setting's new value is not acceptable; the message says why, for the server owner."""
 
@@ -83,17 +92,38 @@ class GuildSettings:
             age_restricted_only=settings.default_age_restricted_only,
         )
 
-    def allows_channel(self, channel_id: int) -> bool:
+    def listed_channels(self, exists: ChannelExists | None = None) -> tuple[int, ...]:
+        """The allowed channels that still exist; all of them when `exists` is None (unknown)."""
+        if exists is None:
+            return self.channel_ids
+        return tuple(c for c in self.channel_ids if exists(c))
+
+    def allows_channel(self, channel_id: int, exists: ChannelExists | None = None) -> bool:
         """True if /animate may be used in the channel."""
-        return not self.channel_ids or channel_id in self.channel_ids
+        listed = self.listed_channels(exists)
+        return not listed or channel_id in listed
 
     def refusal(
-        self, *, channel_ids: Sequence[int], age_restricted: bool, prompt: str
+        self,
+        *,
+        channel_ids: Sequence[int],
+        age_restricted: bool,
+        prompt: str,
+        channel_exists: ChannelExists | None = None,
     ) -> str | None:
-        """Say why these settings refuse a prompt in a channel (or thread), or None."""
+        """Say why these settings refuse a prompt in a channel (or thread), or None.
+
+        `channel_exists` tells which of the server's channels still exist (None: not known).
+        """
+        # A listed channel deleted since (while the bot was away, or before it heard) counts as
+        # taken off the list, so a list whose every channel is gone allows every channel, as
+        # taking the last one off the list does. The alternative, refusing everywhere, would
+        # leave members nowhere to use the bot, with a refusal naming only channels that no
+        # one can open; an owner who wants it limited again lists a channel that exists.
+        listed = self.listed_channels(channel_exists)
         # A thread counts as its parent channel, so callers pass both ids.
-        if not any(self.allows_channel(channel_id) for channel_id in channel_ids):
-            places = ", ".join(f"<#{c}>" for c in self.channel_ids)
+        if listed and not any(channel_id in listed for channel_id in channel_ids):
+            places = ", ".join(f"<#{c}>" for c in listed)
             return f"Animations can be made only in these channels of this server: {places}."
         if self.age_restricted_only and not age_restricted:
             return "In this server, animations can be made only in age-restricted channels."
@@ -391,6 +421,32 @@ class GuildSettingsService:
         if not remaining:
             return await self.reset(guild_id, "channel_ids")
         return await self._put(guild_id, "channel_ids", remaining, by=by)
+
+    async def forget_channel(self, guild_id: int, channel_id: int) -> bool:
+        """Drop a deleted channel from every list of the server's; True if any named it.
+
+        No member asked for this (Discord reported the channel deleted), so the change is
+        stored as made by `BY_THE_BOT`. A list left empty is reset: every channel is allowed.
+        """
+        found = False
+        for name in CHANNEL_LISTS:
+            current: tuple[int, ...] = self._changed.get(guild_id, {}).get(name, ())
+            if channel_id not in current:
+                continue
+            found = True
+            remaining = tuple(c for c in current if c != channel_id)
+            if remaining:
+                await self._put(guild_id, name, remaining, by=BY_THE_BOT)
+            else:
+                await self.reset(guild_id, name)
+            log.info(
+                "server %s: deleted channel %s taken off %s (%d left)",
+                guild_id,
+                channel_id,
+                name,
+                len(remaining),
+            )
+        return found
 
     async def block(self, guild_id: int, pattern: str, *, by: int) -> GuildSettings:
         """Add a blocked word or pattern."""

@@ -7,7 +7,7 @@ import math
 import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -303,6 +303,10 @@ class Job:
     upload_limit: int | None = None  # bytes, as Discord gave it with the request
     model_version: str | None = None  # the version that made the result
     reruns: int = 0  # times the prediction was made again because its output expired
+    # The interaction's token, kept only until the status message id is stored (or the job
+    # ends): a restart edits the original response through it instead of posting a second
+    # message. A credential: left out of repr so that no log of a job can show it.
+    interaction_token: str | None = field(default=None, repr=False)
 
     @property
     def seed(self) -> int:

@@ -18,15 +18,24 @@ CHANNELS_SHOWN = 20
 
 
 def settings_text(
-    settings: GuildSettings, changed: Collection[str], *, limit: int = CONTENT_LIMIT
+    settings: GuildSettings,
+    changed: Collection[str],
+    *,
+    limit: int = CONTENT_LIMIT,
+    deleted_channels: Collection[int] = (),
 ) -> str:
-    """The effective settings of a server, marking those its owner changed, within `limit`."""
-    text = _settings_text(settings, changed, limit)
+    """The effective settings of a server, marking those its owner changed, within `limit`.
+
+    Listed channels in `deleted_channels` are marked as deleted (they no longer count).
+    """
+    text = _settings_text(settings, changed, limit, deleted_channels)
     # Every part is bounded above; this only guards the sum against a future setting.
     return shorten(text, limit)
 
 
-def _settings_text(settings: GuildSettings, changed: Collection[str], limit: int) -> str:
+def _settings_text(
+    settings: GuildSettings, changed: Collection[str], limit: int, deleted: Collection[int]
+) -> str:
     """The settings text, with long lists cut to what fits."""
     lines = [
         "⚙️ **Animation settings for this server** (✱ changed here; the rest are the bot's defaults)"
@@ -36,12 +45,17 @@ def _settings_text(settings: GuildSettings, changed: Collection[str], limit: int
         return CHANGED_MARK if name in changed else ""
 
     channels = (
-        ", ".join(f"<#{c}>" for c in settings.channel_ids[:CHANNELS_SHOWN])
+        ", ".join(
+            f"<#{c}> (deleted)" if c in deleted else f"<#{c}>"
+            for c in settings.channel_ids[:CHANNELS_SHOWN]
+        )
         if settings.channel_ids
         else "every channel"
     )
     if len(settings.channel_ids) > CHANNELS_SHOWN:
         channels += f" …and {len(settings.channel_ids) - CHANNELS_SHOWN} more"
+    if settings.channel_ids and all(c in deleted for c in settings.channel_ids):
+        channels += "; none of them exists any more, so /animate works in every channel"
     lines.append(f"**{LIST_SETTINGS['channel_ids']}**: {channels}{mark('channel_ids')}")
     for name, spec in SETTINGS.items():
         value = spec.show(getattr(settings, name))

@@ -6,29 +6,35 @@ import asyncio
 import base64
 import binascii
 import email.utils
-import ipaddress
 import json
 import logging
 import random
-import socket
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import aiohttp
 import yarl
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
+
+from bot.output_hosts import (
+    DEFAULT_OUTPUT_PREFIXES,
+    DownloadError,
+    LocalAddressRefused,
+    OutputPrefix,
+    PublicAddressResolver,
+    allowed_prefix,
+    output_url,
+)
 
 log = logging.getLogger(__name__)
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
 Sleep = Callable[[float], Awaitable[None]]
-# Where Replicate serves output files; other hosts are refused (but for the API's own origin).
-DELIVERY_DOMAIN = "replicate.delivery"
 
 
 class PredictionAPIError(Exception):
@@ -60,66 +66,6 @@ class SearchIncomplete(PredictionAPIError):
 
 class PredictionNotFound(PredictionAPIError):
     """The API does not know this prediction id."""
-
-
-class DownloadError(Exception):
-    """An output file could not be fetched."""
-
-
-class LocalAddressRefused(OSError):
-    """A delivery host resolved to a loopback, private, link-local or reserved address."""
-
-
-def is_public_address(address: str) -> bool:
-    """True if an IP address is globally routable (not loopback, private, reserved...)."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
-class PublicAddressResolver(AbstractResolver):
-    """A resolver that refuses hosts resolving to any non-public address."""
-
-    def __init__(self, inner: AbstractResolver | None = None) -> None:
-        self._inner = inner or DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        """Resolve with the inner resolver; any local or private address refuses the host."""
-        results = await self._inner.resolve(host, port, family)
-        if not results or not all(is_public_address(r["host"]) for r in results):
-            raise LocalAddressRefused(f"{host} resolves to a local or private address")
-        return results
-
-    async def close(self) -> None:
-        """Release the inner resolver."""
-        await self._inner.close()
-
-
-def is_delivery_host(host: str | None) -> bool:
-    """True for replicate.delivery and its subdomains."""
-    if not host:
-        return False
-    name = host.lower().rstrip(".")
-    return name == DELIVERY_DOMAIN or name.endswith("." + DELIVERY_DOMAIN)
-
-
-def _check_delivery_url(url: yarl.URL) -> None:
-    """Refuse an output URL that is not https on replicate.delivery (or a subdomain)."""
-    if not url.absolute or url.scheme not in ("http", "https"):
-        raise DownloadError(f"Refusing to download from a {url.scheme or 'relative'} URL.")
-    if not is_delivery_host(url.host):
-        log.warning("refused an output on an unexpected host: %s", url.host)
-        raise DownloadError("Refusing to download the output from an unexpected host.")
-    if url.scheme != "https":
-        raise DownloadError("Refusing to download the output over an unencrypted connection.")
-    if url.user is not None or url.password is not None:
-        raise DownloadError("Refusing to download from an address that carries credentials.")
 
 
 class _Sink(Protocol):
@@ -262,6 +208,7 @@ class PredictionClient:
         download_stall_timeout: float = 30.0,
         download_timeout: float = 600.0,
         dns_resolver: Callable[[], AbstractResolver] = DefaultResolver,
+        output_prefixes: Sequence[OutputPrefix] = DEFAULT_OUTPUT_PREFIXES,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -272,6 +219,8 @@ class PredictionClient:
         self._download_stall_timeout = download_stall_timeout
         self._download_timeout = download_timeout
         self._dns_resolver = dns_resolver
+        # Where outputs may come from besides the API's origin and data: URIs.
+        self._output_prefixes = tuple(output_prefixes)
         self._token = token
         self.version = version
         self._wait_seconds = max(1, min(60, wait_seconds))
@@ -398,15 +347,17 @@ class PredictionClient:
             data = _decode_data_uri(url, max_bytes)
             sink.write(data)
             return len(data)
-        target = yarl.URL(url)
-        on_api_host = self._is_api_origin(target)
-        if not on_api_host:
-            _check_delivery_url(target)
+        target = output_url(url)
+        # The API's origin and prefixes trusted as written (LAN hosts) skip the address check.
+        trusted = (
+            target.origin() == self._origin
+            or allowed_prefix(target, self._output_prefixes).trusted_as_written
+        )
         try:
             async with asyncio.timeout(self._download_timeout):
                 for attempt in range(self._max_attempts):
                     try:
-                        if on_api_host:
+                        if trusted:
                             return await self._download_once(self._session, url, max_bytes, sink)
                         return await self._download_from_delivery(url, max_bytes, sink)
                     except _TransientDownload as exc:
@@ -419,18 +370,8 @@ class PredictionClient:
             ) from None
         raise DownloadError("The output could not be downloaded.")
 
-    def _is_api_origin(self, url: yarl.URL) -> bool:
-        """True if a URL is on the configured API's origin (scheme, host and port)."""
-        return (
-            url.absolute
-            and url.scheme in ("http", "https")
-            and url.user is None
-            and url.password is None
-            and url.origin() == self._origin
-        )
-
     async def _download_from_delivery(self, url: str, max_bytes: int, sink: _Sink) -> int:
-        """Download from a delivery host through a connector that refuses local addresses."""
+        """Download from a public host through a connector that refuses local addresses."""
         resolver = PublicAddressResolver(self._dns_resolver())
         # A connector of its own: the address check lives in its resolver, which sees every
         # address the connection could use (a check before connecting could be re-bound).

@@ -26,6 +26,12 @@ _SECRET_QUERY = re.compile(
     r"(?i)([?&](?:[a-z0-9_-]*(?:token|key|secret|signature|sig|password|auth|credential)s?)=)"
     r"[^&\s#'\"]+"
 )
+# Discord interaction and webhook tokens travel in the path: `/webhooks/{id}/{token}/...`,
+# `/interactions/{id}/{token}/callback`; an interaction's payload carries `'token': '...'`.
+_PATH_TOKEN = re.compile(rf"(?i)(/(?:webhooks|interactions)/\d+/)(?!{re.escape(MASK)})[^/\s?#'\"]+")
+_TOKEN_KEY = re.compile(
+    rf"(?i)(['\"](?:[a-z0-9]+_)?token['\"]\s*:\s*['\"])(?!{re.escape(MASK)})[^'\"]+"
+)
 
 _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()
@@ -50,13 +56,15 @@ def forget_secrets() -> None:
 
 
 def redact(text: str) -> str:
-    """Mask registered secrets, bearer credentials and credentials carried in URLs."""
+    """Mask registered secrets, bearer credentials, credentials in URLs and Discord tokens."""
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, MASK)
     text = _BEARER.sub(rf"\1{MASK}", text)
     text = _AUTH_HEADER.sub(rf"\1{MASK}", text)
     text = _URL_USERINFO.sub(rf"\1{MASK}@", text)
+    text = _PATH_TOKEN.sub(rf"\1{MASK}", text)
+    text = _TOKEN_KEY.sub(rf"\1{MASK}", text)
     return _SECRET_QUERY.sub(rf"\1{MASK}", text)
 
 

@@ -102,7 +102,12 @@ class JobReporter(Protocol):
         ...
 
     async def announce(self, job: Job, update: JobStatusUpdate) -> int | None:
-        """Post a new status message for a job that has none (after a crash); return its id."""
+        """Show a status message for a job that has none recorded (a crash); return its id.
+
+        While the job's `interaction_token` is stored and still valid, the interaction's own
+        response is edited into the status message (no second message beside it); otherwise,
+        or if that edit fails, a new message is posted. None: neither worked.
+        """
         ...
 
     async def find_delivered(self, job: Job) -> int | None:
@@ -349,10 +354,13 @@ class Scheduler:
         request: GenerationRequest,
         parent_job_id: int | None = None,
         upload_limit: int | None = None,
+        interaction_token: str | None = None,
     ) -> tuple[Job, int]:
         """Queue a request; return the job and its place in the guild's queue (1 = next).
 
         The caller shows the request, then calls `attach_message`, which lets the job start.
+        `interaction_token` is stored with the job until then, so that a job whose message id
+        never got stored (a crash) can still edit the interaction's response (`announce`).
         """
         async with self._admission:
             self._check_admission(guild_id, requester_id)
@@ -366,6 +374,7 @@ class Scheduler:
                 request=request,
                 parent_job_id=parent_job_id,
                 upload_limit=upload_limit,
+                interaction_token=interaction_token,
             )
             # It starts only once its status message exists (attach_message), so every
             # update, and a failure in the first second, has a message to land on.
@@ -479,6 +488,28 @@ class Scheduler:
             self._cancel_wanted_ids.add(job_id)
             self._wakeup(job_id).set()
         return CancelOutcome.CANCELING
+
+    async def cancel_queued_for(self, guild_id: int, requester_id: int, reason: str) -> int:
+        """Cancel a member's queued jobs in a guild, recording `reason`; return how many.
+
+        Jobs already running are left to finish. Store whatever stops the member queueing
+        more (a ban) before calling this: a request being admitted meanwhile is then queued
+        first, under the admission lock, and canceled here with the rest.
+        """
+        async with self._admission:
+            queue = self._queues.get(guild_id, ())
+            canceled = [job.id for job in queue if job.requester_id == requester_id]
+            for job_id in canceled:
+                self._remove_queued(job_id)
+                self._unannounced.discard(job_id)
+                self._forget(job_id)
+        if not canceled:
+            return 0
+        # Everyone behind them moves up at once; then each canceled message is edited.
+        self._publish_positions(guild_id)
+        await asyncio.gather(*(self._cancel_job(job_id, reason) for job_id in canceled))
+        self._update_idle()
+        return len(canceled)
 
     def push(self, prediction: Prediction) -> None:
         """Take a prediction the API pushed (a webhook) and wake the job following it."""
@@ -908,7 +939,11 @@ class Scheduler:
         return job
 
     async def _announce(self, job: Job) -> Job:
-        """Give a job whose status message never got recorded (a crash, a failed edit) one."""
+        """Give a job whose status message never got recorded (a crash, a failed edit) one.
+
+        The reporter edits the interaction's response while the stored token allows it, so a
+        crash between the acknowledgement and storing the message id leaves one message.
+        """
         stage = Stage.UPLOADING if job.status is JobStatus.DELIVERING else Stage.STARTING
         update = JobStatusUpdate(stage)
         try:

@@ -21,6 +21,7 @@ from bot.jobs import (
     MIN_STEPS,
     MOTION_MODULES,
 )
+from bot.output_hosts import DEFAULT_OUTPUT_PREFIXES, OutputPrefix, parse_output_prefixes
 
 DEFAULT_MODEL_VERSION = "beecf59c4aee8d81bf04f0381033dfa10dc16e845b4ae00d281e2fa377e48a9f"
 
@@ -56,6 +57,8 @@ class Settings(BaseSettings):
     prediction_timeout_seconds: float = Field(default=1800, gt=0)
     prediction_start_timeout_seconds: float = Field(default=600, gt=0)
     max_download_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    # Where outputs may be downloaded from, besides the API's origin and data: URIs.
+    output_url_prefixes: Annotated[tuple[OutputPrefix, ...], NoDecode] = DEFAULT_OUTPUT_PREFIXES
     # Webhooks: set the public URL (reaching the listener below) and predictions push their end.
     public_webhook_url: str | None = None
     webhook_listen_host: str = "0.0.0.0"  # every interface: the proxy or API must reach it
@@ -92,6 +95,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             parts = [part.strip() for part in value.split(",")]
             return tuple(int(part) for part in parts if part)
+        return value
+
+    @field_validator("output_url_prefixes", mode="before")
+    @classmethod
+    def _output_prefixes(cls, value: object) -> object:
+        """Accept comma-separated `scheme://host[:port]/path` prefixes (`*.` for subdomains)."""
+        if isinstance(value, str):
+            return parse_output_prefixes(value)
         return value
 
     @field_validator("replicate_api_base", "discord_api_base")

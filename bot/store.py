@@ -12,8 +12,10 @@ import aiosqlite
 
 from bot.eta import Timing
 from bot.jobs import GenerationRequest, Job, JobStatus
+from bot.redaction import redact
 
 log = logging.getLogger(__name__)
+aiosqlite_log = logging.getLogger("aiosqlite")
 
 Clock = Callable[[], float]
 
@@ -90,13 +92,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_guild_created ON jobs (guild_id, created_at);
     CREATE INDEX jobs_requester ON jobs (guild_id, requester_id, id);
     """,
+    # 6: the interaction's token, until the status message id is stored or the job ends, so
+    # that a restart can edit the original response instead of posting a second message.
+    """
+    ALTER TABLE jobs ADD COLUMN interaction_token TEXT;
+    """,
 )
 
 _COLUMNS = (
     "id, guild_id, channel_id, requester_id, request_message_id, input_json, status, "
     "prediction_id, result_message_id, error, parent_job_id, predict_time, deleted, "
     "created_at, updated_at, submitted_at, started_at, completed_at, reruns, output_format, "
-    "upload_limit, model_version"
+    "upload_limit, model_version, interaction_token"
 )
 _MAX_ROWID = 2**63 - 1
 TIMINGS_KEPT = 100  # per model and step count; estimates read far fewer
@@ -135,6 +142,10 @@ class JobStore:
         path = Path(path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
+        # At DEBUG aiosqlite logs every statement with its parameters: members' prompts and
+        # the interaction tokens (credentials). Its lines add nothing to the store's own.
+        if aiosqlite_log.getEffectiveLevel() < logging.INFO:
+            aiosqlite_log.setLevel(logging.INFO)
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
             await db.execute("PRAGMA journal_mode = WAL")
@@ -194,13 +205,18 @@ class JobStore:
         request: GenerationRequest,
         parent_job_id: int | None = None,
         upload_limit: int | None = None,
+        interaction_token: str | None = None,
     ) -> Job:
-        """Record a new queued job and return it."""
+        """Record a new queued job and return it.
+
+        `interaction_token` lets a restart edit the request's first response; it is cleared
+        once the status message id is stored, and when the job ends.
+        """
         now = self._clock()
         cursor = await self._db.execute(
             "INSERT INTO jobs (guild_id, channel_id, requester_id, input_json, seed, status, "
-            "parent_job_id, created_at, updated_at, output_format, upload_limit) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "parent_job_id, created_at, updated_at, output_format, upload_limit, "
+            "interaction_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 guild_id,
                 channel_id,
@@ -213,6 +229,7 @@ class JobStore:
                 now,
                 request.output_format,
                 upload_limit,
+                interaction_token,
             ),
         )
         job_id = cursor.lastrowid
@@ -240,8 +257,10 @@ class JobStore:
         return [_job_from_row(row) for row in rows]
 
     async def set_request_message(self, job_id: int, message_id: int) -> Job:
-        """Remember the message that shows the request's status."""
-        return await self._update(job_id, None, request_message_id=message_id)
+        """Remember the message that shows the request's status; its token is no longer needed."""
+        return await self._update(
+            job_id, None, request_message_id=message_id, interaction_token=None
+        )
 
     async def mark_submitted(self, job_id: int) -> Job:
         """Queued -> submitted: written before the create request is sent."""
@@ -294,6 +313,7 @@ class JobStore:
             status=JobStatus.DONE,
             result_message_id=result_message_id,
             completed_at=self._clock(),
+            interaction_token=None,
         )
 
     async def mark_failed(
@@ -301,15 +321,17 @@ class JobStore:
     ) -> Job:
         """Any unfinished state -> failed, with the reason shown to the requester.
 
-        `predict_time` is the GPU time a failed prediction was still billed for.
+        `predict_time` is the GPU time a failed prediction was still billed for. The reason
+        may quote the API or an exception: it is stored with credentials masked.
         """
         billed = {} if predict_time is None else {"predict_time": predict_time}
         return await self._update(
             job_id,
             tuple(JobStatus(s) for s in _UNFINISHED),
             status=JobStatus.FAILED,
-            error=error,
+            error=redact(error),
             completed_at=self._clock(),
+            interaction_token=None,
             **billed,
         )
 
@@ -322,8 +344,9 @@ class JobStore:
             job_id,
             (JobStatus.QUEUED, JobStatus.SUBMITTED, JobStatus.RUNNING),
             status=JobStatus.CANCELED,
-            error=reason,
+            error=None if reason is None else redact(reason),
             completed_at=self._clock(),
+            interaction_token=None,
             **billed,
         )
 
@@ -552,6 +575,7 @@ def _job_from_row(row: Sequence[Any]) -> Job:
         output_format,
         upload_limit,
         model_version,
+        interaction_token,
     ) = row
     return Job(
         id=job_id,
@@ -575,4 +599,5 @@ def _job_from_row(row: Sequence[Any]) -> Job:
         reruns=reruns,
         upload_limit=upload_limit,
         model_version=model_version,
+        interaction_token=interaction_token,
     )

@@ -231,8 +231,12 @@ def failed_text(job: Job, reason: str) -> str:
 
 
 def canceled_text(job: Job) -> str:
-    """The status message of a canceled job."""
-    return f"{request_header(job)}\n🚫 Canceled."
+    """The status message of a canceled job, with the reason recorded for it, if any."""
+    header = request_header(job)
+    if not job.error:
+        return f"{header}\n🚫 Canceled."
+    room = min(REASON_LIMIT, CONTENT_LIMIT - len(header) - len("\n🚫 "))
+    return f"{header}\n🚫 {quote(job.error, room)}"
 
 
 def too_large_text(job: Job, size: int, limit: int) -> str:

@@ -7,6 +7,7 @@ import contextlib
 import io
 import logging
 import re
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
@@ -47,6 +48,7 @@ from bot.texts import (
     status_text,
     too_large_text,
 )
+from cogs.config import channel_checker
 
 if TYPE_CHECKING:
     from bot.client import AnimateBot
@@ -57,6 +59,11 @@ NO_MENTIONS = discord.AllowedMentions.none()
 EMBED_COLOUR = 0x5865F2
 READY_WAIT_SECONDS = 30
 FIND_POST_LIMIT = 500  # messages read back when looking for a result posted before a crash
+# Discord honours an interaction token for 15 minutes; a minute less leaves room for clocks.
+INTERACTION_TOKEN_USABLE_SECONDS = 14 * 60
+# Discord's name for an interaction's first response; discord.py puts the id into the path as
+# given, and its Webhook methods, typed for numeric ids, have no other way to name it.
+ORIGINAL_RESPONSE = cast("int", "@original")
 
 MODEL_CHOICES = [app_commands.Choice(name=name, value=path) for path, name in CHECKPOINTS.items()]
 MOTION_CHOICES = [
@@ -353,6 +360,7 @@ class AnimateCog(commands.Cog, name="Animate"):
             channel_ids=[c for c in (interaction.channel_id, parent_id) if c is not None],
             age_restricted=callable(is_nsfw) and bool(is_nsfw()),
             prompt=request.prompt,
+            channel_exists=channel_checker(interaction.guild),  # deleted ones do not count
         )
 
     async def queue_request(
@@ -393,6 +401,8 @@ class AnimateCog(commands.Cog, name="Animate"):
                 request=request,
                 parent_job_id=parent_job_id,
                 upload_limit=interaction.filesize_limit,
+                # Kept until the message id is stored: a restart edits this response with it.
+                interaction_token=interaction.token,
             )
         except QueueFull as exc:
             await interaction.response.send_message(
@@ -406,6 +416,7 @@ class AnimateCog(commands.Cog, name="Animate"):
         message_id: int | None = None
         try:
             await interaction.response.defer(thinking=True)
+            crash_point("acknowledged")
             message = await interaction.edit_original_response(
                 content=status_text(job, shown),
                 view=pending_view(job.id),
@@ -641,7 +652,14 @@ class AnimateCog(commands.Cog, name="Animate"):
             log.warning("could not mark job %s done on its status message", job.id, exc_info=True)
 
     async def announce(self, job: Job, update: JobStatusUpdate) -> int | None:
-        """Post a new status message for a job whose own is missing; return its id."""
+        """Show a status message for a job whose own was never recorded; return its id.
+
+        The interaction's response (Discord's "thinking…") becomes it while the stored token
+        lasts, so no second message appears beside it; otherwise a new message is posted.
+        """
+        message_id = await self._edit_original_response(job, update)
+        if message_id is not None:
+            return message_id
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         try:
             message = await channel.send(
@@ -649,6 +667,28 @@ class AnimateCog(commands.Cog, name="Animate"):
             )
         except discord.HTTPException as exc:
             log.warning("job %s: could not post a status message: %s", job.id, exc)
+            return None
+        return message.id
+
+    async def _edit_original_response(self, job: Job, update: JobStatusUpdate) -> int | None:
+        """Edit the job's interaction response into its status message; None if it cannot."""
+        token, application_id = job.interaction_token, self.bot.application_id
+        if token is None or application_id is None:
+            return None
+        if time.time() - job.created_at >= INTERACTION_TOKEN_USABLE_SECONDS:
+            return None  # expired, or about to: Discord would refuse it
+        # The token is the credential; the bot's client gives the webhook its state and HTTP.
+        webhook = discord.Webhook.partial(application_id, token, client=self.bot)
+        try:
+            message = await webhook.edit_message(
+                ORIGINAL_RESPONSE,
+                content=status_text(job, update),
+                view=pending_view(job.id),
+                allowed_mentions=NO_MENTIONS,
+            )
+        except discord.HTTPException as exc:
+            # Never acknowledged (killed before the defer: Unknown Webhook), or gone.
+            log.info("job %s: could not edit the request's response: %s", job.id, exc)
             return None
         return message.id
 

@@ -8,7 +8,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.guild_settings import LIST_SETTINGS, RESETTABLE, SETTINGS, InvalidSetting
+from bot.guild_settings import (
+    LIST_SETTINGS,
+    RESETTABLE,
+    SETTINGS,
+    ChannelExists,
+    InvalidSetting,
+)
 from bot.owner_texts import settings_text
 from bot.texts import CONTENT_LIMIT, quote
 
@@ -16,6 +22,7 @@ if TYPE_CHECKING:
     from bot.client import AnimateBot
 
 NO_MENTIONS = discord.AllowedMentions.none()
+BANNED_REASON = "Canceled: the requester was banned from using the bot in this server."
 
 SETTING_CHOICES = [
     app_commands.Choice(name=f"{spec.label} ({name})", value=name)
@@ -29,6 +36,41 @@ RESET_CHOICES = [
     ),
 ]
 assert len(RESET_CHOICES) == len(RESETTABLE)  # every resettable setting is offered
+
+
+def channel_checker(guild: discord.Guild | None) -> ChannelExists | None:
+    """Tell which of a server's channels still exist; None while the server is not known.
+
+    An unavailable server's cached channels may be stale, so nothing is judged gone then.
+    """
+    if guild is None or guild.unavailable:
+        return None
+    return lambda channel_id: guild.get_channel(channel_id) is not None
+
+
+def _ban_text(member_id: int, *, banned: bool, canceled: int, running: int) -> str:
+    """Tell the moderator what a ban did, including to the member's waiting requests."""
+    who = f"<@{member_id}>"
+    text = (
+        f"Banned {who} from the bot in this server"
+        if banned
+        else f"{who} was already banned from the bot here"
+    )
+    if canceled == 1:
+        text += "; their queued request was canceled."
+    elif canceled:
+        text += f"; their {canceled} queued requests were canceled."
+    elif banned:
+        text += "; they had no queued requests."
+    else:
+        text += "."
+    if running:
+        text += (
+            " Their request already running will still finish."
+            if running == 1
+            else f" Their {running} requests already running will still finish."
+        )
+    return text
 
 
 async def _moderates_server(interaction: discord.Interaction) -> bool:
@@ -70,7 +112,18 @@ class ConfigCog(
     def _show(self, guild_id: int, limit: int = CONTENT_LIMIT) -> str:
         """The server's effective settings."""
         changed = [name for name in RESETTABLE if self.settings.is_changed(guild_id, name)]
-        return settings_text(self.settings.get(guild_id), changed, limit=limit)
+        settings = self.settings.get(guild_id)
+        exists = channel_checker(self.bot.get_guild(guild_id))
+        deleted = () if exists is None else [c for c in settings.channel_ids if not exists(c)]
+        return settings_text(settings, changed, limit=limit, deleted_channels=deleted)
+
+    # The allowed-channel list may name only text, forum and voice channels, never threads,
+    # so a thread's deletion cannot touch it and needs no listener.
+    @commands.Cog.listener()
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        """Take a deleted channel off the server's lists (Discord's CHANNEL_DELETE)."""
+        async with self.bot.in_flight.track():
+            await self.settings.forget_channel(channel.guild.id, channel.id)
 
     @staticmethod
     def _guild(interaction: discord.Interaction) -> int:
@@ -207,13 +260,19 @@ class ConfigCog(
             if member.bot:
                 await self._reply(interaction, "Bots cannot use /animate anyway.")
                 return
+            # Editing each canceled request's message can take longer than Discord's 3 s.
+            await interaction.response.defer(ephemeral=True, thinking=True)
             banned = await self.bot.store.ban(guild_id, member.id, banned_by=interaction.user.id)
-            await self._reply(
-                interaction,
-                f"<@{member.id}> may no longer make animations in this server."
-                if banned
-                else f"<@{member.id}> was already banned from the bot here.",
+            # After the ban is stored, so no new request slips in; one running still finishes.
+            scheduler = self.bot.scheduler
+            canceled = await scheduler.cancel_queued_for(guild_id, member.id, BANNED_REASON)
+            text = _ban_text(
+                member.id,
+                banned=banned,
+                canceled=canceled,
+                running=scheduler.pending_for(guild_id, member.id),
             )
+            await interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="unban", description="Let a banned member use the bot again.")
     @app_commands.describe(member="Who may make animations again")

@@ -15,14 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from bot.predictions import (
-    DownloadError,
-    PredictionAPIError,
-    PredictionClient,
-    PublicAddressResolver,
-    is_delivery_host,
-    is_public_address,
-)
+from bot.output_hosts import DEFAULT_OUTPUT_PREFIXES, PublicAddressResolver, is_public_address
+from bot.predictions import DownloadError, PredictionAPIError, PredictionClient
 from tests.fakes.predictions import FakePredictionAPI
 
 INPUT = {"prompt": "a cat", "seed": 1, "steps": 4}
@@ -193,15 +187,20 @@ async def test_outputs_anywhere_else_are_refused_without_a_request(
     resolver = StaticResolver("93.184.216.34")
     client = make_client(http, prediction_api.base_url, resolver=lambda: resolver)
     port = host.origin.rsplit(":", 1)[1]
-    with pytest.raises(DownloadError, match="Refusing"):
+    with pytest.raises(DownloadError, match=r"Refusing|not allowed by this bot's settings"):
         await client.download(url.format(port=port), max_bytes=2**20)
     assert host.seen == [] and resolver.asked == []
 
 
+def _is_delivery_host(host: str) -> bool:
+    """True if the default OUTPUT_URL_PREFIXES admit an https file on this host."""
+    return any(prefix.matches(f"https://{host}/x.mp4") for prefix in DEFAULT_OUTPUT_PREFIXES)
+
+
 def test_delivery_hosts_and_public_addresses() -> None:
-    assert is_delivery_host("replicate.delivery") and is_delivery_host("PBXT.Replicate.Delivery.")
-    assert not is_delivery_host("replicate.delivery.evil.com")
-    assert not is_delivery_host("evilreplicate.delivery") and not is_delivery_host(None)
+    assert _is_delivery_host("replicate.delivery") and _is_delivery_host("PBXT.Replicate.Delivery.")
+    assert not _is_delivery_host("replicate.delivery.evil.com")
+    assert not _is_delivery_host("evilreplicate.delivery")
     for address in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"):
         assert is_public_address(address)
     for address in (
@@ -232,14 +231,11 @@ async def test_a_delivery_host_resolving_to_a_local_address_is_refused(
     host: FileHost,
     addresses: tuple[str, ...],
 ) -> None:
-    port = host.origin.rsplit(":", 1)[1]
     resolver = StaticResolver(*addresses)
     client = make_client(http, prediction_api.base_url, resolver=lambda: resolver)
     started = time.monotonic()
     with pytest.raises(DownloadError, match="local or private network"):
-        await client.download(
-            f"https://pbxt.replicate.delivery:{port}/files/plain.mp4", max_bytes=2**20
-        )
+        await client.download("https://pbxt.replicate.delivery/files/plain.mp4", max_bytes=2**20)
     assert resolver.asked and host.seen == []  # resolved, refused, never connected
     assert time.monotonic() - started < 5  # refused at once, not retried with backoff
 

@@ -113,3 +113,39 @@ def test_configure_logging_masks_the_tokens_on_every_logger(
         redaction.forget_secrets()
     assert "PATCH with Bot" in err and "header Bearer" in err
     assert DISCORD_SECRET not in err and API_SECRET not in err
+
+
+INTERACTION_TOKEN = "aW50ZXJhY3Rpb246MTIzNDU2:Zm9vYmFyLWludGVyYWN0aW9uLXRva2Vu"
+
+
+def test_interaction_tokens_are_masked_in_paths_and_payloads() -> None:
+    # Unregistered: an interaction's token is masked by where it stands, not by a list.
+    base = "https://discord.com/api/v10"
+    lines = [
+        # discord.py's webhook adapter, at DEBUG, for an edit of the original response.
+        f"Webhook ID 1234 with PATCH {base}/webhooks/1234/{INTERACTION_TOKEN}/messages/@original"
+        "?with_components=1 has returned status code 404",
+        f"POST {base}/interactions/5678/{INTERACTION_TOKEN}/callback has returned 204",
+        # The gateway's INTERACTION_CREATE, as discord.py logs a received event at DEBUG.
+        str({"t": "INTERACTION_CREATE", "d": {"id": "5678", "token": INTERACTION_TOKEN}}),
+        f'{{"application_id": "1234", "token": "{INTERACTION_TOKEN}"}}',
+    ]
+    for line in lines:
+        masked = redact(line)
+        assert INTERACTION_TOKEN not in masked and MASK in masked, masked
+        assert redact(masked) == masked
+    first = redact(lines[0])
+    assert "/webhooks/1234/[redacted]/messages/@original" in first and "404" in first
+    assert "/interactions/5678/[redacted]/callback" in redact(lines[1])
+
+
+def test_the_log_filter_masks_an_interaction_token(
+    captured: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, stream = captured
+    logger.debug(
+        "PATCH https://discord.com/api/v10/webhooks/1/%s/messages/@original", INTERACTION_TOKEN
+    )
+    logger.debug("For Shard ID 0: WebSocket Event: %s", {"d": {"token": INTERACTION_TOKEN}})
+    output = stream.getvalue()
+    assert INTERACTION_TOKEN not in output and output.count(MASK) == 2

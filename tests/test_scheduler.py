@@ -19,6 +19,7 @@ from bot.scheduler import (
     Stage,
 )
 from bot.store import JobStore
+from bot.texts import canceled_text
 from tests.fakes.predictions import Behaviour, FakePredictionAPI
 from tests.scheduling import (
     RecordingReporter,
@@ -517,3 +518,46 @@ async def store_wait(store: JobStore, job_id: int, status: JobStatus) -> Job:
             if job is not None and job.status is status:
                 return job
             await asyncio.sleep(0.005)
+
+
+async def test_cancel_queued_for_a_member_spares_their_running_job_and_everyone_else(
+    store: JobStore,
+    client: PredictionClient,
+    reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    hold = asyncio.Event()
+    prediction_api.behaviour_for = lambda _input: Behaviour(hold=hold)
+    reason = "Canceled: the requester was banned from using the bot in this server."
+    async with started_scheduler(
+        store, client, reporter, running_per_guild=1, queued_per_member=5
+    ) as scheduler:
+        running = await submit(scheduler, user=10, prompt="running")
+        await prediction_api.wait_for(lambda: prediction_api.creates == 1)
+        mine = [await submit(scheduler, user=10, prompt=f"mine {n}") for n in range(2)]
+        other = await submit(scheduler, user=11, prompt="someone else's")
+        mine.append(await submit(scheduler, user=10, prompt="mine 2"))
+        elsewhere = await submit(scheduler, guild=2, user=10, prompt="another server")
+        assert scheduler.position(other.id) == 3
+
+        assert await scheduler.cancel_queued_for(1, 10, reason) == 3
+        assert scheduler.position(other.id) == 1
+        assert [e.job.id for e in scheduler.snapshot(1)] == [running.id, other.id]
+        assert sorted(job.id for job in reporter.canceled) == [job.id for job in mine]
+        for job in mine:
+            stored = await store.get(job.id)
+            assert stored is not None and stored.status is JobStatus.CANCELED
+            assert canceled_text(stored).endswith(f"\n🚫 {reason}")
+        # Whoever waited behind them is shown their new place.
+        await reporter.wait_for(
+            lambda: any(i == other.id and u.position == 1 for i, u in reporter.statuses)
+        )
+        assert scheduler.pending_for(1, 10) == 1  # the running one is left to finish
+        assert await scheduler.cancel_queued_for(1, 10, reason) == 0
+
+        hold.set()
+        await reporter.wait_for(lambda: len(reporter.delivered) == 3)
+    delivered = sorted(job.id for job, _ in reporter.delivered)
+    assert delivered == sorted([running.id, other.id, elsewhere.id])
+    prompts = {body["input"]["prompt"] for body in prediction_api.create_bodies}
+    assert prompts == {"running", "someone else's", "another server"}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.output_hosts import DEFAULT_OUTPUT_PREFIXES, OutputPrefix
 from bot.settings import DEFAULT_MODEL_VERSION, Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,7 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
         if name.startswith(
-            ("DISCORD_", "REPLICATE_", "DATABASE_", "MAX_", "PREDICTION_", "WEBHOOK_", "PUBLIC_")
+            (
+                "DISCORD_",
+                "REPLICATE_",
+                "DATABASE_",
+                "MAX_",
+                "PREDICTION_",
+                "WEBHOOK_",
+                "PUBLIC_",
+                "OUTPUT_",
+            )
         ):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
@@ -37,6 +47,7 @@ def test_defaults_with_only_the_two_tokens(monkeypatch: pytest.MonkeyPatch) -> N
     assert (settings.max_running_per_guild, settings.max_running_total) == (1, 4)
     assert settings.max_queued_per_member == 3
     assert settings.public_webhook_url is None, "no webhooks unless asked for"
+    assert settings.output_url_prefixes == DEFAULT_OUTPUT_PREFIXES
 
 
 def test_env_example_lists_every_setting_and_loads_once_the_tokens_are_in(tmp_path: Path) -> None:
@@ -62,6 +73,43 @@ def test_a_webhook_url_must_be_absolute_http(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setenv("PUBLIC_WEBHOOK_URL", bad)
         with pytest.raises(SettingsError, match="PUBLIC_WEBHOOK_URL is invalid"):
             load_settings()
+
+
+def test_output_url_prefixes_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "d")
+    monkeypatch.setenv("REPLICATE_API_TOKEN", "r")
+    monkeypatch.setenv(
+        "OUTPUT_URL_PREFIXES", " https://*.replicate.delivery/ , http://10.0.0.5:9000/files/,"
+    )
+    assert load_settings().output_url_prefixes == (
+        OutputPrefix("https", "replicate.delivery", True, 443, "/", trusted_as_written=False),
+        OutputPrefix("http", "10.0.0.5", False, 9000, "/files/", trusted_as_written=True),
+    )
+    monkeypatch.setenv("OUTPUT_URL_PREFIXES", "")
+    assert load_settings().output_url_prefixes == ()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "replicate.delivery",
+        "https://replicate.delivery/,ftp://files.example.com/",
+        "https://",
+        "https://bob:hunter2@files.example.com/",
+        "https://files.example.com/out?sig=1",
+        "https://files.example.com/out#top",
+        "https://*.10.0.0.5/",
+    ],
+)
+def test_a_bad_output_url_prefix_is_one_line_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "d")
+    monkeypatch.setenv("REPLICATE_API_TOKEN", "r")
+    monkeypatch.setenv("OUTPUT_URL_PREFIXES", bad)
+    with pytest.raises(SettingsError, match=r"^OUTPUT_URL_PREFIXES is invalid") as caught:
+        load_settings()
+    assert "\n" not in str(caught.value) and "hunter2" not in str(caught.value)
 
 
 def test_dotenv_file_is_read(tmp_path: Path) -> None:
@@ -120,3 +168,26 @@ def test_missing_token_exits_2_without_a_traceback(tmp_path: Path) -> None:
         "animate-bot: DISCORD_TOKEN is not set: put it in the environment or in .env"
     )
     assert "Traceback" not in done.stderr
+
+
+def test_a_bad_output_url_prefix_exits_2_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "REPLICATE_"))}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        DISCORD_TOKEN="d",
+        REPLICATE_API_TOKEN="r",
+        OUTPUT_URL_PREFIXES="https://replicate.delivery/,files.example.com/outputs/",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("animate-bot: OUTPUT_URL_PREFIXES is invalid")
+    assert "files.example.com/outputs/" in lines[0]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from bot import redaction
 from bot.jobs import GenerationRequest, JobStatus
+from bot.redaction import MASK
 from bot.store import MIGRATIONS, InvalidTransition, JobStore, SchemaTooNew
 
 
@@ -205,3 +209,123 @@ async def test_format_and_upload_limit_are_kept_with_the_job(store: JobStore) ->
     assert stored is not None and stored.request == request
     assert stored.request.output_format == "gif" and stored.upload_limit == 25 * 2**20
     assert await store.get(2**70) is None  # a forged id SQLite cannot hold is just unknown
+
+
+TOKEN = "aW50ZXJhY3Rpb246MTIz:interaction-token-value"
+
+
+def _raw_row(path: Path, job_id: int) -> sqlite3.Row:
+    """A job's row as SQLite holds it, read past the store."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    assert row is not None
+    return row
+
+
+async def _add_with_token(store: JobStore) -> int:
+    job = await store.add_job(
+        guild_id=1, channel_id=100, requester_id=10, request=_request(), interaction_token=TOKEN
+    )
+    assert job.interaction_token == TOKEN
+    return job.id
+
+
+async def test_the_interaction_token_is_kept_until_the_message_id_is_stored(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bot.sqlite3"
+    store = await JobStore.open(path)
+    try:
+        job_id = await _add_with_token(store)
+        stored = await store.get(job_id)
+        assert stored is not None and stored.interaction_token == TOKEN
+        assert [job.interaction_token for job in await store.unfinished()] == [TOKEN]
+        assert TOKEN not in repr(stored)  # a logged job never shows the credential
+        assert _raw_row(path, job_id)["interaction_token"] == TOKEN
+        job = await store.set_request_message(job_id, 555)
+        assert job.request_message_id == 555 and job.interaction_token is None
+        row = _raw_row(path, job_id)
+        assert row["request_message_id"] == 555 and row["interaction_token"] is None
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("ending", ["done", "failed", "canceled"])
+async def test_the_interaction_token_is_cleared_when_the_job_ends(
+    tmp_path: Path, ending: str
+) -> None:
+    path = tmp_path / "bot.sqlite3"
+    store = await JobStore.open(path)
+    try:
+        # No message id was ever stored (a crash, failed edits): the token was still kept.
+        job_id = await _add_with_token(store)
+        await store.mark_submitted(job_id)
+        await store.mark_running(job_id, "p1")
+        if ending == "done":
+            await store.mark_delivering(job_id, predict_time=3.0)
+            job = await store.mark_done(job_id, result_message_id=777)
+        elif ending == "failed":
+            job = await store.mark_failed(job_id, "CUDA out of memory")
+        else:
+            job = await store.mark_canceled(job_id, "by request")
+        assert job.status.value == ending and job.interaction_token is None
+        assert _raw_row(path, job_id)["interaction_token"] is None
+    finally:
+        await store.close()
+
+
+async def test_a_database_from_before_the_token_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite3"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        for number, migration in enumerate(MIGRATIONS[:5], start=1):
+            db.executescript(f"BEGIN;\n{migration}\nPRAGMA user_version = {number};\nCOMMIT;")
+        db.execute(
+            "INSERT INTO jobs (guild_id, channel_id, requester_id, input_json, seed, status, "
+            "created_at, updated_at) VALUES (1, 2, 3, ?, 42, 'queued', 0, 0)",
+            (_request().to_json(),),
+        )
+    store = await JobStore.open(path)
+    try:
+        assert await store.schema_version() == len(MIGRATIONS) >= 6
+        (job,) = await store.unfinished()
+        assert job.request == _request() and job.interaction_token is None
+    finally:
+        await store.close()
+
+
+async def test_failure_and_cancel_reasons_are_stored_masked(tmp_path: Path) -> None:
+    secret = "r8_registered-secret-value"
+    redaction.register_secret(secret)
+    path = tmp_path / "bot.sqlite3"
+    store = await JobStore.open(path)
+    try:
+        failed = await _add(store)
+        await store.mark_failed(
+            failed, f"The service said: token {secret} refused; Authorization: Bearer xyz987abc"
+        )
+        canceled = await _add(store)
+        await store.mark_canceled(canceled, f"stopped (key {secret}, Bearer qwe456rty)")
+        untold = await _add(store)
+        await store.mark_canceled(untold)
+        for job_id in (failed, canceled):
+            error = _raw_row(path, job_id)["error"]
+            for leaked in (secret, "xyz987abc", "qwe456rty"):
+                assert leaked not in error
+            assert MASK in error
+            job = await store.get(job_id)
+            assert job is not None and job.error == error
+        assert "The service said: token [redacted] refused" in _raw_row(path, failed)["error"]
+        assert _raw_row(path, untold)["error"] is None
+    finally:
+        await store.close()
+        redaction.forget_secrets()
+
+
+async def test_statements_and_their_parameters_stay_out_of_debug_logs(tmp_path: Path) -> None:
+    # aiosqlite logs each statement with its parameters (prompts, interaction tokens).
+    store = await JobStore.open(tmp_path / "bot.sqlite3")
+    try:
+        assert not logging.getLogger("aiosqlite").isEnabledFor(logging.DEBUG)
+    finally:
+        await store.close()

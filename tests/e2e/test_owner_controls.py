@@ -19,19 +19,36 @@ from tests.e2e.conftest import (
     GUILD_B,
     MODERATOR,
     World,
+    labels,
 )
-from tests.fakes.discord import DEFAULT_MEMBER_PERMISSIONS, FakeInteraction
+from tests.fakes.discord import (
+    CALLBACK_DEFERRED_MESSAGE,
+    DEFAULT_MEMBER_PERMISSIONS,
+    FakeInteraction,
+)
 from tests.fakes.predictions import Behaviour
 
 MANAGE_GUILD = 1 << 5
 OWNER = 900_000_000_000_000_010
 CHANNEL_A2 = 810_000_000_000_000_011
+CHANNEL_A3 = 810_000_000_000_000_012
 EPHEMERAL = 64
 
 
 async def _reply(interaction: FakeInteraction, world: World) -> str:
     """Wait for the first answer to an interaction; it must be private and ping nobody."""
     await world.discord.wait_for(lambda: interaction.callbacks)
+    if interaction.callbacks[0].get("type") == CALLBACK_DEFERRED_MESSAGE:
+        # Deferred ("thinking"), then the answer is edited into the private message.
+        original = await world.discord.wait_for(
+            lambda: (
+                interaction.original
+                if interaction.original and interaction.original.edits
+                else None
+            )
+        )
+        assert original.ephemeral and original.allowed_mentions == {"parse": []}
+        return original.content
     data = interaction.callbacks[0].get("data") or {}
     assert int(data.get("flags") or 0) & EPHEMERAL, data
     assert data.get("allowed_mentions") == {"parse": []}
@@ -273,7 +290,9 @@ async def test_moderators_ban_and_unban_members(world: World) -> None:
     assert "Manage Messages permission" in await config(world, "ban", {"member": BOB})
     assert "Manage Messages permission" in await config(world, "ban", {"member": BOB}, user=ALICE)
     reply = await config(world, "ban", {"member": BOB}, user=MODERATOR)
-    assert reply == f"<@{BOB}> may no longer make animations in this server."
+    assert reply == f"Banned <@{BOB}> from the bot in this server; they had no queued requests."
+    again = await config(world, "ban", {"member": BOB}, user=MODERATOR)
+    assert again == f"<@{BOB}> was already banned from the bot here."
     text = await refused(world, await world.animate("bob's fox", user=BOB))
     assert text == "You are not allowed to use the animation bot in this server."
     # The ban is per server, and survives a restart.
@@ -342,3 +361,99 @@ async def test_history_pages_and_runs_again_without_deleted_results(world: World
     rerun = await world.discord.click(page, again_id, user_id=ALICE)
     await world.result_for(await world.request_message(rerun))
     assert _sent_inputs(world)[-1]["prompt"] == "fox 4" and _sent_inputs(world)[-1]["seed"] == 104
+
+
+@pytest.mark.bot_env(MAX_QUEUED_PER_MEMBER="4")
+async def test_a_ban_cancels_the_members_queued_requests_and_lets_the_running_one_finish(
+    world: World,
+) -> None:
+    hold = asyncio.Event()
+    world.api.behaviour_for = lambda _data: Behaviour(hold=hold)
+    running = await world.request_message(await world.animate("bob 0", user=BOB))
+    await world.api.wait_for(
+        lambda: any(p.status == "processing" for p in world.api.predictions.values())
+    )
+    queued = [
+        await world.request_message(await world.animate(f"bob {n}", user=BOB)) for n in (1, 2)
+    ]
+    alice = await world.request_message(await world.animate("alice's", user=ALICE))
+    queued.append(await world.request_message(await world.animate("bob 3", user=BOB)))
+
+    reply = await config(world, "ban", {"member": BOB}, user=MODERATOR)
+    assert reply == (
+        f"Banned <@{BOB}> from the bot in this server; their 3 queued requests were canceled. "
+        "Their request already running will still finish."
+    )
+    reason = "Canceled: the requester was banned from using the bot in this server."
+    for message in queued:
+        await world.discord.wait_for(lambda m=message: m.content.endswith(f"\n🚫 {reason}"))
+        assert "Cancel" not in labels(message)
+        assert message.allowed_mentions == {"parse": []}
+    for job_id in (2, 3, 5):  # Bob's queued ones; Alice's is job 4
+        assert (await world.job_reaches("canceled", job_id=job_id))["error"] == reason
+    # Alice moved up past Bob's canceled requests (she was #3): she is next now.
+    await world.discord.wait_for(lambda: "Queued: next in this server's queue" in alice.content)
+
+    hold.set()
+    await world.result_for(running)
+    await world.result_for(alice)
+    await world.job_reaches("done", job_id=1)
+    assert sorted(str(sent["prompt"]) for sent in _sent_inputs(world)) == ["alice's", "bob 0"]
+
+
+def _stored_channels(world: World) -> list[int] | None:
+    """The allowed-channel list of guild A as stored in the bot's database (None: not set)."""
+    with contextlib.closing(sqlite3.connect(world.bot.env["DATABASE_PATH"])) as db:
+        row = db.execute(
+            "SELECT value_json FROM guild_settings WHERE guild_id = ? AND name = 'channel_ids'",
+            (GUILD_A,),
+        ).fetchone()
+    return None if row is None else [int(c) for c in json.loads(row[0])]
+
+
+async def _stored_channels_become(world: World, expected: list[int] | None) -> None:
+    """Wait until the bot (another process) has stored this channel list."""
+    async with asyncio.timeout(10):
+        while True:
+            if _stored_channels(world) == expected:
+                return
+            # The database belongs to another process: nothing to wait on but the file.
+            await asyncio.sleep(0.05)
+
+
+async def test_a_deleted_channel_leaves_the_allowed_list(world: World) -> None:
+    _owner(world)
+    await world.discord.add_channel(GUILD_A, CHANNEL_A2)
+    await world.discord.add_channel(GUILD_A, CHANNEL_A3)
+    for channel in (CHANNEL_A2, CHANNEL_A3):
+        assert "Added <#" in await config(world, "channel-add", {"channel": channel})
+    assert _stored_channels(world) == [CHANNEL_A2, CHANNEL_A3]
+
+    # Discord reports A2 deleted: it leaves the stored list, and refusals name only A3.
+    await world.discord.delete_channel(CHANNEL_A2)
+    await _stored_channels_become(world, [CHANNEL_A3])
+    assert str(CHANNEL_A2) not in await config(world, "show")
+    text = await refused(world, await world.animate("a fox"))
+    assert text == f"Animations can be made only in these channels of this server: <#{CHANNEL_A3}>."
+
+    # The last one goes: the list is empty again, so /animate works in any channel.
+    await world.discord.delete_channel(CHANNEL_A3)
+    await _stored_channels_become(world, None)
+    assert "**Channels**: every channel\n" in await config(world, "show")
+    await world.result_for(await world.request_message(await world.animate("a fox")))
+
+
+async def test_a_channel_deleted_while_the_bot_was_away_no_longer_counts(world: World) -> None:
+    _owner(world)
+    await world.discord.add_channel(GUILD_A, CHANNEL_A2)
+    assert "Added <#" in await config(world, "channel-add", {"channel": CHANNEL_A2})
+    assert await world.bot.stop() == 0
+    await world.discord.delete_channel(CHANNEL_A2)  # no bot connected to hear it
+    await world.start_again()
+
+    # Still stored (no one said it went), but marked and ignored: every channel is allowed.
+    assert _stored_channels(world) == [CHANNEL_A2]
+    shown = await config(world, "show")
+    assert f"<#{CHANNEL_A2}> (deleted)" in shown
+    assert "none of them exists any more, so /animate works in every channel" in shown
+    await world.result_for(await world.request_message(await world.animate("a fox")))

@@ -42,6 +42,7 @@ __all__ = [
     "FakePredictionAPI",
     "Fault",
     "ManualClock",
+    "OtherHost",
     "RandomFaults",
     "RecordedRequest",
     "WebhookDelivery",
@@ -158,6 +159,8 @@ class FakePrediction:
     created_virtual: float = 0.0  # on a ManualClock: when it was created
     webhook: str | None = None
     webhook_events: frozenset[str] = frozenset()
+    links_base: str = f"https://{FOREIGN_HOST}/v1"  # where urls.get and urls.cancel point
+    output_base: str | None = None  # where the output is served; None: {origin}/files
     last_logs_event: float = float("-inf")
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -180,13 +183,15 @@ class FakePrediction:
 
     @property
     def output_url(self) -> str:
-        """URL at which the fake serves this prediction's video."""
+        """URL at which the fake (or the server at `output_base`) serves this prediction's video."""
+        if self.output_base is not None:
+            return f"{self.output_base.rstrip('/')}/{self.file_name}"
         return f"{self.origin}/files/{self.file_name}"
 
     @property
     def urls(self) -> dict[str, str]:
         """The `urls` object; get/cancel deliberately point at a foreign host."""
-        api = f"https://{FOREIGN_HOST}/v1/predictions/{self.id}"
+        api = f"{self.links_base}/predictions/{self.id}"
         return {
             "get": api,
             "cancel": f"{api}/cancel",
@@ -357,13 +362,14 @@ FILE_KINDS = ("429", "429-retry-after", "500", "502", "503", "drop", "stall")
 AFTER_CREATE_KINDS = ("drop-after-create", "502-after-create", "bad-json-after-create")
 
 
-def request_kind(method: str, path: str) -> str:
+def request_kind(method: str, path: str, prefix: str = "/v1") -> str:
     """Name what a request to the fake asks for: create, poll, list, cancel, download."""
-    if path == "/v1/predictions":
+    api = re.escape(prefix)
+    if path == f"{prefix}/predictions":
         return "create" if method == "POST" else "list"
-    if re.fullmatch(r"/v1/predictions/[^/]+/cancel", path):
+    if re.fullmatch(rf"{api}/predictions/[^/]+/cancel", path):
         return "cancel"
-    if re.fullmatch(r"/v1/predictions/[^/]+", path):
+    if re.fullmatch(rf"{api}/predictions/[^/]+", path):
         return "poll"
     if path.startswith("/files/"):
         return "download"
@@ -381,10 +387,11 @@ class RandomFaults:
     after_create_share: float = 0.3
     include_files: bool = True
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    api_prefix: str = "/v1"
 
     def draw(self, method: str, path: str) -> Fault | None:
         """Decide whether this request fails, and how; count what was drawn."""
-        kind = request_kind(method, path)
+        kind = request_kind(method, path, self.api_prefix)
         if kind == "other" or (kind == "download" and not self.include_files):
             return None
         if self.rng.random() >= self.rate:
@@ -441,8 +448,12 @@ class FakePredictionAPI:
         sample: bytes | None = None,
         time_scale: float = 1.0,
         clock: ManualClock | None = None,
+        path_prefix: str = "/v1",
     ) -> None:
         """Configure the fake; call start() (or use `async with`) to serve.
+
+        `path_prefix` is where the API is served (`/replicate/v1`: as a gateway may serve it);
+        files stay under /files/.
 
         `time_scale` < 1 runs every duration (behaviour times, Prefer: wait holds) that much
         faster while logs, timestamps and metrics still read in unscaled seconds. A `clock`
@@ -456,6 +467,12 @@ class FakePredictionAPI:
         self.behaviour_for: Callable[[dict[str, Any]], Behaviour] = lambda _input: Behaviour()
         self.next_behaviours: list[Behaviour] = []
         self.page_size = 100
+        self.path_prefix = "/" + path_prefix.strip("/")
+        # Another host's base, for gateways: None keeps urls.get at https://elsewhere.invalid,
+        # the list's `next` on base_url, and outputs under this fake's /files/.
+        self.urls_base: str | None = None
+        self.next_base: str | None = None
+        self.output_base: str | None = None
         self.requests: list[RecordedRequest] = []
         self.predictions: dict[str, FakePrediction] = {}
         self.faults: list[Fault] = []
@@ -492,12 +509,13 @@ class FakePredictionAPI:
     async def start(self) -> None:
         """Bind a random free port on 127.0.0.1 and begin serving."""
         app = web.Application(middlewares=[self._middleware])
-        app.router.add_post("/v1/predictions", self._create)
-        app.router.add_get("/v1/predictions", self._list)
-        app.router.add_get("/v1/predictions/{id}", self._get)
-        app.router.add_post("/v1/predictions/{id}/cancel", self._cancel)
+        api = self.path_prefix
+        app.router.add_post(f"{api}/predictions", self._create)
+        app.router.add_get(f"{api}/predictions", self._list)
+        app.router.add_get(f"{api}/predictions/{{id}}", self._get)
+        app.router.add_post(f"{api}/predictions/{{id}}/cancel", self._cancel)
         app.router.add_get("/files/{name}", self._file)
-        app.router.add_get("/v1/webhooks/default/secret", self._webhook_secret_answer)
+        app.router.add_get(f"{api}/webhooks/default/secret", self._webhook_secret_answer)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -505,7 +523,7 @@ class FakePredictionAPI:
         port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock).start()
         self.origin = f"http://127.0.0.1:{port}"
-        self.base_url = f"{self.origin}/v1"
+        self.base_url = f"{self.origin}{self.path_prefix}"
 
     async def close(self) -> None:
         """Stop lifecycle tasks and held requests, then shut the server down."""
@@ -531,7 +549,7 @@ class FakePredictionAPI:
     @property
     def create_requests(self) -> int:
         """POST /v1/predictions requests received, whatever they were answered."""
-        return self._count("POST", r"/v1/predictions")
+        return self._count("POST", rf"{re.escape(self.path_prefix)}/predictions")
 
     @property
     def create_bodies(self) -> list[dict[str, Any]]:
@@ -539,18 +557,20 @@ class FakePredictionAPI:
         return [
             r.json
             for r in self.requests
-            if r.method == "POST" and r.path == "/v1/predictions" and isinstance(r.json, dict)
+            if r.method == "POST"
+            and r.path == f"{self.path_prefix}/predictions"
+            and isinstance(r.json, dict)
         ]
 
     @property
     def polls(self) -> int:
         """GET /v1/predictions/{id} requests received."""
-        return self._count("GET", r"/v1/predictions/[^/]+")
+        return self._count("GET", rf"{re.escape(self.path_prefix)}/predictions/[^/]+")
 
     @property
     def cancels(self) -> int:
         """POST /v1/predictions/{id}/cancel requests received."""
-        return self._count("POST", r"/v1/predictions/[^/]+/cancel")
+        return self._count("POST", rf"{re.escape(self.path_prefix)}/predictions/[^/]+/cancel")
 
     @property
     def downloads(self) -> int:
@@ -626,12 +646,13 @@ class FakePredictionAPI:
                 stall=stall,
                 after_create_share=after_create_share,
                 include_files=include_files,
+                api_prefix=self.path_prefix,
             )
         return self.random_faults
 
     def requests_by_kind(self) -> Counter[str]:
         """Count received requests by what they asked for (create, poll, list, ...)."""
-        return Counter(request_kind(r.method, r.path) for r in self.requests)
+        return Counter(request_kind(r.method, r.path, self.path_prefix) for r in self.requests)
 
     def expire(self, prediction_id: str) -> None:
         """Remove output and logs as Replicate does an hour after completion."""
@@ -741,7 +762,7 @@ class FakePredictionAPI:
                 fault = self.random_faults.draw(request.method, request.path)
             if fault is not None and not fault.after_create:
                 return await self._answer_fault(request, fault)
-            if request.path.startswith("/v1/") and not self._authorized(request):
+            if request.path.startswith(f"{self.path_prefix}/") and not self._authorized(request):
                 response: web.StreamResponse = _unauthenticated()
             else:
                 try:
@@ -873,6 +894,8 @@ class FakePredictionAPI:
             seed=seed,
             origin=self.origin,
             created_at=self._now(),
+            links_base=self.urls_base or f"https://{FOREIGN_HOST}{self.path_prefix}",
+            output_base=self.output_base,
         )
         self.predictions[prediction.id] = prediction
         if self.clock is not None:
@@ -926,7 +949,7 @@ class FakePredictionAPI:
         next_url: str | None = None
         if len(ordered) > self.page_size:
             token = base64.urlsafe_b64encode(f"s:{page[-1].seq}".encode()).decode()
-            next_url = f"{self.base_url}/predictions?cursor={token}"
+            next_url = f"{self.next_base or self.base_url}/predictions?cursor={token}"
         results = [p.to_json(with_logs=False) for p in page]
         return _json_response({"next": next_url, "previous": None, "results": results})
 
@@ -1203,3 +1226,74 @@ class ManualClock:
         """Move the clock forward at once, then let other tasks run."""
         self.now += max(0.0, seconds)
         await asyncio.sleep(0)
+
+
+class OtherHost:
+    """Another server on 127.0.0.1 (its own port): records every request it gets.
+
+    It serves `body` for any GET under `serve_under` (an output file host, as a gateway's), and
+    answers a path listed in `redirects` with a 302 to its target; anything else is 404.
+    """
+
+    def __init__(self, *, body: bytes = b"", serve_under: str = "/outputs/") -> None:
+        self.body = body
+        self.serve_under = serve_under
+        self.redirects: dict[str, str] = {}
+        self.seen: list[RecordedRequest] = []
+        self.origin = ""
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> Self:
+        """Start serving for the duration of an `async with` block."""
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop serving at the end of an `async with` block."""
+        await self.close()
+
+    @property
+    def host(self) -> str:
+        """`127.0.0.1:<port>`."""
+        return self.origin.removeprefix("http://")
+
+    async def start(self) -> None:
+        """Bind a free port on 127.0.0.1 and serve every path."""
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._answer)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        await web.SockSite(self._runner, sock).start()
+        self.origin = f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    async def close(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        """Record the request, then serve, redirect or answer 404."""
+        raw = await request.read()
+        self.seen.append(
+            RecordedRequest(
+                method=request.method,
+                path=request.path,
+                query=dict(request.query),
+                headers=dict(request.headers),
+                json=None if not raw else raw.decode(errors="replace"),
+                time=monotonic(),
+            )
+        )
+        if request.path in self.redirects:
+            return web.Response(status=302, headers={"Location": self.redirects[request.path]})
+        if request.method == "GET" and request.path.startswith(self.serve_under):
+            return web.Response(body=self.body, content_type="video/mp4")
+        return _not_found()
