@@ -15,7 +15,7 @@ import imageio_ffmpeg
 import pytest
 
 from bot import media
-from bot.media import MediaError, VideoInfo
+from bot.media import MediaError, VideoInfo, ffmpeg
 
 DATA = Path(__file__).parent / "data"
 SAMPLE_MP4 = DATA / "animatediff-sample.mp4"
@@ -241,7 +241,7 @@ async def test_a_slow_conversion_is_stopped(
     monkeypatch: pytest.MonkeyPatch, large_video: Path, tmp_path: Path
 ) -> None:
     await media.probe(large_video)  # the one-off check of the binary is not what we time
-    monkeypatch.setattr(media, "FFMPEG_TIMEOUT", 0.2)
+    monkeypatch.setattr(ffmpeg, "FFMPEG_TIMEOUT", 0.2)
     started = time.monotonic()
     with pytest.raises(MediaError, match="took too long"):
         await media.to_gif(large_video, tmp_path / "slow.gif")  # a few seconds of work
