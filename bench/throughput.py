@@ -42,13 +42,17 @@ from typing import Any
 
 import aiohttp
 
-from bot.eta import instant
-from bot.jobs import GenerationRequest, Job
-from bot.predictions import Prediction, PredictionClient
-from bot.progress import Progress
-from bot.scheduler import JobResult, JobStatusUpdate, Scheduler, SchedulerLimits
-from bot.store import JobStore
-from bot.webhooks import WebhookReceiver, WebhookVerifier
+from bot.backends.base import Prediction
+from bot.backends.replicate import PredictionClient
+from bot.backends.webhooks import WebhookReceiver, WebhookVerifier
+from bot.core.eta import TimingHistory, instant
+from bot.core.jobs import GenerationRequest, Job
+from bot.core.limits import SchedulerLimits
+from bot.core.polling import PollPlanner
+from bot.core.progress import Progress
+from bot.core.reporter import JobResult, JobStatusUpdate
+from bot.core.scheduler import Scheduler
+from bot.storage.sqlite import SQLiteStore
 
 STRATEGIES = ("baseline", "adaptive", "webhook")
 STEPS = 25
@@ -120,12 +124,10 @@ class BaselineClient(PredictionClient):
         return await super().create(api_input, wait=False)
 
 
-class BaselineScheduler(Scheduler):
-    """The bot's scheduler polling every 0.5 s, whatever the logs say."""
+class BaselinePlanner(PollPlanner):
+    """The bot's polls timed every 0.5 s, whatever the logs say."""
 
-    def _poll_delay(
-        self, job: Job, prediction: Prediction, progress: Progress, polls: int
-    ) -> float:
+    def delay(self, job: Job, prediction: Prediction, progress: Progress, polls: int) -> float:
         """Poll at the official client's fixed interval."""
         return BASELINE_INTERVAL
 
@@ -222,7 +224,7 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
     scaled = ScaledTime(options.time_scale, origin=api["mono0"], wall_origin=api["epoch"])
     workdir = Path(tempfile.mkdtemp(prefix="throughput-"))
     db_path = workdir / "jobs.sqlite3"
-    store = await JobStore.open(db_path, clock=scaled.wall)
+    store = await SQLiteStore.open(db_path, clock=scaled.wall)
     await store.close()
     fill_backlog(db_path, options.jobs, options.guilds)
     requests: dict[str, Counter[str]] = defaultdict(Counter)  # prediction id -> kind -> count
@@ -255,10 +257,13 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
             webhook_events=("logs", "completed"),
             sleep=scaled.sleep,
         )
-        scheduler_class = BaselineScheduler if options.worker == "baseline" else Scheduler
+        history = TimingHistory()
+        planner = None
+        if options.worker == "baseline":
+            planner = BaselinePlanner(history, wall_clock=scaled.wall, pushes=lambda: False)
         started = time.perf_counter()
-        store = await JobStore.open(db_path, clock=scaled.wall)
-        scheduler = scheduler_class(
+        store = await SQLiteStore.open(db_path, clock=scaled.wall)
+        scheduler = Scheduler(
             store,
             client,
             limits=SchedulerLimits(
@@ -268,17 +273,19 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
             wall_clock=scaled.wall,
             sleep=scaled.sleep,
             work_root=workdir / "work",
+            history=history,
+            planner=planner,
         )
-        original_learn = scheduler._learn
+        original_learn = scheduler.runner.learn
 
-        async def learn(job: Job, prediction: Prediction) -> None:
+        def learn(job: Job, prediction: Prediction) -> None:
             """Note when the prediction ended upstream, for the delivery lag."""
             completed = instant(prediction.completed_at)
             if completed is not None:
                 sink.completed_at[prediction.id] = completed
-            await original_learn(job, prediction)
+            original_learn(job, prediction)
 
-        scheduler._learn = learn  # type: ignore[method-assign]
+        scheduler.runner.learn = learn  # type: ignore[method-assign]
         scheduler.attach(sink)
         receiver: WebhookReceiver | None = None
         if options.worker == "webhook":

@@ -13,15 +13,16 @@ import aiohttp
 import discord
 import discord.http
 
-from bot import check, redaction
-from bot.client import (
+from bot.app import check
+from bot.app.client import (
     AnimateBot,
     ExtensionsFailed,
     WebhookListenFailed,
     use_discord_endpoints,
 )
-from bot.settings import Settings, SettingsError, load_settings
-from bot.store import JobStore
+from bot.app.settings import Settings, SettingsError, load_settings
+from bot.core import redaction
+from bot.storage.sqlite import SQLiteStore
 
 log = logging.getLogger("bot")
 
@@ -42,7 +43,7 @@ def configure_logging(level: str, secrets: list[str] | None = None) -> None:
 async def run(settings: Settings) -> int:
     """Run the bot until SIGTERM or SIGINT, then shut down leaving every job recorded."""
     use_discord_endpoints(settings)
-    store = await JobStore.open(settings.database_path)
+    store = await SQLiteStore.open(settings.database_path)
     try:
         # Every running job may hold a create open (Prefer: wait): aiohttp's default of 100
         # connections would queue polls and downloads behind them.

@@ -15,9 +15,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.crashpoints import crash_point
-from bot.guild_settings import GuildSettings
-from bot.jobs import (
+from bot.core.crashpoints import crash_point
+from bot.core.jobs import (
     CHECKPOINTS,
     MAX_PROMPT_LENGTH,
     MAX_SEED,
@@ -27,16 +26,11 @@ from bot.jobs import (
     InvalidRequest,
     Job,
 )
+from bot.core.limits import QueueFull
+from bot.core.reporter import CancelOutcome, DeliveryFailed, JobResult, JobStatusUpdate, Stage
 from bot.media import DEFAULT_UPLOAD_LIMIT
-from bot.scheduler import (
-    CancelOutcome,
-    DeliveryFailed,
-    JobResult,
-    JobStatusUpdate,
-    QueueFull,
-    Stage,
-)
-from bot.texts import (
+from bot.owner.guild_settings import GuildSettings
+from bot.texts.member import (
     DESCRIPTION_LIMIT,
     canceled_text,
     dm_delivery_text,
@@ -51,7 +45,7 @@ from bot.texts import (
 from cogs.config import channel_checker
 
 if TYPE_CHECKING:
-    from bot.client import AnimateBot
+    from bot.app.client import AnimateBot
 
 log = logging.getLogger(__name__)
 

@@ -8,18 +8,18 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.guild_settings import (
+from bot.owner.guild_settings import (
     LIST_SETTINGS,
     RESETTABLE,
     SETTINGS,
     ChannelExists,
     InvalidSetting,
 )
-from bot.owner_texts import settings_text
-from bot.texts import CONTENT_LIMIT, quote
+from bot.texts.member import CONTENT_LIMIT, quote
+from bot.texts.owner import settings_text
 
 if TYPE_CHECKING:
-    from bot.client import AnimateBot
+    from bot.app.client import AnimateBot
 
 NO_MENTIONS = discord.AllowedMentions.none()
 BANNED_REASON = "Canceled: the requester was banned from using the bot in this server."

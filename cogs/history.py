@@ -9,12 +9,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.jobs import Job
-from bot.owner_texts import history_text
+from bot.core.jobs import Job
+from bot.texts.owner import history_text
 from cogs.animate import AnimateCog, JobButton, bot_of
 
 if TYPE_CHECKING:
-    from bot.client import AnimateBot
+    from bot.app.client import AnimateBot
 
 NO_MENTIONS = discord.AllowedMentions.none()
 PAGE_SIZE = 5  # one row of Run again buttons

@@ -8,10 +8,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.texts import queue_text
+from bot.texts.member import queue_text
 
 if TYPE_CHECKING:
-    from bot.client import AnimateBot
+    from bot.app.client import AnimateBot
 
 NO_MENTIONS = discord.AllowedMentions.none()
 

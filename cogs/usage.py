@@ -8,11 +8,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.owner_texts import usage_text
-from bot.quotas import USAGE_DAYS
+from bot.owner.quotas import USAGE_DAYS
+from bot.texts.owner import usage_text
 
 if TYPE_CHECKING:
-    from bot.client import AnimateBot
+    from bot.app.client import AnimateBot
 
 NO_MENTIONS = discord.AllowedMentions.none()
 EMBED_COLOUR = 0x5865F2

@@ -8,16 +8,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.predictions import PredictionClient
-from bot.store import JobStore
+from bot.backends.replicate import PredictionClient
+from bot.storage.sqlite import SQLiteStore
 from tests.fakes.predictions import FakePredictionAPI
 from tests.scheduling import RecordingReporter
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[JobStore]:
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     """A migrated store in a temp file."""
-    store = await JobStore.open(tmp_path / "jobs.sqlite3")
+    store = await SQLiteStore.open(tmp_path / "jobs.sqlite3")
     try:
         yield store
     finally:

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bot.jobs import GenerationRequest, Job
-from bot.predictions import PredictionClient
-from bot.scheduler import JobResult, JobStatusUpdate, Scheduler, SchedulerLimits, Stage
-from bot.store import JobStore
+from bot.backends.replicate import PredictionClient
+from bot.core.jobs import GenerationRequest, Job
+from bot.core.limits import SchedulerLimits
+from bot.core.reporter import JobResult, JobStatusUpdate, Stage
+from bot.core.scheduler import Scheduler
+from bot.storage.sqlite import SQLiteStore
 from tests.fakes.predictions import FakePredictionAPI
 
 
@@ -86,7 +88,7 @@ async def short_sleep(seconds: float) -> None:
 
 
 def make_scheduler(
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     *,
     wall_clock: Callable[[], float] = time.time,
@@ -104,7 +106,7 @@ def make_scheduler(
 
 @contextlib.asynccontextmanager
 async def started_scheduler(
-    store: JobStore, client: PredictionClient, reporter: RecordingReporter, **limits: float
+    store: SQLiteStore, client: PredictionClient, reporter: RecordingReporter, **limits: float
 ) -> AsyncIterator[Scheduler]:
     """A started scheduler with its own limits, stopped at the end of the block."""
     scheduler = make_scheduler(store, client, **limits)  # pyright: ignore[reportArgumentType]

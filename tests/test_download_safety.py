@@ -15,8 +15,13 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from bot.output_hosts import DEFAULT_OUTPUT_PREFIXES, PublicAddressResolver, is_public_address
-from bot.predictions import DownloadError, PredictionAPIError, PredictionClient
+from bot.backends.base import DownloadError, PredictionAPIError
+from bot.backends.output_hosts import (
+    DEFAULT_OUTPUT_PREFIXES,
+    PublicAddressResolver,
+    is_public_address,
+)
+from bot.backends.replicate import PredictionClient
 from tests.fakes.predictions import FakePredictionAPI
 
 INPUT = {"prompt": "a cat", "seed": 1, "steps": 4}

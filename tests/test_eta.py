@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.eta import (
+from bot.core.eta import (
     FINISH_ALLOWANCE,
     MIN_LEFT,
     Estimate,
@@ -16,7 +16,7 @@ from bot.eta import (
     running_finish,
     steady,
 )
-from bot.store import TIMINGS_KEPT, JobStore
+from bot.storage.sqlite import TIMINGS_KEPT, SQLiteStore
 
 TOON, LYRIEL = "toonyou_beta3.safetensors", "lyriel_v16.safetensors"
 
@@ -145,14 +145,14 @@ def test_shown_estimates_are_rounded_and_kept_while_about_right() -> None:
 
 async def test_the_store_keeps_the_newest_timings_per_model_and_steps(tmp_path: Path) -> None:
     path = tmp_path / "timings.sqlite3"
-    store = await JobStore.open(path)
+    store = await SQLiteStore.open(path)
     try:
         for run in range(TIMINGS_KEPT + 5):
             await store.record_timing(Timing(TOON, 25, 1.0, float(run)))
         await store.record_timing(Timing(LYRIEL, 10, 2.0, 7.0))
     finally:
         await store.close()
-    store = await JobStore.open(path)  # survives a restart
+    store = await SQLiteStore.open(path)  # survives a restart
     try:
         newest = await store.recent_timings(3)
         assert newest == [

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 import yarl
 
-from bot.jobs import GenerationRequest
-from bot.predictions import PredictionClient
+from bot.backends.replicate import PredictionClient
+from bot.core.jobs import GenerationRequest
 from tests.fakes.predictions import Behaviour, FakePredictionAPI, OtherHost
 
 PREFIX = "/replicate/v1"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.guild_settings import (
+from bot.owner.guild_settings import (
     BY_THE_BOT,
     MAX_BLOCKED_PATTERNS,
     MAX_CHANNELS,
@@ -19,9 +19,9 @@ from bot.guild_settings import (
     InvalidSetting,
     _check_pattern,
 )
-from bot.owner_texts import settings_text
-from bot.store import JobStore
-from bot.texts import CONTENT_LIMIT, quote
+from bot.storage.sqlite import SQLiteStore
+from bot.texts.member import CONTENT_LIMIT, quote
+from bot.texts.owner import settings_text
 from tests.test_quotas import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def test_a_pattern_full_of_stars_cannot_stall_the_bot() -> None:
     # regression fails by time-out instead of hanging the suite.
     code = (
         "from dataclasses import replace\n"
-        "from bot.guild_settings import _check_pattern\n"
+        "from bot.owner.guild_settings import _check_pattern\n"
         "from tests.test_quotas import DEFAULTS\n"
         "s = replace(DEFAULTS, blocked_patterns=(_check_pattern('a*a*a*a*a*a*a*a*a*a*z'),))\n"
         "assert not s.blocks('a' * 1000)\n"
@@ -124,7 +124,7 @@ def test_deleted_channels_on_the_list_do_not_count() -> None:
     assert not settings.allows_channel(ELSEWHERE)
 
 
-async def test_a_deleted_channel_leaves_the_stored_list(store: JobStore) -> None:
+async def test_a_deleted_channel_leaves_the_stored_list(store: SQLiteStore) -> None:
     service = GuildSettingsService(store, DEFAULTS)
     await service.add_channel(1, GONE, by=42)
     await service.add_channel(1, KEPT, by=42)

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot import redaction
-from bot.jobs import (
+from bot.core import redaction
+from bot.core.jobs import (
     CHECKPOINTS,
     INVISIBLE,
     MAX_PROMPT_LENGTH,
@@ -23,9 +23,9 @@ from bot.jobs import (
     Job,
     JobStatus,
 )
+from bot.core.reporter import JobResult, JobStatusUpdate, Stage
 from bot.media import Upload
-from bot.scheduler import JobResult, JobStatusUpdate, Stage
-from bot.texts import (
+from bot.texts.member import (
     CONTENT_LIMIT,
     DESCRIPTION_LIMIT,
     EMBED_TOTAL_LIMIT,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs import (
+from bot.core.jobs import (
     CHECKPOINTS,
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
@@ -17,9 +17,9 @@ from bot.jobs import (
     Job,
     JobStatus,
 )
+from bot.core.reporter import JobResult, JobStatusUpdate, Stage
 from bot.media import Upload
-from bot.scheduler import JobResult, JobStatusUpdate, Stage
-from bot.texts import (
+from bot.texts.member import (
     DESCRIPTION_LIMIT,
     EMBED_TOTAL_LIMIT,
     FIELD_VALUE_LIMIT,

@@ -10,14 +10,15 @@ import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from bot.output_hosts import (
+from bot.backends.base import DownloadError
+from bot.backends.output_hosts import (
     DEFAULT_OUTPUT_PREFIXES,
     DEFAULT_OUTPUT_URL_PREFIXES,
     OutputPrefix,
     parse_output_prefixes,
 )
-from bot.predictions import DownloadError, PredictionClient
-from bot.store import JobStore
+from bot.backends.replicate import PredictionClient
+from bot.storage.sqlite import SQLiteStore
 from tests.fakes.predictions import FakePredictionAPI, OtherHost
 from tests.scheduling import RecordingReporter, started_scheduler, submit
 
@@ -236,7 +237,7 @@ async def test_an_output_on_an_unlisted_host_is_refused_without_a_request(
     prefixes = parse_output_prefixes(allowed.format(origin=files.origin, port=port))
     client = make_client(http, prediction_api, prefixes)
     with (
-        caplog.at_level(logging.WARNING, logger="bot.output_hosts"),
+        caplog.at_level(logging.WARNING, logger="bot.backends.output_hosts"),
         pytest.raises(DownloadError) as caught,
     ):
         await client.download(f"{files.origin}{path}", max_bytes=2**20)
@@ -305,7 +306,7 @@ async def test_defaults_and_public_names_still_refuse_local_addresses(
 async def test_a_job_whose_output_is_on_a_listed_host_is_delivered(
     http: aiohttp.ClientSession,
     prediction_api: FakePredictionAPI,
-    store: JobStore,
+    store: SQLiteStore,
     reporter: RecordingReporter,
 ) -> None:
     async with OtherHost(body=prediction_api.sample) as outputs:
@@ -324,7 +325,7 @@ async def test_a_job_whose_output_is_on_a_listed_host_is_delivered(
 async def test_a_job_whose_output_is_on_an_unlisted_host_fails_with_a_clear_reason(
     http: aiohttp.ClientSession,
     prediction_api: FakePredictionAPI,
-    store: JobStore,
+    store: SQLiteStore,
     reporter: RecordingReporter,
 ) -> None:
     async with OtherHost(body=prediction_api.sample) as outputs:

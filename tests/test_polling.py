@@ -9,10 +9,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.jobs import Job
-from bot.predictions import PredictionClient
-from bot.scheduler import JobResult, Scheduler, SchedulerLimits
-from bot.store import JobStore
+from bot.backends.replicate import PredictionClient
+from bot.core.jobs import Job
+from bot.core.limits import SchedulerLimits
+from bot.core.reporter import JobResult
+from bot.core.scheduler import Scheduler
+from bot.storage.sqlite import SQLiteStore
 from tests.fakes.predictions import Behaviour, FakePredictionAPI, ManualClock, request_kind
 from tests.scheduling import RecordingReporter, submit
 
@@ -59,7 +61,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     clock = ManualClock()
     api = FakePredictionAPI(clock=clock)
     await api.start()
-    store = await JobStore.open(tmp_path / "jobs.sqlite3", clock=clock.time)
+    store = await SQLiteStore.open(tmp_path / "jobs.sqlite3", clock=clock.time)
     reporter = TimedReporter(clock=clock)
     async with aiohttp.ClientSession() as http:
         client = PredictionClient(

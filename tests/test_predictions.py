@@ -9,18 +9,18 @@ import socket
 import aiohttp
 import pytest
 
-from bot.jobs import GenerationRequest
-from bot.predictions import (
+from bot.backends.base import (
     CreateOutcomeUnknown,
     DownloadError,
     Prediction,
     PredictionAPIError,
-    PredictionClient,
     PredictionNotFound,
     RateLimited,
     SearchIncomplete,
     ServiceUnavailable,
 )
+from bot.backends.replicate import PredictionClient
+from bot.core.jobs import GenerationRequest
 from tests.fakes.predictions import Behaviour, FakePredictionAPI
 
 INPUT = GenerationRequest.create("a paper boat on a river", seed=1234, steps=10).to_api_input()

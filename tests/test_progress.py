@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.progress import Phase, parse_progress, render_bar
+from bot.core.progress import Phase, parse_progress, render_bar
 from tests.fakes.predictions import tqdm_line
 
 

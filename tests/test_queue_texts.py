@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bot.jobs import GenerationRequest, Job, JobStatus
-from bot.scheduler import JobStatusUpdate, QueueEntry, Stage
-from bot.texts import CONTENT_LIMIT, QUEUE_EMPTY_TEXT, QUEUE_LINES, queue_text, stage_line
+from bot.core.jobs import GenerationRequest, Job, JobStatus
+from bot.core.reporter import JobStatusUpdate, QueueEntry, Stage
+from bot.texts.member import CONTENT_LIMIT, QUEUE_EMPTY_TEXT, QUEUE_LINES, queue_text, stage_line
 
 ALICE, BOB = 111, 222
 

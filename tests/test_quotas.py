@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.guild_settings import GuildSettings, GuildSettingsService, InvalidSetting
-from bot.jobs import GenerationRequest
-from bot.predictions import PredictionClient
-from bot.quotas import DAY, Quotas
-from bot.scheduler import GuildLimits, QueueFull, Scheduler, SchedulerLimits
-from bot.store import JobStore
+from bot.backends.replicate import PredictionClient
+from bot.core.jobs import GenerationRequest
+from bot.core.limits import GuildLimits, QueueFull, SchedulerLimits
+from bot.core.scheduler import Scheduler
+from bot.owner.guild_settings import GuildSettings, GuildSettingsService, InvalidSetting
+from bot.owner.quotas import DAY, Quotas
+from bot.storage.sqlite import SQLiteStore
 from tests.fakes.predictions import Behaviour, FakePredictionAPI
 from tests.scheduling import RecordingReporter, short_sleep, submit
 
@@ -54,8 +55,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def world(tmp_path: Path, clock: Clock) -> AsyncIterator[tuple[JobStore, Quotas]]:
-    store = await JobStore.open(tmp_path / "bot.sqlite3", clock=clock)
+async def world(tmp_path: Path, clock: Clock) -> AsyncIterator[tuple[SQLiteStore, Quotas]]:
+    store = await SQLiteStore.open(tmp_path / "bot.sqlite3", clock=clock)
     settings = GuildSettingsService(store, DEFAULTS)
     await settings.load()
     try:
@@ -64,7 +65,9 @@ async def world(tmp_path: Path, clock: Clock) -> AsyncIterator[tuple[JobStore, Q
         await store.close()
 
 
-async def _spend(store: JobStore, seconds: float, *, guild: int = GUILD, user: int = MEMBER) -> int:
+async def _spend(
+    store: SQLiteStore, seconds: float, *, guild: int = GUILD, user: int = MEMBER
+) -> int:
     """Record a request that ran for `seconds` on the GPU."""
     job = await store.add_job(
         guild_id=guild,
@@ -84,7 +87,7 @@ def _settings(quotas: Quotas) -> GuildSettingsService:
 
 
 async def test_the_gpu_budget_closes_the_day_and_opens_the_next(
-    world: tuple[JobStore, Quotas], clock: Clock
+    world: tuple[SQLiteStore, Quotas], clock: Clock
 ) -> None:
     store, quotas = world
     await _settings(quotas).set(GUILD, "daily_gpu_seconds", "100", by=MEMBER)
@@ -101,7 +104,7 @@ async def test_the_gpu_budget_closes_the_day_and_opens_the_next(
     await quotas.admit(GUILD, MEMBER)
 
 
-async def test_rerun_gpu_time_counts_toward_the_budget(world: tuple[JobStore, Quotas]) -> None:
+async def test_rerun_gpu_time_counts_toward_the_budget(world: tuple[SQLiteStore, Quotas]) -> None:
     store, quotas = world
     await _settings(quotas).set(GUILD, "daily_gpu_seconds", "50", by=MEMBER)
     job = await store.add_job(
@@ -122,7 +125,7 @@ async def test_rerun_gpu_time_counts_toward_the_budget(world: tuple[JobStore, Qu
 
 
 async def test_daily_requests_per_member_and_what_remains(
-    world: tuple[JobStore, Quotas], clock: Clock
+    world: tuple[SQLiteStore, Quotas], clock: Clock
 ) -> None:
     store, quotas = world
     assert await quotas.remaining_today(GUILD, MEMBER) is None  # no limit: nothing to say
@@ -148,7 +151,7 @@ async def test_daily_requests_per_member_and_what_remains(
     await quotas.admit(GUILD, MEMBER)
 
 
-async def test_bans_are_per_server(world: tuple[JobStore, Quotas]) -> None:
+async def test_bans_are_per_server(world: tuple[SQLiteStore, Quotas]) -> None:
     store, quotas = world
     assert await store.ban(GUILD, MEMBER, banned_by=OTHER_MEMBER)
     assert not await store.ban(GUILD, MEMBER, banned_by=OTHER_MEMBER)
@@ -161,7 +164,7 @@ async def test_bans_are_per_server(world: tuple[JobStore, Quotas]) -> None:
 
 
 async def test_usage_per_utc_day_and_member_over_thirty_days(
-    world: tuple[JobStore, Quotas], clock: Clock
+    world: tuple[SQLiteStore, Quotas], clock: Clock
 ) -> None:
     store, quotas = world
     clock.now = START - 31 * DAY
@@ -186,7 +189,7 @@ async def test_usage_per_utc_day_and_member_over_thirty_days(
 
 async def test_settings_are_stored_and_read_back(tmp_path: Path) -> None:
     path = tmp_path / "bot.sqlite3"
-    store = await JobStore.open(path)
+    store = await SQLiteStore.open(path)
     service = GuildSettingsService(store, DEFAULTS)
     await service.set(GUILD, "steps", "9", by=MEMBER)
     await service.set(GUILD, "spoilers", "on", by=MEMBER)
@@ -196,7 +199,7 @@ async def test_settings_are_stored_and_read_back(tmp_path: Path) -> None:
         await service.block(GUILD, "gor*", by=MEMBER)
     await store.close()
 
-    store = await JobStore.open(path)
+    store = await SQLiteStore.open(path)
     try:
         service = GuildSettingsService(store, DEFAULTS)
         await service.load()
@@ -227,7 +230,7 @@ class Policy:
 
 
 async def test_the_scheduler_obeys_each_servers_limits_and_admission(
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from bot import redaction
 from bot.__main__ import configure_logging
-from bot.redaction import MASK, RedactingFilter, redact
+from bot.core import redaction
+from bot.core.redaction import MASK, RedactingFilter, redact
 
 DISCORD_SECRET = "MTAwMA.discord-secret.token"
 API_SECRET = "r8_api-secret-token-value"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from bot.relay import StatusRelay
+from bot.core.relay import StatusRelay
 
 
 @dataclass

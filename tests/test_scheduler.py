@@ -8,18 +8,13 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from bot.jobs import Job, JobStatus
-from bot.predictions import PredictionClient
-from bot.scheduler import (
-    CancelOutcome,
-    JobStatusUpdate,
-    QueueFull,
-    Scheduler,
-    SchedulerLimits,
-    Stage,
-)
-from bot.store import JobStore
-from bot.texts import canceled_text
+from bot.backends.replicate import PredictionClient
+from bot.core.jobs import Job, JobStatus
+from bot.core.limits import QueueFull, SchedulerLimits
+from bot.core.reporter import CancelOutcome, JobStatusUpdate, Stage
+from bot.core.scheduler import Scheduler
+from bot.storage.sqlite import SQLiteStore
+from bot.texts.member import canceled_text
 from tests.fakes.predictions import Behaviour, FakePredictionAPI
 from tests.scheduling import (
     RecordingReporter,
@@ -33,7 +28,7 @@ from tests.scheduling import (
 
 @pytest.fixture
 async def scheduler(
-    store: JobStore, client: PredictionClient, reporter: RecordingReporter
+    store: SQLiteStore, client: PredictionClient, reporter: RecordingReporter
 ) -> AsyncIterator[Scheduler]:
     scheduler = make_scheduler(store, client)
     scheduler.attach(reporter)
@@ -44,7 +39,7 @@ async def scheduler(
 
 async def test_happy_path_delivers_once_and_records_done(
     scheduler: Scheduler,
-    store: JobStore,
+    store: SQLiteStore,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
@@ -69,7 +64,7 @@ async def test_happy_path_delivers_once_and_records_done(
 
 async def test_a_job_waits_for_its_message_before_it_starts(
     scheduler: Scheduler,
-    store: JobStore,
+    store: SQLiteStore,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
@@ -84,7 +79,7 @@ async def test_a_job_waits_for_its_message_before_it_starts(
 
 
 async def test_a_job_whose_message_failed_posts_its_own_and_runs(
-    scheduler: Scheduler, store: JobStore, reporter: RecordingReporter
+    scheduler: Scheduler, store: SQLiteStore, reporter: RecordingReporter
 ) -> None:
     job, _ = await scheduler.submit(guild_id=1, channel_id=100, requester_id=10, request=request())
     await scheduler.attach_message(job.id, None)  # showing it failed
@@ -96,7 +91,7 @@ async def test_a_job_whose_message_failed_posts_its_own_and_runs(
 
 
 async def test_canceled_before_its_message_was_recorded_is_shown_on_it(
-    scheduler: Scheduler, store: JobStore, reporter: RecordingReporter
+    scheduler: Scheduler, store: SQLiteStore, reporter: RecordingReporter
 ) -> None:
     job, _ = await scheduler.submit(guild_id=1, channel_id=100, requester_id=10, request=request())
     assert await scheduler.cancel(job.id) is CancelOutcome.CANCELED
@@ -107,7 +102,7 @@ async def test_canceled_before_its_message_was_recorded_is_shown_on_it(
 
 
 async def test_guilds_take_turns(
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -127,7 +122,7 @@ async def test_guilds_take_turns(
 
 
 async def test_limits_per_guild_and_in_total(
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -152,7 +147,7 @@ async def test_limits_per_guild_and_in_total(
 
 async def test_identical_requests_never_claim_each_others_prediction(
     scheduler: Scheduler,
-    store: JobStore,
+    store: SQLiteStore,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
@@ -189,7 +184,7 @@ async def test_member_cap_refuses_with_a_sentence(
 
 async def test_cancel_while_queued_never_creates(
     scheduler: Scheduler,
-    store: JobStore,
+    store: SQLiteStore,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
@@ -213,7 +208,7 @@ async def test_cancel_while_queued_never_creates(
 
 async def test_cancel_while_the_create_is_held_open_cancels_upstream(
     scheduler: Scheduler,
-    store: JobStore,
+    store: SQLiteStore,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
@@ -231,7 +226,7 @@ async def test_cancel_while_the_create_is_held_open_cancels_upstream(
 
 
 async def test_cancel_while_polling_cancels_upstream(
-    store: JobStore,
+    store: SQLiteStore,
     http: aiohttp.ClientSession,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -252,7 +247,7 @@ async def test_cancel_while_polling_cancels_upstream(
 
 
 async def test_pressing_cancel_again_does_not_hurry_the_polls(
-    store: JobStore,
+    store: SQLiteStore,
     http: aiohttp.ClientSession,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -291,7 +286,7 @@ async def test_pressing_cancel_again_does_not_hurry_the_polls(
 
 async def test_cancel_pressed_as_it_succeeds_is_still_honoured(
     scheduler: Scheduler,
-    store: JobStore,
+    store: SQLiteStore,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
@@ -326,7 +321,7 @@ async def test_a_long_retry_after_is_waited_out_by_the_scheduler(
 
 
 async def test_a_result_posted_just_before_a_crash_is_not_posted_again(
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -346,7 +341,7 @@ async def test_a_result_posted_just_before_a_crash_is_not_posted_again(
 
 async def test_failure_is_reported_and_the_queue_moves_on(
     scheduler: Scheduler,
-    store: JobStore,
+    store: SQLiteStore,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
 ) -> None:
@@ -408,7 +403,7 @@ async def test_unknown_create_outcome_finds_the_prediction_instead_of_paying_twi
 
 
 async def test_progress_is_reported_from_the_logs_once_polling(
-    store: JobStore,
+    store: SQLiteStore,
     http: aiohttp.ClientSession,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -432,7 +427,7 @@ async def test_progress_is_reported_from_the_logs_once_polling(
 
 
 async def test_resume_after_restart_delivers_each_job_once(
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -479,7 +474,7 @@ async def test_resume_after_restart_delivers_each_job_once(
 
 
 async def test_stop_leaves_running_jobs_recorded_for_the_next_start(
-    store: JobStore,
+    store: SQLiteStore,
     http: aiohttp.ClientSession,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -510,7 +505,7 @@ async def test_stop_leaves_running_jobs_recorded_for_the_next_start(
     assert [j.id for j, _ in reporter.delivered] == [job.id, queued.id]
 
 
-async def store_wait(store: JobStore, job_id: int, status: JobStatus) -> Job:
+async def store_wait(store: SQLiteStore, job_id: int, status: JobStatus) -> Job:
     """Wait (briefly yielding) until the stored job reaches a status."""
     async with asyncio.timeout(10):
         while True:
@@ -521,7 +516,7 @@ async def store_wait(store: JobStore, job_id: int, status: JobStatus) -> Job:
 
 
 async def test_cancel_queued_for_a_member_spares_their_running_job_and_everyone_else(
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,

@@ -7,11 +7,11 @@ import time
 
 import aiohttp
 
-from bot.eta import Timing
-from bot.jobs import DEFAULT_CHECKPOINT
-from bot.predictions import PredictionClient
-from bot.scheduler import CancelOutcome, JobStatusUpdate, Stage
-from bot.store import JobStore
+from bot.backends.replicate import PredictionClient
+from bot.core.eta import Timing
+from bot.core.jobs import DEFAULT_CHECKPOINT
+from bot.core.reporter import CancelOutcome, JobStatusUpdate, Stage
+from bot.storage.sqlite import SQLiteStore
 from tests.fakes.predictions import Behaviour, FakePredictionAPI
 from tests.scheduling import RecordingReporter, short_wait_client, started_scheduler, submit
 
@@ -21,7 +21,7 @@ def _updates(reporter: RecordingReporter, job_id: int) -> list[JobStatusUpdate]:
 
 
 async def test_an_estimate_appears_once_there_is_history_and_not_before(
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -67,7 +67,7 @@ async def test_an_estimate_appears_once_there_is_history_and_not_before(
 
 
 async def test_history_is_loaded_at_start_and_the_queue_behind_adds_up(
-    store: JobStore,
+    store: SQLiteStore,
     http: aiohttp.ClientSession,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -113,7 +113,7 @@ async def test_history_is_loaded_at_start_and_the_queue_behind_adds_up(
 
 
 async def test_waiting_jobs_are_told_their_new_place_when_one_ahead_is_canceled_or_finishes(
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,

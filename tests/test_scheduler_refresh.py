@@ -9,12 +9,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot import scheduler as scheduler_module
-from bot.eta import Timing
-from bot.jobs import DEFAULT_CHECKPOINT, Job, JobStatus
-from bot.predictions import Prediction, PredictionClient
-from bot.scheduler import JobStatusUpdate, Scheduler, Stage
-from bot.store import JobStore
+from bot.backends.base import Prediction
+from bot.backends.replicate import PredictionClient
+from bot.core import status as status_module
+from bot.core.eta import Timing
+from bot.core.jobs import DEFAULT_CHECKPOINT, Job, JobStatus
+from bot.core.reporter import JobStatusUpdate, Stage
+from bot.core.scheduler import Scheduler
+from bot.storage.sqlite import SQLiteStore
 from tests.fakes.predictions import Behaviour, FakePredictionAPI
 from tests.scheduling import RecordingReporter, make_scheduler, request
 
@@ -22,7 +24,9 @@ GUILDS = 20
 PER_GUILD = 3
 
 
-async def backlog(store: JobStore, guilds: int = GUILDS, per_guild: int = PER_GUILD) -> list[Job]:
+async def backlog(
+    store: SQLiteStore, guilds: int = GUILDS, per_guild: int = PER_GUILD
+) -> list[Job]:
     """Record queued jobs with their status messages, as a restart finds them."""
     jobs = []
     for n in range(guilds * per_guild):
@@ -39,7 +43,7 @@ async def backlog(store: JobStore, guilds: int = GUILDS, per_guild: int = PER_GU
 async def refreshed(scheduler: Scheduler) -> None:
     """Let the refresher finish its pass (counted in loop turns, not time)."""
     for _ in range(10_000):
-        if scheduler._refresher is None:
+        if scheduler.status.refresher is None:
             return
         await asyncio.sleep(0)
     raise AssertionError("the refresher never finished")
@@ -65,7 +69,7 @@ async def ticking() -> AsyncIterator[list[int]]:
 
 
 async def test_a_restart_edits_no_queued_message_that_still_says_the_same(
-    store: JobStore, client: PredictionClient, reporter: RecordingReporter
+    store: SQLiteStore, client: PredictionClient, reporter: RecordingReporter
 ) -> None:
     jobs = await backlog(store)
     scheduler = make_scheduler(store, client, running_total=0)  # nothing starts
@@ -88,19 +92,19 @@ async def test_a_restart_edits_no_queued_message_that_still_says_the_same(
 
 
 async def test_a_measured_run_reaches_every_guild_a_chunk_at_a_time(
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(scheduler_module, "REFRESH_CHUNK", 4)
+    monkeypatch.setattr(status_module, "REFRESH_CHUNK", 4)
     jobs = await backlog(store)
     scheduler = make_scheduler(store, client, running_total=0)
     scheduler.attach(reporter)
     await scheduler.start()
     try:
         await refreshed(scheduler)
-        shown = scheduler._publish_positions
+        shown = scheduler.status.publish_positions
         turns: list[int] = []
         async with ticking() as ticks:
 
@@ -108,10 +112,10 @@ async def test_a_measured_run_reaches_every_guild_a_chunk_at_a_time(
                 turns.append(ticks[0])
                 shown(guild_id, show=show)
 
-            monkeypatch.setattr(scheduler, "_publish_positions", publish)
-            # What `_learn` does with a run that moved the estimates.
-            assert scheduler._history.add(Timing(DEFAULT_CHECKPOINT, 10, 5, 60))
-            scheduler._mark_stale()
+            monkeypatch.setattr(scheduler.status, "publish_positions", publish)
+            # What the runner's `learn` does with a run that moved the estimates.
+            assert scheduler.status.history.add(Timing(DEFAULT_CHECKPOINT, 10, 5, 60))
+            scheduler.status.mark_stale()
             assert turns == []  # nothing re-estimated in the caller's turn
             await refreshed(scheduler)
         assert len(turns) == GUILDS
@@ -125,7 +129,7 @@ async def test_a_measured_run_reaches_every_guild_a_chunk_at_a_time(
 
 
 async def test_repeated_changes_before_a_pass_coalesce_into_one_per_guild(
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     monkeypatch: pytest.MonkeyPatch,
@@ -136,17 +140,17 @@ async def test_repeated_changes_before_a_pass_coalesce_into_one_per_guild(
     await scheduler.start()
     try:
         await refreshed(scheduler)
-        shown = scheduler._publish_positions
+        shown = scheduler.status.publish_positions
         guilds: list[int] = []
 
         def publish(guild_id: int, *, show: bool = True) -> None:
             guilds.append(guild_id)
             shown(guild_id, show=show)
 
-        monkeypatch.setattr(scheduler, "_publish_positions", publish)
+        monkeypatch.setattr(scheduler.status, "publish_positions", publish)
         for run in (60, 70, 80):
-            scheduler._history.add(Timing(DEFAULT_CHECKPOINT, 10, 5, run))
-            scheduler._mark_stale()
+            scheduler.status.history.add(Timing(DEFAULT_CHECKPOINT, 10, 5, run))
+            scheduler.status.mark_stale()
         await refreshed(scheduler)
         assert sorted(guilds) == list(range(1, GUILDS + 1))
     finally:
@@ -154,7 +158,7 @@ async def test_repeated_changes_before_a_pass_coalesce_into_one_per_guild(
 
 
 async def test_an_outage_banner_reaches_every_queued_job(
-    store: JobStore, client: PredictionClient, reporter: RecordingReporter
+    store: SQLiteStore, client: PredictionClient, reporter: RecordingReporter
 ) -> None:
     jobs = await backlog(store)
     scheduler = make_scheduler(store, client, running_total=0)
@@ -162,7 +166,7 @@ async def test_an_outage_banner_reaches_every_queued_job(
     await scheduler.start()
     try:
         await refreshed(scheduler)
-        scheduler._enter_outage()
+        scheduler.outage.enter()
         await refreshed(scheduler)
         await reporter.wait_for(lambda: len(reporter.statuses) == len(jobs))
         assert all(update.stage is Stage.UNAVAILABLE for _, update in reporter.statuses)
@@ -171,7 +175,7 @@ async def test_an_outage_banner_reaches_every_queued_job(
 
 
 async def test_a_file_that_fits_is_posted_while_another_is_being_converted(
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -182,7 +186,7 @@ async def test_a_file_that_fits_is_posted_while_another_is_being_converted(
     await scheduler.start()
     try:
         # A long conversion holds the converter for the whole test.
-        async with scheduler._converting:
+        async with scheduler.delivery.converting:
             job, _ = await scheduler.submit(
                 guild_id=1, channel_id=100, requester_id=10, request=request()
             )
@@ -215,19 +219,19 @@ def _created(at: float) -> Prediction:
 
 
 async def test_the_api_clock_offset_is_the_least_delayed_reading(
-    store: JobStore, client: PredictionClient
+    store: SQLiteStore, client: PredictionClient
 ) -> None:
     scheduler = make_scheduler(store, client)
     # The API's clock runs 2 s ahead; one create reached it 1.5 s after its submit was
     # recorded (a busy database), another at once.
-    late = scheduler._api_clock_offset(_submitted(1, 1000.0), _created(1003.5))
+    late = scheduler.planner.clock_offset(_submitted(1, 1000.0), _created(1003.5))
     assert late == pytest.approx(3.5)  # alone, it is all there is to go on
-    prompt = scheduler._api_clock_offset(_submitted(2, 1000.0), _created(1002.0))
+    prompt = scheduler.planner.clock_offset(_submitted(2, 1000.0), _created(1002.0))
     assert prompt == pytest.approx(2.0)
-    assert scheduler._api_clock_offset(_submitted(1, 1000.0), _created(1003.5)) == pytest.approx(
+    assert scheduler.planner.clock_offset(_submitted(1, 1000.0), _created(1003.5)) == pytest.approx(
         2.0
     )
-    scheduler._forget(2)  # the prompt one finished
-    assert scheduler._api_clock_offset(_submitted(1, 1000.0), _created(1003.5)) == pytest.approx(
+    scheduler.planner.forget(2)  # the prompt one finished
+    assert scheduler.planner.clock_offset(_submitted(1, 1000.0), _created(1003.5)) == pytest.approx(
         3.5
     )

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.output_hosts import DEFAULT_OUTPUT_PREFIXES, OutputPrefix
-from bot.settings import DEFAULT_MODEL_VERSION, Settings, SettingsError, load_settings
+from bot.app.settings import DEFAULT_MODEL_VERSION, Settings, SettingsError, load_settings
+from bot.backends.output_hosts import DEFAULT_OUTPUT_PREFIXES, OutputPrefix
 
 ROOT = Path(__file__).resolve().parent.parent
 

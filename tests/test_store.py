@@ -9,24 +9,26 @@ from pathlib import Path
 
 import pytest
 
-from bot import redaction
-from bot.jobs import GenerationRequest, JobStatus
-from bot.redaction import MASK
-from bot.store import MIGRATIONS, InvalidTransition, JobStore, SchemaTooNew
+from bot.core import redaction
+from bot.core.jobs import GenerationRequest, JobStatus
+from bot.core.redaction import MASK
+from bot.storage.base import InvalidTransition, SchemaTooNew
+from bot.storage.sqlite import SQLiteStore
+from bot.storage.sqlite_migrations import MIGRATIONS
 
 
 def _request(seed: int = 42) -> GenerationRequest:
     return GenerationRequest.create("a fox in the snow", seed=seed)
 
 
-async def _add(store: JobStore, *, guild: int = 1, user: int = 10) -> int:
+async def _add(store: SQLiteStore, *, guild: int = 1, user: int = 10) -> int:
     job = await store.add_job(guild_id=guild, channel_id=100, requester_id=user, request=_request())
     return job.id
 
 
 async def test_open_creates_folder_file_and_migrates(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "dir" / "bot.sqlite3"
-    store = await JobStore.open(path)
+    store = await SQLiteStore.open(path)
     try:
         assert path.exists()
         assert await store.schema_version() == len(MIGRATIONS)
@@ -40,10 +42,10 @@ async def test_open_creates_folder_file_and_migrates(tmp_path: Path) -> None:
 
 async def test_reopening_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
     path = tmp_path / "bot.sqlite3"
-    store = await JobStore.open(path)
+    store = await SQLiteStore.open(path)
     job_id = await _add(store)
     await store.close()
-    store = await JobStore.open(path)
+    store = await SQLiteStore.open(path)
     try:
         job = await store.get(job_id)
         assert job is not None and job.request == _request()
@@ -57,12 +59,12 @@ async def test_refuses_a_database_from_a_newer_bot(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     with pytest.raises(SchemaTooNew, match="newer than this bot"):
-        await JobStore.open(path)
+        await SQLiteStore.open(path)
 
 
 async def test_probe_write_leaves_nothing_behind(tmp_path: Path) -> None:
     path = tmp_path / "bot.sqlite3"
-    store = await JobStore.open(path)
+    store = await SQLiteStore.open(path)
     try:
         await store.probe_write()
         await store.probe_write()  # the first one's transaction is over
@@ -74,7 +76,7 @@ async def test_probe_write_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 async def test_probe_write_fails_on_a_database_that_refuses_writes(tmp_path: Path) -> None:
-    store = await JobStore.open(tmp_path / "bot.sqlite3")
+    store = await SQLiteStore.open(tmp_path / "bot.sqlite3")
     try:
         # query_only makes SQLite refuse writes as a read-only file would, even for root.
         await store._db.execute("PRAGMA query_only = ON")
@@ -86,7 +88,7 @@ async def test_probe_write_fails_on_a_database_that_refuses_writes(tmp_path: Pat
         await store.close()
 
 
-async def test_happy_path_transitions_record_each_step(store: JobStore) -> None:
+async def test_happy_path_transitions_record_each_step(store: SQLiteStore) -> None:
     job_id = await _add(store)
     job = await store.set_request_message(job_id, 555)
     assert job.status is JobStatus.QUEUED and job.request_message_id == 555
@@ -103,7 +105,7 @@ async def test_happy_path_transitions_record_each_step(store: JobStore) -> None:
     assert await store.unfinished() == []
 
 
-async def test_transitions_refuse_out_of_order_steps(store: JobStore) -> None:
+async def test_transitions_refuse_out_of_order_steps(store: SQLiteStore) -> None:
     job_id = await _add(store)
     with pytest.raises(InvalidTransition):
         await store.mark_running(job_id, "p")
@@ -121,7 +123,7 @@ async def test_transitions_refuse_out_of_order_steps(store: JobStore) -> None:
     assert job is not None and job.status is JobStatus.CANCELED and job.error == "by request"
 
 
-async def test_failed_from_every_unfinished_state(store: JobStore) -> None:
+async def test_failed_from_every_unfinished_state(store: SQLiteStore) -> None:
     states = []
     for steps in range(4):
         job_id = await _add(store)
@@ -136,7 +138,7 @@ async def test_failed_from_every_unfinished_state(store: JobStore) -> None:
     assert states == [JobStatus.FAILED] * 4
 
 
-async def test_unfinished_lists_pending_jobs_oldest_first(store: JobStore) -> None:
+async def test_unfinished_lists_pending_jobs_oldest_first(store: SQLiteStore) -> None:
     first = await _add(store, guild=1)
     second = await _add(store, guild=2)
     done = await _add(store, guild=1)
@@ -147,7 +149,7 @@ async def test_unfinished_lists_pending_jobs_oldest_first(store: JobStore) -> No
     assert [job.status for job in unfinished] == [JobStatus.QUEUED, JobStatus.SUBMITTED]
 
 
-async def test_a_prediction_belongs_to_one_job(store: JobStore) -> None:
+async def test_a_prediction_belongs_to_one_job(store: SQLiteStore) -> None:
     first, second = await _add(store), await _add(store)
     for job_id in (first, second):
         await store.mark_submitted(job_id)
@@ -156,7 +158,7 @@ async def test_a_prediction_belongs_to_one_job(store: JobStore) -> None:
         await store.mark_running(second, "same")
 
 
-async def test_inputs_are_stored_in_full(store: JobStore) -> None:
+async def test_inputs_are_stored_in_full(store: SQLiteStore) -> None:
     request = GenerationRequest.create(
         "@everyone 🎉 «quotes» `code`",
         negative_prompt="blurry",
@@ -171,7 +173,7 @@ async def test_inputs_are_stored_in_full(store: JobStore) -> None:
     assert again is not None and again.request == request and again.seed == 2_147_483_647
 
 
-async def test_deleted_flag(store: JobStore) -> None:
+async def test_deleted_flag(store: SQLiteStore) -> None:
     job_id = await _add(store)
     job = await store.mark_deleted(job_id)
     assert job.deleted
@@ -179,7 +181,7 @@ async def test_deleted_flag(store: JobStore) -> None:
 
 async def test_a_rerun_goes_back_to_submitted_and_counts(tmp_path: Path) -> None:
     now = [1000.0]
-    store = await JobStore.open(tmp_path / "bot.sqlite3", clock=lambda: now[0])
+    store = await SQLiteStore.open(tmp_path / "bot.sqlite3", clock=lambda: now[0])
     try:
         job_id = await _add(store)
         await store.mark_submitted(job_id)
@@ -200,7 +202,7 @@ async def test_a_rerun_goes_back_to_submitted_and_counts(tmp_path: Path) -> None
         await store.close()
 
 
-async def test_format_and_upload_limit_are_kept_with_the_job(store: JobStore) -> None:
+async def test_format_and_upload_limit_are_kept_with_the_job(store: SQLiteStore) -> None:
     request = GenerationRequest.create("a gif", seed=3, output_format="gif")
     job = await store.add_job(
         guild_id=1, channel_id=2, requester_id=3, request=request, upload_limit=25 * 2**20
@@ -223,7 +225,7 @@ def _raw_row(path: Path, job_id: int) -> sqlite3.Row:
     return row
 
 
-async def _add_with_token(store: JobStore) -> int:
+async def _add_with_token(store: SQLiteStore) -> int:
     job = await store.add_job(
         guild_id=1, channel_id=100, requester_id=10, request=_request(), interaction_token=TOKEN
     )
@@ -235,7 +237,7 @@ async def test_the_interaction_token_is_kept_until_the_message_id_is_stored(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "bot.sqlite3"
-    store = await JobStore.open(path)
+    store = await SQLiteStore.open(path)
     try:
         job_id = await _add_with_token(store)
         stored = await store.get(job_id)
@@ -256,7 +258,7 @@ async def test_the_interaction_token_is_cleared_when_the_job_ends(
     tmp_path: Path, ending: str
 ) -> None:
     path = tmp_path / "bot.sqlite3"
-    store = await JobStore.open(path)
+    store = await SQLiteStore.open(path)
     try:
         # No message id was ever stored (a crash, failed edits): the token was still kept.
         job_id = await _add_with_token(store)
@@ -285,7 +287,7 @@ async def test_a_database_from_before_the_token_gains_the_column(tmp_path: Path)
             "created_at, updated_at) VALUES (1, 2, 3, ?, 42, 'queued', 0, 0)",
             (_request().to_json(),),
         )
-    store = await JobStore.open(path)
+    store = await SQLiteStore.open(path)
     try:
         assert await store.schema_version() == len(MIGRATIONS) >= 6
         (job,) = await store.unfinished()
@@ -298,7 +300,7 @@ async def test_failure_and_cancel_reasons_are_stored_masked(tmp_path: Path) -> N
     secret = "r8_registered-secret-value"
     redaction.register_secret(secret)
     path = tmp_path / "bot.sqlite3"
-    store = await JobStore.open(path)
+    store = await SQLiteStore.open(path)
     try:
         failed = await _add(store)
         await store.mark_failed(
@@ -324,7 +326,7 @@ async def test_failure_and_cancel_reasons_are_stored_masked(tmp_path: Path) -> N
 
 async def test_statements_and_their_parameters_stay_out_of_debug_logs(tmp_path: Path) -> None:
     # aiosqlite logs each statement with its parameters (prompts, interaction tokens).
-    store = await JobStore.open(tmp_path / "bot.sqlite3")
+    store = await SQLiteStore.open(tmp_path / "bot.sqlite3")
     try:
         assert not logging.getLogger("aiosqlite").isEnabledFor(logging.DEBUG)
     finally:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from bot.predictions import PredictionClient
-from bot.scheduler import JobStatusUpdate, Stage
-from bot.store import JobStore
+from bot.backends.replicate import PredictionClient
+from bot.core.reporter import JobStatusUpdate, Stage
+from bot.storage.sqlite import SQLiteStore
 from tests.fakes.predictions import Behaviour, FakePredictionAPI
 from tests.scheduling import (
     RecordingReporter,
@@ -103,7 +103,7 @@ def inject(api: FakePredictionAPI, fault: Fault) -> None:
 @pytest.mark.parametrize("name", SURVIVABLE)
 async def test_transient_faults_end_in_one_delivered_result(
     name: str,
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -144,7 +144,7 @@ FATAL = {
 @pytest.mark.parametrize("name", FATAL)
 async def test_a_prediction_that_ends_badly_is_explained_and_the_queue_moves(
     name: str,
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -169,7 +169,7 @@ async def test_a_prediction_that_ends_badly_is_explained_and_the_queue_moves(
 @pytest.mark.parametrize("status", [404, 403])
 async def test_an_output_url_that_is_refused_is_explained(
     status: int,
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -184,7 +184,7 @@ async def test_an_output_url_that_is_refused_is_explained(
 
 
 async def test_a_prediction_stuck_starting_is_canceled_and_explained(
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -210,7 +210,7 @@ async def test_a_prediction_stuck_starting_is_canceled_and_explained(
 
 
 async def test_during_an_outage_queued_requests_wait_with_a_note(
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,
@@ -239,7 +239,7 @@ async def test_during_an_outage_queued_requests_wait_with_a_note(
 
 
 async def test_a_resumed_delivery_waits_out_an_outage(
-    store: JobStore,
+    store: SQLiteStore,
     client: PredictionClient,
     reporter: RecordingReporter,
     prediction_api: FakePredictionAPI,

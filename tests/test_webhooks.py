@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-from bot.jobs import JobStatus
-from bot.predictions import Prediction, PredictionClient
-from bot.scheduler import Scheduler, SchedulerLimits, Stage
-from bot.store import JobStore
-from bot.webhooks import ReplayGuard, SigningKey, WebhookReceiver, WebhookVerifier
+from bot.backends.base import Prediction
+from bot.backends.replicate import PredictionClient
+from bot.backends.webhooks import ReplayGuard, SigningKey, WebhookReceiver, WebhookVerifier
+from bot.core.jobs import JobStatus
+from bot.core.limits import SchedulerLimits
+from bot.core.reporter import Stage
+from bot.core.scheduler import Scheduler
+from bot.storage.sqlite import SQLiteStore
 from tests.fakes.predictions import Behaviour, FakePredictionAPI
 from tests.scheduling import RecordingReporter, submit
 
@@ -264,7 +267,7 @@ class PushedWorld:
 async def pushed(
     http: aiohttp.ClientSession,
     prediction_api: FakePredictionAPI,
-    store: JobStore,
+    store: SQLiteStore,
     reporter: RecordingReporter,
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[PushedWorld]:
@@ -304,7 +307,7 @@ async def pushed(
 
 
 async def test_a_job_on_webhooks_costs_one_create_and_one_download(
-    pushed: PushedWorld, reporter: RecordingReporter, store: JobStore
+    pushed: PushedWorld, reporter: RecordingReporter, store: SQLiteStore
 ) -> None:
     api = pushed.api
     api.behaviour_for = lambda _input: Behaviour(queue_time=0.05, step_time=0.06, frame_time=0.002)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.check import CHECK_NAMES
-from bot.store import MIGRATIONS
+from bot.app.check import CHECK_NAMES
+from bot.storage.sqlite_migrations import MIGRATIONS
 from tests.e2e.harness import bot_environment
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.predictions import FakePredictionAPI

@@ -1,7 +1,7 @@
 """Guarantee 1: killed at any boundary, the bot delivers every accepted request exactly once.
 
 Each test runs the real bot with ANIMATE_CRASH_AT naming a point of the job's life (see
-bot/crashpoints.py and docs/job-states.md); the process SIGKILLs itself there, and the test
+bot/core/crashpoints.py and docs/job-states.md); the process SIGKILLs itself there, and the test
 starts it again on the same database.
 """
 
@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from bot.crashpoints import CRASH_ENV, POINTS
+from bot.core.crashpoints import CRASH_ENV, POINTS
 from tests.e2e.conftest import ALICE, CHANNEL_A, World
 from tests.fakes.discord import FakeMessage
 

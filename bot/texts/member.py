@@ -6,7 +6,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from bot.jobs import (
+from bot.core.jobs import (
     CHECKPOINTS,
     DEFAULT_OUTPUT_FORMAT,
     INVISIBLE,
@@ -15,10 +15,10 @@ from bot.jobs import (
     GenerationRequest,
     Job,
 )
+from bot.core.progress import render_bar
+from bot.core.redaction import redact
+from bot.core.reporter import JobResult, JobStatusUpdate, QueueEntry, Stage
 from bot.media import DEFAULT_UPLOAD_LIMIT
-from bot.progress import render_bar
-from bot.redaction import redact
-from bot.scheduler import JobResult, JobStatusUpdate, QueueEntry, Stage
 
 # Discord's message and embed limits.
 CONTENT_LIMIT = 2000

@@ -60,6 +60,10 @@ class TimingHistory:
         self._by_steps: dict[int, deque[Timing]] = defaultdict(lambda: deque(maxlen=keep))
         # Every queued job asks on every queue change; the medians change only on `add`.
         self._estimates: dict[tuple[str, int], Estimate | None] = {}
+        self.load(timings)
+
+    def load(self, timings: Iterable[Timing]) -> None:
+        """Take stored observations, oldest first (at start)."""
         for timing in timings:
             self.add(timing)
 

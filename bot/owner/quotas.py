@@ -6,9 +6,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot.guild_settings import GuildSettingsService
-from bot.scheduler import GuildLimits, QueueFull
-from bot.store import JobStore
+from bot.core.limits import GuildLimits, QueueFull
+from bot.owner.guild_settings import GuildSettingsService
+from bot.storage.base import Store
 
 DAY = 86_400.0
 USAGE_DAYS = 30
@@ -66,7 +66,7 @@ class Quotas:
 
     def __init__(
         self,
-        store: JobStore,
+        store: Store,
         settings: GuildSettingsService,
         *,
         price_per_second: float,

@@ -15,13 +15,14 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from bot.guild_settings import GuildSettings, GuildSettingsService
-from bot.predictions import PredictionClient
-from bot.quotas import Quotas
-from bot.scheduler import Scheduler, SchedulerLimits
-from bot.settings import Settings
-from bot.store import JobStore
-from bot.webhooks import WebhookReceiver, WebhookVerifier
+from bot.app.settings import Settings
+from bot.backends.replicate import PredictionClient
+from bot.backends.webhooks import WebhookReceiver, WebhookVerifier
+from bot.core.limits import SchedulerLimits
+from bot.core.scheduler import Scheduler
+from bot.owner.guild_settings import GuildSettings, GuildSettingsService
+from bot.owner.quotas import Quotas
+from bot.storage.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,7 @@ class AnimateTree(app_commands.CommandTree["AnimateBot"]):
 class AnimateBot(commands.Bot):
     """The AnimateDiff bot."""
 
-    def __init__(
-        self, settings: Settings, *, session: aiohttp.ClientSession, store: JobStore
-    ) -> None:
+    def __init__(self, settings: Settings, *, session: aiohttp.ClientSession, store: Store) -> None:
         # The bot never joins voice: spare operators two warnings about voice libraries.
         discord.VoiceClient.warn_nacl = False
         if hasattr(discord.VoiceClient, "warn_dave"):

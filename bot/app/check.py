@@ -13,10 +13,11 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from bot import redaction
-from bot.settings import Settings, SettingsError, load_settings
-from bot.store import JobStore, SchemaTooNew
-from bot.webhooks import SigningKey
+from bot.app.settings import Settings, SettingsError, load_settings
+from bot.backends.webhooks import SigningKey
+from bot.core import redaction
+from bot.storage.base import SchemaTooNew
+from bot.storage.sqlite import SQLiteStore
 
 # Short: an operator waits at a prompt, and a healthy service answers in well under a second.
 REQUEST_TIMEOUT_SECONDS = 10.0
@@ -81,7 +82,7 @@ async def check_database(path: Path) -> Result:
     """Open (creating) and migrate the database, then prove it takes a write."""
     existed = await asyncio.to_thread(path.exists)
     try:
-        store = await JobStore.open(path)
+        store = await SQLiteStore.open(path)
     except SchemaTooNew as exc:
         return Result("database", Outcome.FAIL, f"{path}: {exc}")
     except (OSError, sqlite3.Error) as exc:

@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from bot.jobs import (
+from bot.app.settings import Settings
+from bot.core.jobs import (
     CHECKPOINTS,
     INVISIBLE,
     MAX_GUIDANCE,
@@ -23,8 +24,7 @@ from bot.jobs import (
     GenerationRequest,
     InvalidRequest,
 )
-from bot.settings import Settings
-from bot.store import JobStore
+from bot.storage.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ _FIELD_NAMES = {f.name for f in fields(GuildSettings)}
 class GuildSettingsService:
     """Every server's effective settings, kept in memory and written through to the store."""
 
-    def __init__(self, store: JobStore, defaults: GuildSettings) -> None:
+    def __init__(self, store: Store, defaults: GuildSettings) -> None:
         self._store = store
         self._defaults = defaults
         self._changed: dict[int, dict[str, Any]] = {}  # per server: only what the owner set

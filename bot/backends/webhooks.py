@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import yarl
 from aiohttp import web
 
-from bot.predictions import Prediction, PredictionAPIError
+from bot.backends.base import Prediction, PredictionAPIError
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import UTC, datetime
 
-from bot.guild_settings import LIST_SETTINGS, SETTINGS, GuildSettings
-from bot.jobs import Job, JobStatus
-from bot.quotas import UsageReport
-from bot.texts import CONTENT_LIMIT, DESCRIPTION_LIMIT, quote, shorten
+from bot.core.jobs import Job, JobStatus
+from bot.owner.guild_settings import LIST_SETTINGS, SETTINGS, GuildSettings
+from bot.owner.quotas import UsageReport
+from bot.texts.member import CONTENT_LIMIT, DESCRIPTION_LIMIT, quote, shorten
 
 CHANGED_MARK = " ✱"
 MEMBERS_SHOWN = 15

@@ -20,6 +20,8 @@ import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from bot.backends.base import DownloadError
+
 log = logging.getLogger(__name__)
 
 SETTING = "OUTPUT_URL_PREFIXES"
@@ -40,10 +42,6 @@ PRIVATE_SUFFIXES = (
 )
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-
-
-class DownloadError(Exception):
-    """An output file could not be fetched."""
 
 
 class LocalAddressRefused(OSError):

@@ -9,7 +9,8 @@ import yarl
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bot.jobs import (
+from bot.backends.output_hosts import DEFAULT_OUTPUT_PREFIXES, OutputPrefix, parse_output_prefixes
+from bot.core.jobs import (
     CHECKPOINTS,
     DEFAULT_CHECKPOINT,
     DEFAULT_GUIDANCE,
@@ -21,7 +22,6 @@ from bot.jobs import (
     MIN_STEPS,
     MOTION_MODULES,
 )
-from bot.output_hosts import DEFAULT_OUTPUT_PREFIXES, OutputPrefix, parse_output_prefixes
 
 DEFAULT_MODEL_VERSION = "beecf59c4aee8d81bf04f0381033dfa10dc16e845b4ae00d281e2fa377e48a9f"
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict, deque
+from collections.abc import Callable
 
-from bot.eta import Estimate, instant
-from bot.predictions import Prediction
-from bot.progress import FRAME_COUNT, Phase, Progress, parse_progress
+from bot.backends.base import Prediction
+from bot.core.eta import Estimate, TimingHistory, instant
+from bot.core.jobs import Job
+from bot.core.progress import FRAME_COUNT, Phase, Progress, parse_progress
 
 # Aim this far past the expected end: an early poll costs a request, a late one only this lag.
 MARGIN = 0.25
@@ -38,6 +40,58 @@ class TailHistory:
         """The median tail of a model's recent runs, or None before the first one."""
         samples = self._tails.get(model)
         return statistics.median(samples) if samples else None
+
+
+class PollPlanner:
+    """Times each running job's next poll from its progress, measured runs and the API's clock."""
+
+    def __init__(
+        self,
+        history: TimingHistory,
+        *,
+        wall_clock: Callable[[], float],
+        pushes: Callable[[], bool],
+    ) -> None:
+        self._history = history
+        self._wall = wall_clock
+        self._pushes = pushes  # the backend pushes each end: a poll is only the safety net
+        self.tails = TailHistory()  # what follows sampling, learned from each success
+        self._offsets: dict[int, float] = {}  # running job -> API clock minus ours
+
+    def delay(self, job: Job, prediction: Prediction, progress: Progress, polls: int) -> float:
+        """Seconds until the next poll: aimed just past the end the logs and history foretell.
+
+        When the API pushes the end (webhooks), a poll is only the safety net for a lost push.
+        """
+        delay = poll_delay(
+            prediction,
+            progress,
+            steps=job.request.steps,
+            now=self._wall() + self.clock_offset(job, prediction),
+            estimate=self._history.estimate(job.request.model, job.request.steps),
+            tail=self.tails.tail(job.request.model),
+            polls=polls,
+        )
+        return safety_delay(delay) if self._pushes() else delay
+
+    def learn(self, job: Job, prediction: Prediction) -> None:
+        """Learn the tail of a succeeded prediction."""
+        self.tails.learn(job.request.model, job.request.steps, prediction)
+
+    def clock_offset(self, job: Job, prediction: Prediction) -> float:
+        """How far the API's clock runs ahead of ours, read from the creates (0 if unknown)."""
+        created = instant(prediction.created_at)
+        if created is not None and job.submitted_at is not None:
+            # Polls are timed from the API's timestamps; a skewed host clock must not shift them.
+            self._offsets[job.id] = max(-300.0, min(300.0, created - job.submitted_at))
+        # Each reading also holds the time from recording the submit to the API receiving the
+        # create (a busy database, a connection to open): a quarter second of that would aim
+        # every poll too early. The smallest reading across the running jobs has the least.
+        return min(self._offsets.values(), default=0.0)
+
+    def forget(self, job_id: int) -> None:
+        """Drop a job that left the queues."""
+        self._offsets.pop(job_id, None)
 
 
 def poll_delay(

@@ -1,0 +1,156 @@
+"""The Backend seam: what the core needs from whatever runs predictions, in its own terms.
+
+A backend (Replicate's HTTP API or a gateway serving it; later self-hosted servers) answers in
+`Prediction`s and raises the errors below; nothing outside a backend knows its URLs or headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
+
+
+class PredictionAPIError(Exception):
+    """The API refused or failed a request; `detail` is its explanation."""
+
+    def __init__(self, detail: str, *, status: int | None = None, title: str | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+        self.title = title
+        self.retry_after: float | None = None  # seconds the API asked us to wait, if any
+
+
+class RateLimited(PredictionAPIError):
+    """The API kept answering 429, or asked for a longer wait than the client makes."""
+
+
+class ServiceUnavailable(PredictionAPIError):
+    """The API could not be reached or kept failing with server errors."""
+
+
+class CreateOutcomeUnknown(ServiceUnavailable):
+    """A create was sent but no answer came back: the prediction may exist."""
+
+
+class SearchIncomplete(PredictionAPIError):
+    """The prediction list had more pages than a search may read: nothing can be concluded."""
+
+
+class PredictionNotFound(PredictionAPIError):
+    """The API does not know this prediction id."""
+
+
+class DownloadError(Exception):
+    """An output file could not be fetched."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """A prediction as the API last reported it."""
+
+    id: str
+    status: str
+    input: Mapping[str, Any] = field(default_factory=dict)
+    output: Any = None
+    error: str | None = None
+    logs: str = ""
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    version: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    data_removed: bool = False
+
+    @classmethod
+    def from_json(cls, data: object) -> Prediction:
+        """Parse an API prediction object, refusing anything without an id and status."""
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise PredictionAPIError("The prediction API returned an unexpected answer.")
+        status = data.get("status")
+        if not isinstance(status, str):
+            raise PredictionAPIError("The prediction API returned a prediction without status.")
+        error = data.get("error")
+        return cls(
+            id=data["id"],
+            status=status,
+            input=data.get("input") or {},
+            output=data.get("output"),
+            error=None if error is None else str(error),
+            logs=data.get("logs") or "",
+            metrics=data.get("metrics") or {},
+            version=data.get("version"),
+            created_at=data.get("created_at"),
+            started_at=data.get("started_at"),
+            completed_at=data.get("completed_at"),
+            data_removed=bool(data.get("data_removed", False)),
+        )
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the prediction will not change any more."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def output_urls(self) -> list[str]:
+        """The output as a list of URLs or data URIs, whatever shape the API used."""
+        output = self.output
+        if isinstance(output, str):
+            return [output]
+        if isinstance(output, list):
+            return [item for item in output if isinstance(item, str)]
+        return []
+
+    @property
+    def predict_time(self) -> float | None:
+        """GPU seconds billed, once known."""
+        value = self.metrics.get("predict_time")
+        return float(value) if isinstance(value, int | float) else None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendFeatures:
+    """What a backend can do, so the core knows how to follow its predictions."""
+
+    polling: bool  # `get` reads a prediction's current state
+    pushes: bool  # each prediction's end (and progress) is pushed to the bot
+    search: bool  # `find` can look up a prediction whose create's answer was lost
+
+
+class Backend(Protocol):
+    """Creates, follows, finds, cancels and downloads predictions of the model."""
+
+    @property
+    def features(self) -> BackendFeatures:
+        """What this backend can do."""
+        ...
+
+    async def create(self, api_input: Mapping[str, Any], *, wait: bool | None = None) -> Prediction:
+        """Start a prediction; with `wait`, hold the request until it ends or a window closes."""
+        ...
+
+    async def get(self, prediction_id: str) -> Prediction:
+        """Read a prediction's current state."""
+        ...
+
+    async def find(
+        self,
+        api_input: Mapping[str, Any],
+        *,
+        created_after: float,
+        accept: Callable[[Prediction], Awaitable[bool]] | None = None,
+    ) -> Prediction | None:
+        """Find a prediction with exactly this input created after a time (after a crash)."""
+        ...
+
+    async def cancel(self, prediction_id: str) -> Prediction:
+        """Ask for a prediction to stop; cancelling twice is harmless."""
+        ...
+
+    async def download_to(self, url: str, dest: Path, *, max_bytes: int) -> int:
+        """Fetch an output into `dest` within the size cap and return its size."""
+        ...

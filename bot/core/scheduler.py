@@ -1,0 +1,388 @@
+"""The scheduler: the thin facade the Discord side talks to.
+
+It wires the fair queue, the job runner and the status publisher together, and owns the
+tasks: which jobs run, starting the next when one ends, and stopping cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bot.backends.base import Backend, Prediction
+from bot.core.delivery import ResultDelivery
+from bot.core.eta import SAMPLES_PER_KEY, TimingHistory
+from bot.core.fair_queue import FairQueue
+from bot.core.following import PredictionFollower
+from bot.core.jobs import GenerationRequest, Job, JobStatus
+from bot.core.limits import GuildLimits, GuildPolicy, QueueFull, SchedulerLimits
+from bot.core.outage import OutageTracker
+from bot.core.outcomes import JobOutcomes
+from bot.core.polling import PollPlanner
+from bot.core.pushes import PushInbox
+from bot.core.reporter import CancelOutcome, JobReporter, JobStatusUpdate, QueueEntry
+from bot.core.runner import JobRunner
+from bot.core.signals import JobSignals
+from bot.core.status import StatusPublisher
+from bot.storage.base import Store
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+class Scheduler:
+    """Fair FIFO queues per guild, with global and per-guild limits on running predictions."""
+
+    def __init__(
+        self,
+        store: Store,
+        backend: Backend,
+        *,
+        limits: SchedulerLimits | None = None,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+        work_root: Path | None = None,
+        policy: GuildPolicy | None = None,
+        history: TimingHistory | None = None,
+        planner: PollPlanner | None = None,
+    ) -> None:
+        self._store = store
+        self._backend = backend
+        self._policy = policy
+        self._limits = limits or SchedulerLimits()
+        self._clock = clock
+        self._reporter: JobReporter | None = None
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._admission = asyncio.Lock()
+        self._started = False
+        self._stopping = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+        self.queue = FairQueue(running_total=self._limits.running_total, limits=self.guild_limits)
+        self.outage = OutageTracker(clock, self._outage_changed)
+        # Measured runs: loaded from the store at start, fed by each success; the status
+        # publisher reads them for estimates, the poll planner to aim polls.
+        history = history if history is not None else TimingHistory()
+        self.status = StatusPublisher(
+            self._send_status,
+            queue=self.queue,
+            outage=self.outage,
+            history=history,
+            running_limit=lambda guild_id: self.guild_limits(guild_id).running,
+            interval=self._limits.status_interval,
+            clock=clock,
+            wall_clock=wall_clock,
+            sleep=sleep,
+        )
+        self.signals = JobSignals(sleep)
+        self.pushes = PushInbox(self.signals.wake)
+        self.planner = planner or PollPlanner(
+            history, wall_clock=wall_clock, pushes=lambda: backend.features.pushes
+        )
+        outcomes = JobOutcomes(store, self.status, self._require_reporter)
+        follower = PredictionFollower(
+            backend,
+            signals=self.signals,
+            pushes=self.pushes,
+            status=self.status,
+            outcomes=outcomes,
+            outage=self.outage,
+            planner=self.planner,
+            limits=self._limits,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
+        self.delivery = ResultDelivery(
+            backend,
+            store,
+            follower=follower,
+            status=self.status,
+            outcomes=outcomes,
+            reporter=self._require_reporter,
+            max_download_bytes=self._limits.max_download_bytes,
+            stopping=lambda: self._stopping,
+            wall_clock=wall_clock,
+        )
+        # Downloads and conversions, one folder per delivery, swept at each start.
+        self.delivery.work_root = work_root
+        self.runner = JobRunner(
+            backend,
+            store,
+            signals=self.signals,
+            pushes=self.pushes,
+            status=self.status,
+            outcomes=outcomes,
+            outage=self.outage,
+            planner=self.planner,
+            follower=follower,
+            delivery=self.delivery,
+            reporter=self._require_reporter,
+            track=self.queue.update,
+            limits=self._limits,
+            clock=clock,
+        )
+        self._outcomes = outcomes
+
+    def attach(self, reporter: JobReporter) -> None:
+        """Set who tells members about their jobs."""
+        self._reporter = reporter
+
+    async def start(self) -> None:
+        """Resume every unfinished job recorded in the store, then start dispatching."""
+        if self._started:
+            return
+        self._started = True
+        self.delivery.clear_work_root()
+        self.status.history.load(await self._store.recent_timings(SAMPLES_PER_KEY))
+        jobs = await self._store.unfinished()
+        resumed = 0
+        for job in jobs:
+            if job.status is JobStatus.QUEUED:
+                self.queue.add(job)
+                self.idle.clear()
+            else:
+                # It already holds a slot upstream: follow it, even past the limits.
+                self.queue.mark_running(job)
+                self._launch(job)
+                resumed += 1
+        if jobs:
+            log.info("resumed %d running and %d queued jobs", resumed, len(jobs) - resumed)
+        # Their messages already show about this: note it, so that only changes are edited,
+        # rather than edit 10,000 messages at once. The refresher spreads out the work; the
+        # queues that move now are shown at once (and so are not merely noted later).
+        self.status.mark_stale(show=False)
+        self._dispatch()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop work; every job stays recorded where it stood and resumes on the next start."""
+        self._stopping = True
+        self.status.stop_refreshing()
+        deadline = self._clock() + grace
+        # Let posts in flight finish, so a result is not posted again after the restart.
+        while posting := [self._tasks[i] for i in self.delivery.posting if i in self._tasks]:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            await asyncio.wait(posting, timeout=remaining)
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Not cancelled: each is one quick write, and the store closes after this returns.
+        await asyncio.gather(*self.runner.writes, return_exceptions=True)
+        await self.status.close()
+
+    # Requests -------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int,
+        requester_id: int,
+        request: GenerationRequest,
+        parent_job_id: int | None = None,
+        upload_limit: int | None = None,
+        interaction_token: str | None = None,
+    ) -> tuple[Job, int]:
+        """Queue a request; return the job and its place in the guild's queue (1 = next).
+
+        The caller shows the request, then calls `attach_message`, which lets the job start.
+        `interaction_token` is stored with the job until then, so that a job whose message id
+        never got stored (a crash) can still edit the interaction's response (`announce`).
+        """
+        async with self._admission:
+            if self._stopping:
+                raise QueueFull("The bot is restarting; please try again in a moment.")
+            self.queue.check_member_cap(guild_id, requester_id)
+            if self._policy is not None:
+                # Under the admission lock: two quick requests cannot both take the last slot.
+                await self._policy.admit(guild_id, requester_id)
+            job = await self._store.add_job(
+                guild_id=guild_id,
+                channel_id=channel_id,
+                requester_id=requester_id,
+                request=request,
+                parent_job_id=parent_job_id,
+                upload_limit=upload_limit,
+                interaction_token=interaction_token,
+            )
+            # It starts only once its status message exists (attach_message), so every
+            # update, and a failure in the first second, has a message to land on.
+            position = self.queue.add(job, held=True)
+            self.idle.clear()
+        return job, position
+
+    async def attach_message(
+        self, job_id: int, message_id: int | None, *, shown: JobStatusUpdate | None = None
+    ) -> None:
+        """Record the message showing a job (`shown` is what it says now) and let the job start."""
+        try:
+            if message_id is None:
+                return
+            job = await self._store.set_request_message(job_id, message_id)
+            self.queue.update(job)
+            # Only now may it start: released before the write, another job's end could
+            # launch it with no message id, and it would post a second status message.
+            self.queue.release(job_id)
+            if job.status.is_final:
+                # Canceled from its message before we got here: say so on it.
+                await self._outcomes.report_final(job)
+                return
+            if shown is not None:
+                self.status.prime(job_id, shown)
+            if self.queue.position(job_id) is not None:
+                self.status.publish_positions(job.guild_id)
+        finally:
+            self.queue.release(job_id)
+            self._dispatch()
+
+    async def cancel(self, job_id: int) -> CancelOutcome:
+        """Remove a queued job, or ask the API to stop a running one."""
+        queued = self.queue.remove(job_id)
+        if queued is not None:
+            self._forget(job_id)
+            await self._outcomes.cancel(job_id, "Canceled before it started.")
+            self.status.publish_positions(queued.guild_id)
+            self._update_idle()
+            return CancelOutcome.CANCELED
+        running = self.queue.running_job(job_id)
+        if running is None or not running.status.is_pending:
+            return CancelOutcome.TOO_LATE
+        # The job's own task sends the cancel upstream, so it is sent once and retried there.
+        self.signals.want_cancel(job_id)
+        return CancelOutcome.CANCELING
+
+    async def cancel_queued_for(self, guild_id: int, requester_id: int, reason: str) -> int:
+        """Cancel a member's queued jobs in a guild, recording `reason`; return how many.
+
+        Jobs already running are left to finish. Store whatever stops the member queueing
+        more (a ban) before calling this: a request being admitted meanwhile is then queued
+        first, under the admission lock, and canceled here with the rest.
+        """
+        async with self._admission:
+            canceled = [job.id for job in self.queue.remove_member(guild_id, requester_id)]
+            for job_id in canceled:
+                self._forget(job_id)
+        if not canceled:
+            return 0
+        # Everyone behind them moves up at once; then each canceled message is edited.
+        self.status.publish_positions(guild_id)
+        await asyncio.gather(*(self._outcomes.cancel(job_id, reason) for job_id in canceled))
+        self._update_idle()
+        return len(canceled)
+
+    def push(self, prediction: Prediction) -> None:
+        """Take a prediction the backend pushed (a webhook) and wake the job following it."""
+        self.pushes.push(prediction)
+
+    async def wait_idle(self) -> None:
+        """Wait until no job is queued or running."""
+        await self.idle.wait()
+
+    # What members see -----------------------------------------------------------------
+
+    def guild_limits(self, guild_id: int) -> GuildLimits:
+        """The server's own limits, or the global ones when there is no policy."""
+        if self._policy is not None:
+            return self._policy.limits(guild_id)
+        return GuildLimits(self._limits.running_per_guild, self._limits.queued_per_member)
+
+    def limits_changed(self, guild_id: int) -> None:
+        """A server's limits changed: start what now fits and show new estimates."""
+        self._dispatch()
+        self.status.publish_positions(guild_id)
+
+    def pending_for(self, guild_id: int, requester_id: int) -> int:
+        """Count a member's queued and running jobs in a guild."""
+        return self.queue.pending_for(guild_id, requester_id)
+
+    def position(self, job_id: int) -> int | None:
+        """Return a queued job's place in its guild's queue (1 = next), or None."""
+        return self.queue.position(job_id)
+
+    def snapshot(self, guild_id: int) -> list[QueueEntry]:
+        """Return a guild's running then waiting jobs, with what each one's message says."""
+        return self.status.snapshot(guild_id)
+
+    def queued_status(self, job_id: int) -> JobStatusUpdate | None:
+        """Return what a queued job's message should say now (place and estimate), or None."""
+        return self.status.queued_status(job_id)
+
+    # Running jobs ---------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Start queued jobs, round-robin across guilds, while the limits allow."""
+        if self._stopping:
+            return
+        started: set[int] = set()
+        while not self.outage.holds_queue(self.queue.running_count):
+            job = self.queue.next_to_start()
+            if job is None:
+                break
+            started.add(job.guild_id)
+            self._launch(job)
+        for guild_id in started:
+            self.status.publish_positions(guild_id)
+        self._update_idle()
+
+    def _launch(self, job: Job) -> None:
+        """Start the task that carries a (running) job to its end."""
+        self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+        self.idle.clear()
+
+    async def _run(self, job: Job) -> None:
+        """Run a job, then free its slot (unless the bot is stopping: it resumes on start)."""
+        try:
+            await self.runner.run(job)
+        finally:
+            if not self._stopping:
+                self._finish(job.id)
+
+    def _finish(self, job_id: int) -> None:
+        """Release a job's slot and let the next one start."""
+        job = self.queue.finish(job_id)
+        self._tasks.pop(job_id, None)
+        if job is not None:
+            self.pushes.unfollow(job.prediction_id)
+        self.signals.forget(job_id)
+        self._forget(job_id)
+        if self.queue.running_count == 0 and self.outage.active:
+            # The job that was probing the outage is gone: let the next one probe.
+            self.outage.leave()
+        self._dispatch()
+
+    def _forget(self, job_id: int) -> None:
+        """Drop what was shown and measured for a job that left the queues."""
+        self.status.forget(job_id)
+        self.planner.forget(job_id)
+
+    def _outage_changed(self, active: bool) -> None:
+        """An outage began (hold the queues) or ended (start queued work again)."""
+        self.status.mark_stale()
+        if not active:
+            self._dispatch()
+
+    def _update_idle(self) -> None:
+        """Set the idle event when nothing is queued or running."""
+        if self.queue.is_empty:
+            self.idle.set()
+
+    async def _send_status(self, job_id: int, update: JobStatusUpdate) -> None:
+        """Relay target: show a status update on the job's message, if it has one yet."""
+        job = self.queue.get(job_id)
+        if job is not None and job.request_message_id is not None:
+            await self._require_reporter().show_status(job, update)
+
+    def _require_reporter(self) -> JobReporter:
+        """Return the reporter, which must be attached before work starts."""
+        if self._reporter is None:
+            raise RuntimeError("no reporter attached to the scheduler")
+        return self._reporter
