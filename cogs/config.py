@@ -8,13 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.owner.guild_settings import (
-    LIST_SETTINGS,
-    RESETTABLE,
-    SETTINGS,
-    ChannelExists,
-    InvalidSetting,
-)
+from bot.owner.guild_settings import ChannelExists
+from bot.owner.setting_specs import LIST_SETTINGS, RESETTABLE, SETTINGS, InvalidSetting
 from bot.texts.member import CONTENT_LIMIT, quote
 from bot.texts.owner import settings_text
 

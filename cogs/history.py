@@ -11,7 +11,8 @@ from discord.ext import commands
 
 from bot.core.jobs import Job
 from bot.texts.owner import history_text
-from cogs.animate import AnimateCog, JobButton, bot_of
+from cogs.animate.buttons import JobButton, bot_of
+from cogs.animate.command import AnimateCog
 
 if TYPE_CHECKING:
     from bot.app.client import AnimateBot

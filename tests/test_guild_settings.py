@@ -9,16 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.owner.guild_settings import (
-    BY_THE_BOT,
-    MAX_BLOCKED_PATTERNS,
-    MAX_CHANNELS,
-    SETTINGS,
-    ChannelExists,
-    GuildSettingsService,
-    InvalidSetting,
-    _check_pattern,
-)
+from bot.owner.blocked_words import check_pattern as _check_pattern
+from bot.owner.guild_settings import BY_THE_BOT, ChannelExists, GuildSettingsService
+from bot.owner.setting_specs import MAX_BLOCKED_PATTERNS, MAX_CHANNELS, SETTINGS, InvalidSetting
 from bot.storage.sqlite import SQLiteStore
 from bot.texts.member import CONTENT_LIMIT, quote
 from bot.texts.owner import settings_text
@@ -32,7 +25,7 @@ def test_a_pattern_full_of_stars_cannot_stall_the_bot() -> None:
     # regression fails by time-out instead of hanging the suite.
     code = (
         "from dataclasses import replace\n"
-        "from bot.owner.guild_settings import _check_pattern\n"
+        "from bot.owner.blocked_words import check_pattern as _check_pattern\n"
         "from tests.test_quotas import DEFAULTS\n"
         "s = replace(DEFAULTS, blocked_patterns=(_check_pattern('a*a*a*a*a*a*a*a*a*a*z'),))\n"
         "assert not s.blocks('a' * 1000)\n"

@@ -12,8 +12,9 @@ from bot.backends.replicate import PredictionClient
 from bot.core.jobs import GenerationRequest
 from bot.core.limits import GuildLimits, QueueFull, SchedulerLimits
 from bot.core.scheduler import Scheduler
-from bot.owner.guild_settings import GuildSettings, GuildSettingsService, InvalidSetting
+from bot.owner.guild_settings import GuildSettings, GuildSettingsService
 from bot.owner.quotas import DAY, Quotas
+from bot.owner.setting_specs import InvalidSetting
 from bot.storage.sqlite import SQLiteStore
 from tests.fakes.predictions import Behaviour, FakePredictionAPI
 from tests.scheduling import RecordingReporter, short_sleep, submit

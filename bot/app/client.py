@@ -20,7 +20,7 @@ from bot.backends.replicate import PredictionClient
 from bot.backends.webhooks import WebhookReceiver, WebhookVerifier
 from bot.core.limits import SchedulerLimits
 from bot.core.scheduler import Scheduler
-from bot.owner.guild_settings import GuildSettings, GuildSettingsService
+from bot.owner.guild_settings import GuildSettingsService
 from bot.owner.quotas import Quotas
 from bot.storage.base import Store
 
@@ -116,7 +116,7 @@ class AnimateBot(commands.Bot):
             webhook_events=("logs", "completed") if settings.webhook_progress else ("completed",),
             output_prefixes=settings.output_url_prefixes,
         )
-        self.guild_settings = GuildSettingsService(store, GuildSettings.from_environment(settings))
+        self.guild_settings = GuildSettingsService(store, settings.guild_defaults())
         self.quotas = Quotas(
             store, self.guild_settings, price_per_second=settings.price_per_gpu_second
         )

@@ -22,6 +22,7 @@ from bot.core.jobs import (
     MIN_STEPS,
     MOTION_MODULES,
 )
+from bot.owner.guild_settings import GuildSettings
 
 DEFAULT_MODEL_VERSION = "beecf59c4aee8d81bf04f0381033dfa10dc16e845b4ae00d281e2fa377e48a9f"
 
@@ -157,6 +158,24 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    def guild_defaults(self) -> GuildSettings:
+        """The settings of a server whose owner changed nothing."""
+        return GuildSettings(
+            channel_ids=(),
+            model=self.default_model,
+            motion_module=self.default_motion_module,
+            steps=self.default_steps,
+            guidance_scale=self.default_guidance_scale,
+            running_limit=self.max_running_per_guild,
+            queued_per_member=self.max_queued_per_member,
+            daily_requests_per_member=self.max_requests_per_member_per_day,
+            daily_gpu_seconds=self.max_gpu_seconds_per_guild_per_day,
+            negative_prompt=self.default_negative_prompt.strip(),
+            blocked_patterns=(),
+            spoilers=self.default_spoilers,
+            age_restricted_only=self.default_age_restricted_only,
+        )
 
 
 def load_settings(env_file: str | Path | None = ".env") -> Settings:

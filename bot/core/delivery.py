@@ -41,6 +41,7 @@ class ResultDelivery:
         reporter: Callable[[], JobReporter],
         max_download_bytes: int,
         stopping: Callable[[], bool],
+        work_root: Path | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._backend = backend
@@ -52,7 +53,9 @@ class ResultDelivery:
         self._max_download_bytes = max_download_bytes
         self._stopping = stopping
         self._wall = wall_clock
-        self.work_root: Path | None = None  # one folder per delivery inside it
+        # Downloads and conversions, one folder per delivery inside it, swept at each start;
+        # None: a temporary folder of its own.
+        self.work_root = work_root
         # FFmpeg uses every core: one conversion at a time keeps the bot responsive.
         self.converting = asyncio.Semaphore(1)
         self.posting: set[int] = set()  # jobs whose post is in flight

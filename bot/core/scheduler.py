@@ -108,10 +108,9 @@ class Scheduler:
             reporter=self._require_reporter,
             max_download_bytes=self._limits.max_download_bytes,
             stopping=lambda: self._stopping,
+            work_root=work_root,
             wall_clock=wall_clock,
         )
-        # Downloads and conversions, one folder per delivery, swept at each start.
-        self.delivery.work_root = work_root
         self.runner = JobRunner(
             backend,
             store,

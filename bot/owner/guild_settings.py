@@ -4,39 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from bot.app.settings import Settings
-from bot.core.jobs import (
-    CHECKPOINTS,
-    INVISIBLE,
-    MAX_GUIDANCE,
-    MAX_PROMPT_LENGTH,
-    MAX_STEPS,
-    MIN_GUIDANCE,
-    MIN_STEPS,
-    MOTION_MODULES,
-    GenerationRequest,
-    InvalidRequest,
+from bot.core.jobs import MAX_PROMPT_LENGTH, GenerationRequest, InvalidRequest
+from bot.owner.blocked_words import check_pattern, matches, normalise, tokens
+from bot.owner.setting_specs import (
+    MAX_BLOCKED_PATTERNS,
+    MAX_CHANNELS,
+    RESETTABLE,
+    SETTINGS,
+    InvalidSetting,
 )
 from bot.storage.base import Store
 
 log = logging.getLogger(__name__)
-
-MAX_CHANNELS = 50
-MAX_BLOCKED_PATTERNS = 100
-MAX_PATTERN_LENGTH = 100
-MAX_NEGATIVE_PROMPT = 500  # leaves room for the member's own in the model's 1000 characters
-MAX_RUNNING_LIMIT = 50
-MAX_QUEUED_LIMIT = 100
-MAX_DAILY_REQUESTS = 10_000
-MAX_DAILY_GPU_SECONDS = 86_400.0 * 100  # a hundred GPUs busy all day: surely a typo beyond
-
 
 # Whether a channel of the server still exists, as the Discord side knows it.
 ChannelExists = Callable[[int], bool]
@@ -45,10 +28,6 @@ ChannelExists = Callable[[int], bool]
 BY_THE_BOT = 0
 # The settings that list channels, cleaned up when Discord reports one of them deleted.
 CHANNEL_LISTS = ("channel_ids",)
-
-
-class InvalidSetting(ValueError):
-    """A setting's new value is not acceptable; the message says why, for the server owner."""
 
 
 class Refused(Exception):
@@ -72,25 +51,6 @@ class GuildSettings:
     blocked_patterns: tuple[str, ...]
     spoilers: bool
     age_restricted_only: bool
-
-    @classmethod
-    def from_environment(cls, settings: Settings) -> GuildSettings:
-        """The settings of a server whose owner changed nothing."""
-        return cls(
-            channel_ids=(),
-            model=settings.default_model,
-            motion_module=settings.default_motion_module,
-            steps=settings.default_steps,
-            guidance_scale=settings.default_guidance_scale,
-            running_limit=settings.max_running_per_guild,
-            queued_per_member=settings.max_queued_per_member,
-            daily_requests_per_member=settings.max_requests_per_member_per_day,
-            daily_gpu_seconds=settings.max_gpu_seconds_per_guild_per_day,
-            negative_prompt=settings.default_negative_prompt.strip(),
-            blocked_patterns=(),
-            spoilers=settings.default_spoilers,
-            age_restricted_only=settings.default_age_restricted_only,
-        )
 
     def listed_channels(self, exists: ChannelExists | None = None) -> tuple[int, ...]:
         """The allowed channels that still exist; all of them when `exists` is None (unknown)."""
@@ -134,8 +94,8 @@ class GuildSettings:
 
     def blocks(self, prompt: str) -> bool:
         """True if the prompt matches any blocked word or pattern."""
-        words = _tokens(prompt)
-        return any(_matches(_tokens(pattern), words) for pattern in self.blocked_patterns)
+        words = tokens(prompt)
+        return any(matches(tokens(pattern), words) for pattern in self.blocked_patterns)
 
     def apply(self, request: GenerationRequest) -> GenerationRequest:
         """Append the server's negative prompt, unless the request already carries it."""
@@ -152,206 +112,6 @@ class GuildSettings:
             ) from None
 
 
-def _normalise(text: str) -> str:
-    """A pattern as stored: NFKC, no invisible characters, one case, single spaces."""
-    return " ".join(unicodedata.normalize("NFKC", INVISIBLE.sub("", text)).casefold().split())
-
-
-# Words are runs of letters or runs of digits: `gore_`, `gore2` and `ｇｏｒｅ` all hold `gore`.
-_TOKEN = re.compile(r"(?:[^\W\d_]|\*)+|\d+")
-
-
-def _tokens(text: str) -> list[str]:
-    """Text as blocked patterns see it: NFKC, no invisible characters, one case, words."""
-    return _TOKEN.findall(unicodedata.normalize("NFKC", INVISIBLE.sub("", text)).casefold())
-
-
-def _matches(pattern: list[str], words: list[str]) -> bool:
-    """True if the pattern's words match a run of consecutive words of the prompt."""
-    if not pattern:
-        return False
-    span = len(pattern)
-    return any(
-        all(
-            _glob(part, word)
-            for part, word in zip(pattern, words[start : start + span], strict=True)
-        )
-        for start in range(len(words) - span + 1)
-    )
-
-
-def _glob(pattern: str, word: str) -> bool:
-    """Match one word against a pattern whose only wildcard is `*` (any letters).
-
-    Two pointers and one remembered star: at most len(pattern) x len(word) steps, so no
-    pattern an owner writes can stall the bot the way a backtracking regex could.
-    """
-    p = w = 0
-    star, resume = -1, 0
-    while w < len(word):
-        if p < len(pattern) and pattern[p] == word[w]:
-            p, w = p + 1, w + 1
-        elif p < len(pattern) and pattern[p] == "*":
-            star, resume, p = p, w, p + 1
-        elif star >= 0:
-            resume += 1
-            p, w = star + 1, resume
-        else:
-            return False
-    while p < len(pattern) and pattern[p] == "*":
-        p += 1
-    return p == len(pattern)
-
-
-# The settings an owner can change with `set`, how each value is read and shown.
-@dataclass(frozen=True, slots=True)
-class SettingSpec:
-    """One setting: its name in commands, a description, and how its value is read."""
-
-    name: str
-    label: str
-    parse: Callable[[str], Any]
-    show: Callable[[Any], str]
-
-
-def _parse_model(text: str) -> str:
-    """A checkpoint by file name or by the name people see."""
-    return _choice(text, CHECKPOINTS, "model")
-
-
-def _parse_motion_module(text: str) -> str:
-    """A motion module by id or by the name people see."""
-    return _choice(text, MOTION_MODULES, "motion module")
-
-
-def _choice(text: str, options: dict[str, str], what: str) -> str:
-    """Find a value among options, by key or label, ignoring case."""
-    wanted = text.strip().casefold()
-    for key, label in options.items():
-        if wanted in (key.casefold(), label.casefold()):
-            return key
-    names = ", ".join(options.values())
-    raise InvalidSetting(f"Unknown {what}; choose one of: {names}.")
-
-
-def _whole(low: int, high: int, what: str) -> Callable[[str], int]:
-    """A parser of whole numbers in a range."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text.strip())
-        except ValueError:
-            raise InvalidSetting(f"{what} must be a whole number from {low} to {high}.") from None
-        if not low <= value <= high:
-            raise InvalidSetting(f"{what} must be a whole number from {low} to {high}.")
-        return value
-
-    return parse
-
-
-def _number(low: float, high: float, what: str) -> Callable[[str], float]:
-    """A parser of decimal numbers in a range."""
-
-    def parse(text: str) -> float:
-        try:
-            raw = float(text.strip())
-        except ValueError:
-            raise InvalidSetting(f"{what} must be a number from {low:g} to {high:g}.") from None
-        # Rounded first, so a value too small to store is refused, not stored as 0.
-        value = round(raw, 2) if math.isfinite(raw) else raw
-        if not (math.isfinite(value) and low <= value <= high) or (value == 0 and raw != 0):
-            raise InvalidSetting(f"{what} must be a number from {low:g} to {high:g}.")
-        return value
-
-    return parse
-
-
-def _parse_flag(text: str) -> bool:
-    """Yes or no, in the words people type."""
-    value = text.strip().casefold()
-    if value in {"on", "yes", "true", "1", "enabled"}:
-        return True
-    if value in {"off", "no", "false", "0", "disabled"}:
-        return False
-    raise InvalidSetting("Write on or off.")
-
-
-def _parse_negative_prompt(text: str) -> str:
-    """The server's negative prompt: any text up to its limit; `none` clears it."""
-    value = " ".join(INVISIBLE.sub("", text).split())
-    if value.casefold() in {"none", "-"}:
-        return ""
-    if len(value) > MAX_NEGATIVE_PROMPT:
-        raise InvalidSetting(
-            f"The server's negative prompt must be at most {MAX_NEGATIVE_PROMPT} characters."
-        )
-    return value
-
-
-def _show_limit(unit: str) -> Callable[[Any], str]:
-    """Show a limit where 0 means none."""
-    return lambda value: "no limit" if not value else f"{value:g} {unit}"
-
-
-def _on_off(value: Any) -> str:
-    """Show a flag."""
-    return "on" if value else "off"
-
-
-SETTINGS: dict[str, SettingSpec] = {
-    spec.name: spec
-    for spec in (
-        SettingSpec("model", "Default model", _parse_model, lambda v: CHECKPOINTS[v]),
-        SettingSpec(
-            "motion_module",
-            "Default motion module",
-            _parse_motion_module,
-            lambda v: MOTION_MODULES[v],
-        ),
-        SettingSpec("steps", "Default steps", _whole(MIN_STEPS, MAX_STEPS, "Steps"), str),
-        SettingSpec(
-            "guidance_scale",
-            "Default guidance scale",
-            _number(MIN_GUIDANCE, MAX_GUIDANCE, "Guidance scale"),
-            lambda v: f"{v:g}",
-        ),
-        SettingSpec(
-            "running_limit",
-            "Predictions running at once",
-            _whole(1, MAX_RUNNING_LIMIT, "The running limit"),
-            str,
-        ),
-        SettingSpec(
-            "queued_per_member",
-            "Requests waiting per member",
-            _whole(1, MAX_QUEUED_LIMIT, "The queued limit per member"),
-            str,
-        ),
-        SettingSpec(
-            "daily_requests_per_member",
-            "Requests per member per day (UTC)",
-            _whole(0, MAX_DAILY_REQUESTS, "The daily requests per member (0: no limit)"),
-            _show_limit("requests"),
-        ),
-        SettingSpec(
-            "daily_gpu_seconds",
-            "GPU seconds per day for the server (UTC)",
-            _number(0, MAX_DAILY_GPU_SECONDS, "The daily GPU seconds (0: no limit)"),
-            _show_limit("seconds"),
-        ),
-        SettingSpec(
-            "negative_prompt",
-            "Negative prompt always added",
-            _parse_negative_prompt,
-            lambda v: v or "none",
-        ),
-        SettingSpec("spoilers", "Results posted as spoilers", _parse_flag, _on_off),
-        SettingSpec("age_restricted_only", "Only in age-restricted channels", _parse_flag, _on_off),
-    )
-}
-# Lists are changed one entry at a time, by their own commands; `reset` empties them.
-LIST_SETTINGS = {"channel_ids": "Channels", "blocked_patterns": "Blocked words and patterns"}
-RESETTABLE = (*SETTINGS, *LIST_SETTINGS)
 _FIELD_NAMES = {f.name for f in fields(GuildSettings)}
 
 
@@ -450,7 +210,7 @@ class GuildSettingsService:
 
     async def block(self, guild_id: int, pattern: str, *, by: int) -> GuildSettings:
         """Add a blocked word or pattern."""
-        value = _check_pattern(pattern)
+        value = check_pattern(pattern)
         current = self.get(guild_id).blocked_patterns
         if value in current:
             raise InvalidSetting("That pattern is already blocked.")
@@ -460,7 +220,7 @@ class GuildSettingsService:
 
     async def unblock(self, guild_id: int, pattern: str, *, by: int) -> GuildSettings:
         """Remove a blocked word or pattern."""
-        value = _normalise(pattern)
+        value = normalise(pattern)
         current = self.get(guild_id).blocked_patterns
         if value not in current:
             raise InvalidSetting("That pattern is not in the blocked list.")
@@ -477,22 +237,12 @@ class GuildSettingsService:
         return self.get(guild_id)
 
 
-def _check_pattern(pattern: str) -> str:
-    """Validate a blocked pattern and return it as stored."""
-    value = _normalise(pattern)
-    if not any(token.strip("*") for token in _tokens(value)):
-        raise InvalidSetting("A blocked pattern needs at least one letter or digit besides `*`.")
-    if len(value) > MAX_PATTERN_LENGTH:
-        raise InvalidSetting(f"A blocked pattern must be at most {MAX_PATTERN_LENGTH} characters.")
-    return value
-
-
 def _decode(name: str, value: Any) -> Any:
     """Turn a stored JSON value back into a setting, checking it as a new one would be."""
     if name == "channel_ids":
         return tuple(int(v) for v in value)
     if name == "blocked_patterns":
-        return tuple(_check_pattern(str(v)) for v in value)
+        return tuple(check_pattern(str(v)) for v in value)
     spec = SETTINGS.get(name)
     if spec is None or name not in _FIELD_NAMES:
         raise InvalidSetting(f"unknown setting {name}")

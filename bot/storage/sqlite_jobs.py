@@ -222,6 +222,9 @@ class SQLiteJobRecords:
         else:
             sql = "AND id < ? ORDER BY id DESC LIMIT ?"
             bound = MAX_ROWID if before_id is None else before_id
+        # A forged id (a button's custom_id holds any digits) SQLite could not even bind:
+        # every stored id lies between these ends, so the page is the same.
+        bound = min(max(bound, 0), MAX_ROWID)
         async with self._db.execute(
             f"SELECT {_COLUMNS} FROM jobs WHERE guild_id = ? AND requester_id = ? "
             f"AND deleted = 0 {sql}",

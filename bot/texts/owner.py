@@ -6,8 +6,9 @@ from collections.abc import Collection
 from datetime import UTC, datetime
 
 from bot.core.jobs import Job, JobStatus
-from bot.owner.guild_settings import LIST_SETTINGS, SETTINGS, GuildSettings
+from bot.owner.guild_settings import GuildSettings
 from bot.owner.quotas import UsageReport
+from bot.owner.setting_specs import LIST_SETTINGS, SETTINGS
 from bot.texts.member import CONTENT_LIMIT, DESCRIPTION_LIMIT, quote, shorten
 
 CHANGED_MARK = " ✱"
