@@ -2,28 +2,46 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import pytest
 
 from bot.backends.replicate import PredictionClient
+from bot.core import redaction
 from bot.storage.base import Store
 from bot.storage.sqlite import SQLiteStore
 from tests.fakes.predictions import FakePredictionAPI
 from tests.scheduling import RecordingReporter
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    """A migrated store in a temp file."""
-    store = await SQLiteStore.open(tmp_path / "jobs.sqlite3")
+@asynccontextmanager
+async def opened_store(
+    path: Path, *, clock: Callable[[], float] = time.time
+) -> AsyncIterator[SQLiteStore]:
+    """The SQLite store on `path`, migrated, closed at the end of the block."""
+    store = await SQLiteStore.open(path, clock=clock)
     try:
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """The file of `store`: a test may open it again, as a restarted bot would."""
+    return tmp_path / "jobs.sqlite3"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SQLiteStore]:
+    """A migrated store in a temp file."""
+    async with opened_store(db_path) as store:
+        yield store
 
 
 class StoreClock:
@@ -46,14 +64,38 @@ StoreFactory = Callable[[Path, StoreClock], AbstractAsyncContextManager[Store]]
 
 @asynccontextmanager
 async def _sqlite_store(folder: Path, clock: StoreClock) -> AsyncIterator[Store]:
-    store = await SQLiteStore.open(folder / "contract.sqlite3", clock=clock)
-    try:
+    async with opened_store(folder / "contract.sqlite3", clock=clock) as store:
         yield store
-    finally:
-        await store.close()
 
 
 STORE_FACTORIES: dict[str, StoreFactory] = {"sqlite": _sqlite_store}
+
+AnyStore = TypeVar("AnyStore", bound=Store)
+
+# A registered secret and two bearer tokens, in the reasons end_with_secret_reasons() stores.
+SECRET_IN_REASONS = "r8_registered-secret-value"
+LEAKS_IN_REASONS = (SECRET_IN_REASONS, "xyz987abc", "qwe456rty")
+
+
+async def end_with_secret_reasons(
+    store: AnyStore, add: Callable[[AnyStore], Awaitable[int]]
+) -> tuple[int, int, int]:
+    """Jobs made by `add`, failed and canceled with LEAKS_IN_REASONS in their reasons, and one
+    canceled without a reason: (failed, canceled, untold). The secret is forgotten on return."""
+    secret = SECRET_IN_REASONS
+    redaction.register_secret(secret)
+    try:
+        failed = await add(store)
+        await store.mark_failed(
+            failed, f"The service said: token {secret} refused; Authorization: Bearer xyz987abc"
+        )
+        canceled = await add(store)
+        await store.mark_canceled(canceled, f"stopped (key {secret}, Bearer qwe456rty)")
+        untold = await add(store)
+        await store.mark_canceled(untold)
+    finally:
+        redaction.forget_secrets()
+    return failed, canceled, untold
 
 
 @pytest.fixture

@@ -8,9 +8,11 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 
+from bot.backends.base import Backend
 from bot.backends.replicate import PredictionClient
 from bot.core.jobs import GenerationRequest, Job
 from bot.core.limits import SchedulerLimits
@@ -89,27 +91,40 @@ async def short_sleep(seconds: float) -> None:
 
 def make_scheduler(
     store: SQLiteStore,
-    client: PredictionClient,
+    backend: Backend,
     *,
     wall_clock: Callable[[], float] = time.time,
+    work_root: Path | None = None,
     **limits: float,
 ) -> Scheduler:
-    """A scheduler with quick sleeps and instant status edits."""
+    """A scheduler on any backend (the client on the fake API, or an in-memory one), with
+    quick sleeps and instant status edits."""
     return Scheduler(
         store,
-        client,
+        backend,
         limits=SchedulerLimits(status_interval=0, **limits),  # type: ignore[arg-type]
         sleep=short_sleep,
         wall_clock=wall_clock,
+        work_root=work_root,
     )
 
 
 @contextlib.asynccontextmanager
 async def started_scheduler(
-    store: SQLiteStore, client: PredictionClient, reporter: RecordingReporter, **limits: float
+    store: SQLiteStore,
+    backend: Backend,
+    reporter: RecordingReporter,
+    *,
+    work_root: Path | None = None,
+    **limits: float,
 ) -> AsyncIterator[Scheduler]:
     """A started scheduler with its own limits, stopped at the end of the block."""
-    scheduler = make_scheduler(store, client, **limits)  # pyright: ignore[reportArgumentType]
+    scheduler = make_scheduler(
+        store,
+        backend,
+        work_root=work_root,
+        **limits,  # pyright: ignore[reportArgumentType]
+    )
     scheduler.attach(reporter)
     await scheduler.start()
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 
 from bot.backends.base import DownloadError, PredictionAPIError
 from bot.backends.output_hosts import (
@@ -22,20 +21,23 @@ from bot.backends.output_hosts import (
     is_public_address,
 )
 from bot.backends.replicate import PredictionClient
+from tests.fakes.dns import StaticResolver
+from tests.fakes.local_server import LocalServer
 from tests.fakes.predictions import FakePredictionAPI
 
 INPUT = {"prompt": "a cat", "seed": 1, "steps": 4}
 PAYLOAD = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
 
 
-class FileHost:
+class FileHost(LocalServer):
     """A small file server on 127.0.0.1 that records what reached it and can misbehave."""
 
+    shutdown_timeout = 0.5
+
     def __init__(self) -> None:
+        super().__init__()
         self.seen: list[dict[str, str]] = []
         self.release = asyncio.Event()  # set at teardown: lets stalled answers finish
-        self.origin = ""
-        self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         """Serve the routes below on a free port."""
@@ -46,18 +48,12 @@ class FileHost:
         app.router.add_get("/files/trickle.mp4", self._trickle)
         app.router.add_get("/files/redirect.mp4", self._redirect)
         app.router.add_get("/v1/predictions/{id}", self._redirect)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(self._runner, sock).start()
-        self.origin = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        await self.start_app(app)
 
     async def close(self) -> None:
         """Release held answers and stop."""
         self.release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super().close()
 
     def _record(self, request: web.Request) -> None:
         self.seen.append({"path": request.path, **dict(request.headers)})
@@ -103,43 +99,11 @@ class FileHost:
         return web.Response(status=302, headers={"Location": f"{self.origin}/files/plain.mp4"})
 
 
-class StaticResolver(AbstractResolver):
-    """Resolve every name to fixed addresses, as a hostile DNS answer would."""
-
-    def __init__(self, *addresses: str) -> None:
-        self.addresses = addresses
-        self.asked: list[str] = []
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        """Answer with the fixed addresses."""
-        self.asked.append(host)
-        return [
-            ResolveResult(
-                hostname=host,
-                host=address,
-                port=port,
-                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
-                proto=0,
-                flags=0,
-            )
-            for address in self.addresses
-        ]
-
-    async def close(self) -> None:
-        """Nothing to release."""
-
-
 @pytest.fixture
 async def host() -> AsyncIterator[FileHost]:
     """A second server, on another port of 127.0.0.1."""
-    server = FileHost()
-    await server.start()
-    try:
+    async with FileHost() as server:
         yield server
-    finally:
-        await server.close()
 
 
 async def _no_sleep(_seconds: float) -> None:

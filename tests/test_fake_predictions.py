@@ -18,6 +18,7 @@ import pytest_asyncio
 from aiohttp import web
 from yarl import URL
 
+from tests.fakes.local_server import LocalServer
 from tests.fakes.predictions import (
     AFTER_CREATE_KINDS,
     DEFAULT_TOKEN,
@@ -489,30 +490,21 @@ def test_random_faults_follow_the_seed() -> None:
 # ---- webhooks ------------------------------------------------------------------------------
 
 
-class _Receiver:
+class _Receiver(LocalServer):
     """A webhook endpoint on 127.0.0.1 that records what it is sent."""
 
     def __init__(self, status: int = 200) -> None:
+        super().__init__()
         self.status = status
         self.received: list[tuple[dict[str, str], bytes]] = []
-        self._runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self) -> None:
         """Listen on a free port."""
         app = web.Application()
         app.router.add_post("/hook", self._hook)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}/hook"
-
-    async def close(self) -> None:
-        """Stop listening."""
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.start_app(app)
+        self.url = f"{self.origin}/hook"
 
     async def _hook(self, request: web.Request) -> web.Response:
         """Record one delivery."""

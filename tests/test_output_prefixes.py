@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 
 from bot.backends.base import DownloadError
 from bot.backends.output_hosts import (
@@ -19,6 +19,7 @@ from bot.backends.output_hosts import (
 )
 from bot.backends.replicate import PredictionClient
 from bot.storage.sqlite import SQLiteStore
+from tests.fakes.dns import StaticResolver
 from tests.fakes.predictions import FakePredictionAPI, OtherHost
 from tests.scheduling import RecordingReporter, started_scheduler, submit
 
@@ -131,33 +132,6 @@ def test_an_entry_with_credentials_is_refused_without_echoing_them() -> None:
 
 
 # ---- downloads through the client, from another server ---------------------------------------
-
-
-class StaticResolver(AbstractResolver):
-    """Resolve every name to one fixed address, recording what was asked."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.asked: list[str] = []
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        """Answer with the fixed address."""
-        self.asked.append(host)
-        return [
-            ResolveResult(
-                hostname=host,
-                host=self.address,
-                port=port,
-                family=socket.AF_INET,
-                proto=0,
-                flags=0,
-            )
-        ]
-
-    async def close(self) -> None:
-        """Nothing to release."""
 
 
 @pytest.fixture
@@ -303,19 +277,32 @@ async def test_defaults_and_public_names_still_refuse_local_addresses(
 # ---- end to end: the real scheduler ---------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def outputs_elsewhere(api: FakePredictionAPI) -> AsyncIterator[OtherHost]:
+    """Another host serving the API's sample, where the API's output URLs now point."""
+    async with OtherHost(body=api.sample) as outputs:
+        api.output_base = f"{outputs.origin}/outputs"
+        yield outputs
+
+
+async def run_one_job(
+    client: PredictionClient, store: SQLiteStore, reporter: RecordingReporter
+) -> None:
+    """Submit one job to the real scheduler and wait until it is delivered or fails."""
+    async with started_scheduler(store, client, reporter) as scheduler:
+        await submit(scheduler)
+        await reporter.wait_for(lambda: reporter.delivered or reporter.failures)
+
+
 async def test_a_job_whose_output_is_on_a_listed_host_is_delivered(
     http: aiohttp.ClientSession,
     prediction_api: FakePredictionAPI,
     store: SQLiteStore,
     reporter: RecordingReporter,
 ) -> None:
-    async with OtherHost(body=prediction_api.sample) as outputs:
-        prediction_api.output_base = f"{outputs.origin}/outputs"
+    async with outputs_elsewhere(prediction_api) as outputs:
         prefixes = parse_output_prefixes(f"{DEFAULT_OUTPUT_URL_PREFIXES},{outputs.origin}/outputs/")
-        client = make_client(http, prediction_api, prefixes)
-        async with started_scheduler(store, client, reporter) as scheduler:
-            await submit(scheduler)
-            await reporter.wait_for(lambda: reporter.delivered or reporter.failures)
+        await run_one_job(make_client(http, prediction_api, prefixes), store, reporter)
         assert reporter.failures == []
         assert reporter.files == [prediction_api.sample]
         assert [seen.path for seen in outputs.seen] == [f"/outputs/{prediction_api.latest.id}.mp4"]
@@ -328,12 +315,9 @@ async def test_a_job_whose_output_is_on_an_unlisted_host_fails_with_a_clear_reas
     store: SQLiteStore,
     reporter: RecordingReporter,
 ) -> None:
-    async with OtherHost(body=prediction_api.sample) as outputs:
-        prediction_api.output_base = f"{outputs.origin}/outputs"
+    async with outputs_elsewhere(prediction_api) as outputs:
         client = make_client(http, prediction_api)  # the defaults: replicate.delivery only
-        async with started_scheduler(store, client, reporter) as scheduler:
-            await submit(scheduler)
-            await reporter.wait_for(lambda: reporter.delivered or reporter.failures)
+        await run_one_job(client, store, reporter)
         assert reporter.delivered == []
         [(_job, reason)] = reporter.failures
         assert reason == (

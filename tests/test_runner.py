@@ -7,6 +7,7 @@ the moment of each call, which shows that every step was stored before the next 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import shutil
 import time
@@ -27,12 +28,12 @@ from bot.backends.base import (
     ServiceUnavailable,
 )
 from bot.core.jobs import Job, JobStatus
-from bot.core.limits import SchedulerLimits
 from bot.core.reporter import CancelOutcome
 from bot.core.runner import MAX_RERUNS
 from bot.core.scheduler import Scheduler
 from bot.storage.sqlite import SQLiteStore
-from tests.scheduling import RecordingReporter, request, short_sleep, submit
+from tests.conftest import opened_store
+from tests.scheduling import RecordingReporter, request, started_scheduler, submit
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "animatediff-sample.mp4"
 SAMPLE_SIZE = SAMPLE.stat().st_size
@@ -185,17 +186,6 @@ class FakeBackend:
         )
 
 
-def make_scheduler(store: SQLiteStore, backend: FakeBackend, work: Path) -> Scheduler:
-    """The real scheduler on the fake backend, with quick sleeps and instant status edits."""
-    return Scheduler(
-        store,
-        backend,
-        limits=SchedulerLimits(status_interval=0),
-        sleep=short_sleep,
-        work_root=work,
-    )
-
-
 async def stored(store: SQLiteStore, job_id: int) -> Job:
     job = await store.get(job_id)
     assert job is not None
@@ -207,20 +197,6 @@ async def finished(scheduler: Scheduler, store: SQLiteStore, job_id: int) -> Job
     async with asyncio.timeout(5):
         await scheduler.wait_idle()
     return await stored(store, job_id)
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "jobs.sqlite3"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[SQLiteStore]:
-    store = await SQLiteStore.open(db_path)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 @pytest.fixture
@@ -237,13 +213,23 @@ def reporter() -> RecordingReporter:
 async def scheduler(
     store: SQLiteStore, backend: FakeBackend, reporter: RecordingReporter, tmp_path: Path
 ) -> AsyncIterator[Scheduler]:
-    scheduler = make_scheduler(store, backend, tmp_path / "work")
-    scheduler.attach(reporter)
-    await scheduler.start()
-    try:
-        yield scheduler
-    finally:
-        await scheduler.stop()
+    """The real scheduler on the fake backend, started (`store` is on conftest's `db_path`)."""
+    async with started_scheduler(store, backend, reporter, work_root=tmp_path / "work") as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def bot_process(
+    db_path: Path, backend: FakeBackend, work_root: Path
+) -> AsyncIterator[tuple[Scheduler, RecordingReporter, SQLiteStore]]:
+    """A bot process on the file `db_path`: its store, and a started scheduler with a new
+    reporter; the scheduler stops, then the store closes, at the end of the block."""
+    reporter = RecordingReporter()
+    async with (
+        opened_store(db_path) as store,
+        started_scheduler(store, backend, reporter, work_root=work_root) as scheduler,
+    ):
+        yield scheduler, reporter, store
 
 
 # The whole life -----------------------------------------------------------------------------
@@ -463,38 +449,22 @@ async def test_a_restart_resumes_a_running_job_by_polling_it(
     db_path: Path, backend: FakeBackend, tmp_path: Path
 ) -> None:
     backend.plan = ["processing"]  # still running when the bot stops
-    first_reporter = RecordingReporter()
-    store = await SQLiteStore.open(db_path)
-    try:
-        first = make_scheduler(store, backend, tmp_path / "work")
-        first.attach(first_reporter)
-        await first.start()
+    work = tmp_path / "work"
+    async with bot_process(db_path, backend, work) as (first, first_reporter, store):
         job = await submit(first)
         await backend.until(lambda: backend.count("get") >= 1)
         assert (await stored(store, job.id)).status is JobStatus.RUNNING
-        await first.stop()
-    finally:
-        await store.close()
     assert backend.count("create") == 1
     assert not first_reporter.delivered and not first_reporter.failures
 
     # The prediction finished while the bot was away; a new process opens the same file.
     backend.upstream["p1"].plan = deque(["succeeded"])
     backend.calls.clear()
-    reporter = RecordingReporter()
-    store = await SQLiteStore.open(db_path)
-    try:
+    async with opened_store(db_path) as store:  # as the new process finds it, before it starts
         assert (await stored(store, job.id)).status is JobStatus.RUNNING
-        second = make_scheduler(store, backend, tmp_path / "work")
-        second.attach(reporter)
-        await second.start()
-        try:
-            await reporter.wait_for(lambda: reporter.delivered)
-            done = await finished(second, store, job.id)
-        finally:
-            await second.stop()
-    finally:
-        await store.close()
+    async with bot_process(db_path, backend, work) as (second, reporter, store):
+        await reporter.wait_for(lambda: reporter.delivered)
+        done = await finished(second, store, job.id)
     assert backend.count("create") == 0 and backend.count("find") == 0
     assert backend.calls[0] == ("get", "p1")
     assert backend.count("download") == 1
@@ -513,34 +483,19 @@ async def test_a_restart_mid_create_finds_the_prediction_when_it_can(
         await never.wait()  # the create reached the API; its answer never comes back
 
     backend.on_create = hang
-    store = await SQLiteStore.open(db_path)
-    try:
-        first = make_scheduler(store, backend, tmp_path / "work")
-        first.attach(RecordingReporter())
-        await first.start()
-        job = await submit(first)
-        await backend.until(lambda: backend.count("create") == 1)
-        await first.stop()
-        assert (await stored(store, job.id)).status is JobStatus.SUBMITTED
-    finally:
-        await store.close()
+    work = tmp_path / "work"
+    async with opened_store(db_path) as store:
+        async with started_scheduler(store, backend, RecordingReporter(), work_root=work) as first:
+            job = await submit(first)
+            await backend.until(lambda: backend.count("create") == 1)
+        assert (await stored(store, job.id)).status is JobStatus.SUBMITTED  # once stopped
 
     backend.on_create = None
     backend.features = BackendFeatures(polling=True, pushes=False, search=search)
     backend.calls.clear()
-    reporter = RecordingReporter()
-    store = await SQLiteStore.open(db_path)
-    try:
-        second = make_scheduler(store, backend, tmp_path / "work")
-        second.attach(reporter)
-        await second.start()
-        try:
-            await reporter.wait_for(lambda: reporter.delivered)
-            done = await finished(second, store, job.id)
-        finally:
-            await second.stop()
-    finally:
-        await store.close()
+    async with bot_process(db_path, backend, work) as (second, reporter, store):
+        await reporter.wait_for(lambda: reporter.delivered)
+        done = await finished(second, store, job.id)
     assert done.status is JobStatus.DONE
     if search:
         assert backend.count("find") == 1 and backend.count("create") == 0

@@ -151,18 +151,23 @@ def test_bad_settings_are_one_line(
     assert "\n" not in str(caught.value)
 
 
-def test_missing_token_exits_2_without_a_traceback(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "REPLICATE_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run(
+def run_bot(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m bot` in `tmp_path` without the caller's tokens, with `env` added."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "REPLICATE_"))}
+    environ.update(PYTHONPATH=str(ROOT), **env)
+    return subprocess.run(
         [sys.executable, "-m", "bot"],
         cwd=tmp_path,
-        env=env,
+        env=environ,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_missing_token_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    done = run_bot(tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "animate-bot: DISCORD_TOKEN is not set: put it in the environment or in .env"
@@ -171,21 +176,11 @@ def test_missing_token_exits_2_without_a_traceback(tmp_path: Path) -> None:
 
 
 def test_a_bad_output_url_prefix_exits_2_with_one_line(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "REPLICATE_"))}
-    env.update(
-        PYTHONPATH=str(ROOT),
+    done = run_bot(
+        tmp_path,
         DISCORD_TOKEN="d",
         REPLICATE_API_TOKEN="r",
         OUTPUT_URL_PREFIXES="https://replicate.delivery/,files.example.com/outputs/",
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "bot"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

@@ -8,18 +8,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from bot.core import redaction
 from bot.core.eta import Timing
 from bot.core.jobs import GenerationRequest
 from bot.core.redaction import MASK
 from bot.storage.base import SchemaTooNew
 from bot.storage.sqlite import TIMINGS_KEPT, SQLiteStore
 from bot.storage.sqlite_migrations import MIGRATIONS
+from tests.conftest import LEAKS_IN_REASONS, end_with_secret_reasons
 
 TOKEN = "aW50ZXJhY3Rpb246MTIz:interaction-token-value"
 
@@ -45,18 +44,15 @@ def _raw_row(path: Path, job_id: int) -> sqlite3.Row:
 
 
 @pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "bot.sqlite3"
+def path(db_path: Path) -> Path:
+    """The file behind `opened` (conftest's `db_path`)."""
+    return db_path
 
 
 @pytest.fixture
-async def opened(path: Path) -> AsyncIterator[SQLiteStore]:
-    """A store on `path`, so a test can read the file behind it."""
-    store = await SQLiteStore.open(path)
-    try:
-        yield store
-    finally:
-        await store.close()
+def opened(store: SQLiteStore) -> SQLiteStore:
+    """A store on `path` (conftest's `store`), so a test can read the file behind it."""
+    return store
 
 
 async def test_open_creates_folder_file_and_migrates(tmp_path: Path) -> None:
@@ -170,23 +166,13 @@ async def test_the_interaction_token_column_is_emptied_when_the_job_ends(
 
 
 async def test_reasons_are_masked_in_the_file(opened: SQLiteStore, path: Path) -> None:
-    secret = "r8_registered-secret-value"
-    redaction.register_secret(secret)
-    try:
-        failed = await _add(opened)
-        await opened.mark_failed(failed, f"token {secret}; Authorization: Bearer xyz987abc")
-        canceled = await _add(opened)
-        await opened.mark_canceled(canceled, f"stopped (key {secret}, Bearer qwe456rty)")
-        untold = await _add(opened)
-        await opened.mark_canceled(untold)
-    finally:
-        redaction.forget_secrets()
+    failed, canceled, untold = await end_with_secret_reasons(opened, _add)
     for job_id in (failed, canceled):
         error = _raw_row(path, job_id)["error"]
-        for leaked in (secret, "xyz987abc", "qwe456rty"):
+        for leaked in LEAKS_IN_REASONS:
             assert leaked not in error
         assert MASK in error
-    assert _raw_row(path, failed)["error"].startswith("token [redacted];")
+    assert _raw_row(path, failed)["error"].startswith("The service said: token [redacted] refused")
     assert _raw_row(path, untold)["error"] is None
 
 

@@ -11,12 +11,11 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bot.core import redaction
 from bot.core.eta import Timing
 from bot.core.jobs import GenerationRequest, Job, JobStatus
 from bot.core.redaction import MASK
 from bot.storage.base import InvalidTransition, Store
-from tests.conftest import StoreClock
+from tests.conftest import LEAKS_IN_REASONS, StoreClock, end_with_secret_reasons
 
 DAY = 86_400
 TODAY = 19_675  # the UTC day number of StoreClock.START
@@ -284,24 +283,12 @@ async def test_failed_and_canceled_keep_the_reason_and_the_billed_time(
 
 
 async def test_failure_and_cancel_reasons_are_stored_masked(any_store: Store) -> None:
-    secret = "r8_registered-secret-value"
-    redaction.register_secret(secret)
-    try:
-        failed = await _add(any_store)
-        await any_store.mark_failed(
-            failed, f"The service said: token {secret} refused; Authorization: Bearer xyz987abc"
-        )
-        canceled = await _add(any_store)
-        await any_store.mark_canceled(canceled, f"stopped (key {secret}, Bearer qwe456rty)")
-        untold = await _add(any_store)
-        await any_store.mark_canceled(untold)
-    finally:
-        redaction.forget_secrets()
+    failed, canceled, untold = await end_with_secret_reasons(any_store, _add)
     # Read once the secret is forgotten: what is stored is masked, not what is shown.
     for job_id in (failed, canceled):
         job = await any_store.get(job_id)
         assert job is not None and job.error is not None
-        for leaked in (secret, "xyz987abc", "qwe456rty"):
+        for leaked in LEAKS_IN_REASONS:
             assert leaked not in job.error
         assert MASK in job.error
     job = await any_store.get(failed)

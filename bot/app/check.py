@@ -9,18 +9,17 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import aiohttp
 
 from bot.app.settings import Settings, SettingsError, load_settings
-from bot.backends.webhooks import SigningKey
+from bot.backends.probing import REQUEST_TIMEOUT_SECONDS, Unanswered, get_once, reason
+from bot.backends.replicate_check import check_signing_secret, check_token
 from bot.core import redaction
 from bot.storage.base import SchemaTooNew
 from bot.storage.sqlite import SQLiteStore
 
-# Short: an operator waits at a prompt, and a healthy service answers in well under a second.
-REQUEST_TIMEOUT_SECONDS = 10.0
 # Discord asks every REST client to name itself in this form.
 DISCORD_USER_AGENT = "DiscordBot (animate-bot, 0.1.0) animate-bot-check"
 
@@ -86,12 +85,12 @@ async def check_database(path: Path) -> Result:
     except SchemaTooNew as exc:
         return Result("database", Outcome.FAIL, f"{path}: {exc}")
     except (OSError, sqlite3.Error) as exc:
-        return Result("database", Outcome.FAIL, f"cannot open or create {path} ({_reason(exc)})")
+        return Result("database", Outcome.FAIL, f"cannot open or create {path} ({reason(exc)})")
     try:
         version = await store.schema_version()
         await store.probe_write()
     except (OSError, sqlite3.Error) as exc:
-        return Result("database", Outcome.FAIL, f"cannot write {path} ({_reason(exc)})")
+        return Result("database", Outcome.FAIL, f"cannot write {path} ({reason(exc)})")
     finally:
         await store.close()
     how = "existing file" if existed else "created"
@@ -107,8 +106,10 @@ async def check_discord(http: aiohttp.ClientSession, settings: Settings) -> Resu
         "User-Agent": DISCORD_USER_AGENT,
     }
     try:
-        status, body = await _get(http, url, headers, service="Discord", setting="DISCORD_API_BASE")
-    except _Unanswered as exc:
+        status, body = await get_once(
+            http, url, headers, service="Discord", setting="DISCORD_API_BASE"
+        )
+    except Unanswered as exc:
         return Result(name, Outcome.FAIL, str(exc))
     if status == 401:
         return Result(name, Outcome.FAIL, "Discord refused DISCORD_TOKEN; check the token")
@@ -120,28 +121,13 @@ async def check_discord(http: aiohttp.ClientSession, settings: Settings) -> Resu
 
 
 async def check_prediction_api(http: aiohttp.ClientSession, settings: Settings) -> Result:
-    """List predictions with the bearer token: the cheapest authenticated request."""
-    name = "prediction API"
-    url = f"{settings.replicate_api_base}/predictions"
-    try:
-        status, body = await _get_from_api(http, settings, url)
-    except _Unanswered as exc:
-        return Result(name, Outcome.FAIL, str(exc))
-    detail = body.get("detail") if isinstance(body, dict) else None
-    said = f": {' '.join(detail.split())}" if isinstance(detail, str) and detail.strip() else ""
-    if status in (401, 403):
-        return Result(
-            name, Outcome.FAIL, f"the API refused REPLICATE_API_TOKEN (HTTP {status}{said})"
-        )
-    if 300 <= status < 400:
-        return Result(
-            name, Outcome.FAIL, f"{url} redirects (HTTP {status}); check REPLICATE_API_BASE"
-        )
-    if status != 200:
-        return Result(name, Outcome.FAIL, f"the API answered HTTP {status} at {url}{said}")
-    if not isinstance(body, dict) or not isinstance(body.get("results"), list):
-        return Result(name, Outcome.FAIL, f"{url} answered 200 but not with a prediction list")
-    return Result(name, Outcome.OK, f"token accepted at {settings.replicate_api_base}")
+    """Ask the prediction API whether it takes the token."""
+    probe = await check_token(
+        http,
+        base=settings.replicate_api_base,
+        token=settings.replicate_api_token.get_secret_value(),
+    )
+    return Result("prediction API", Outcome.OK if probe.ok else Outcome.FAIL, probe.detail)
 
 
 async def check_webhooks(http: aiohttp.ClientSession, settings: Settings) -> Result:
@@ -151,78 +137,19 @@ async def check_webhooks(http: aiohttp.ClientSession, settings: Settings) -> Res
         return Result(
             name, Outcome.SKIPPED, "PUBLIC_WEBHOOK_URL is not set: predictions are polled"
         )
-    url = f"{settings.replicate_api_base}/webhooks/default/secret"
-    try:
-        status, body = await _get_from_api(http, settings, url)
-    except _Unanswered as exc:
-        return Result(name, Outcome.FAIL, str(exc))
-    key = body.get("key") if isinstance(body, dict) else None
-    if status != 200 or not isinstance(key, str):
-        return Result(name, Outcome.FAIL, f"no signing secret at {url} (HTTP {status})")
-    try:
-        SigningKey.from_secret(key)
-    except ValueError as exc:
-        return Result(name, Outcome.FAIL, f"the signing secret at {url} is unusable: {exc}")
+    probe = await check_signing_secret(
+        http,
+        base=settings.replicate_api_base,
+        token=settings.replicate_api_token.get_secret_value(),
+    )
+    if not probe.ok:
+        return Result(name, Outcome.FAIL, probe.detail)
     where = f"{settings.webhook_listen_host}:{settings.webhook_listen_port}"
     return Result(
         name,
         Outcome.OK,
-        f"signing secret fetched; listening on {where} for {settings.public_webhook_url}",
+        f"{probe.detail}; listening on {where} for {settings.public_webhook_url}",
     )
-
-
-class _Unanswered(Exception):
-    """A request got no HTTP answer; the message says why, for the table."""
-
-
-async def _get_from_api(
-    http: aiohttp.ClientSession, settings: Settings, url: str
-) -> tuple[int, Any]:
-    """GET a URL of the prediction API with the bearer token (see `_get`)."""
-    headers = {"Authorization": f"Bearer {settings.replicate_api_token.get_secret_value()}"}
-    return await _get(
-        http, url, headers, service="the prediction API", setting="REPLICATE_API_BASE"
-    )
-
-
-async def _get(
-    http: aiohttp.ClientSession,
-    url: str,
-    headers: dict[str, str],
-    *,
-    service: str,
-    setting: str,
-) -> tuple[int, Any]:
-    """GET once, without following redirects; return the status and the JSON body (or None)."""
-    try:
-        # No redirects: a token must not travel to another origin (see DESIGN.md).
-        async with http.get(url, headers=headers, allow_redirects=False) as response:
-            return response.status, await _json_or_none(response)
-    except aiohttp.InvalidURL:
-        raise _Unanswered(f"{url} is not a valid URL; check {setting}") from None
-    except TimeoutError:
-        raise _Unanswered(
-            f"{service} at {url} did not answer within {REQUEST_TIMEOUT_SECONDS:g} s"
-        ) from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise _Unanswered(f"could not reach {service} at {url} ({_reason(exc)})") from None
-    except ValueError as exc:
-        # aiohttp refuses to send, for one, an Authorization header to a URL with user:password@.
-        raise _Unanswered(f"cannot send a request to {url} ({_reason(exc)})") from None
-
-
-async def _json_or_none(response: aiohttp.ClientResponse) -> Any:
-    """Parse the body as JSON, or return None when it is not JSON."""
-    try:
-        return await response.json(content_type=None)
-    except ValueError:
-        return None
-
-
-def _reason(exc: BaseException) -> str:
-    """One line saying what went wrong, naming the exception when it has no message."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 def render(results: Sequence[Result]) -> str:

@@ -10,7 +10,6 @@ import json
 import mimetypes
 import re
 import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, WSMsgType, web
+
+from tests.fakes.local_server import LocalServer
 
 __all__ = [
     "BOT_PERMISSIONS",
@@ -437,7 +438,7 @@ def _describe(predicate: Callable[..., Any]) -> str:
     return source if len(source) < 300 else source[:300] + "..."
 
 
-class FakeDiscord:
+class FakeDiscord(LocalServer):
     """In-process fake Discord server (REST + gateway) for a real discord.py client."""
 
     def __init__(
@@ -447,7 +448,8 @@ class FakeDiscord:
         bot_user_id: int = 1000,
         application_id: int = 1000,
     ) -> None:
-        """Create the fake; call start() before connecting a client."""
+        """Create the fake; call start() (or use `async with`) before connecting a client."""
+        super().__init__()
         self.token = token
         self.bot_user_id = bot_user_id
         self.application_id = application_id
@@ -475,7 +477,6 @@ class FakeDiscord:
         self._changed = asyncio.Event()
         self._last_snowflake = 0
         self._counter = itertools.count()
-        self._runner: web.AppRunner | None = None
         self._routes: list[tuple[str, re.Pattern[str], Handler, bool]] = self._build_routes()
 
     # ------------------------------------------------------------------ lifecycle
@@ -488,25 +489,17 @@ class FakeDiscord:
             "/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn_handler
         )
         app.router.add_route("*", "/{tail:.*}", self._rest_handler)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-        self.base_url = f"http://127.0.0.1:{port}"
+        await self.start_app(app)
+        self.base_url = self.origin
         self.api_base = f"{self.base_url}{API_PREFIX}"
-        self.gateway_url = f"ws://127.0.0.1:{port}/gateway"
+        self.gateway_url = f"ws://127.0.0.1:{self.port}/gateway"
 
     async def close(self) -> None:
         """Close every gateway connection and stop the server."""
         for conn in list(self._connections):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.ws.close(code=1001, message=b"fake shutting down"), 2)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await super().close()
 
     # ------------------------------------------------------------------ world setup
 

@@ -12,7 +12,6 @@ import math
 import random
 import re
 import secrets
-import socket
 import string
 import time
 from collections import Counter
@@ -22,12 +21,13 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from time import monotonic
-from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+from tests.fakes.local_server import LocalServer
 
 __all__ = [
     "DEFAULT_TOKEN",
@@ -102,6 +102,18 @@ class RecordedRequest:
     headers: dict[str, str]
     json: Any | None
     time: float
+
+    @classmethod
+    def of(cls, request: web.Request, body: Any | None) -> RecordedRequest:
+        """Record `request` as it arrives now, with its `body` as the caller read it."""
+        return cls(
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            headers=dict(request.headers),
+            json=body,
+            time=monotonic(),
+        )
 
     def header(self, name: str) -> str | None:
         """Return a header value looked up case-insensitively, or None."""
@@ -437,7 +449,7 @@ class RandomFaults:
         return sum(self.counts.values())
 
 
-class FakePredictionAPI:
+class FakePredictionAPI(LocalServer):
     """An aiohttp server on 127.0.0.1 that behaves like Replicate's prediction API."""
 
     def __init__(
@@ -459,6 +471,7 @@ class FakePredictionAPI:
         faster while logs, timestamps and metrics still read in unscaled seconds. A `clock`
         instead computes each prediction's state from that clock when asked (no tasks run).
         """
+        super().__init__()
         self.token = token
         self.version = version
         if sample is None:
@@ -477,10 +490,8 @@ class FakePredictionAPI:
         self.predictions: dict[str, FakePrediction] = {}
         self.faults: list[Fault] = []
         self.random_faults: RandomFaults | None = None
-        self.origin = ""
         self.base_url = ""
         self._seq = 0
-        self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed_event = asyncio.Event()
         self._closing = asyncio.Event()
@@ -492,20 +503,6 @@ class FakePredictionAPI:
         self.webhook_deliveries: list[WebhookDelivery] = []
         self._webhook_session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> Self:
-        """Start serving for the duration of an `async with` block."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop serving at the end of an `async with` block."""
-        await self.close()
-
     async def start(self) -> None:
         """Bind a random free port on 127.0.0.1 and begin serving."""
         app = web.Application(middlewares=[self._middleware])
@@ -516,13 +513,7 @@ class FakePredictionAPI:
         app.router.add_post(f"{api}/predictions/{{id}}/cancel", self._cancel)
         app.router.add_get("/files/{name}", self._file)
         app.router.add_get(f"{api}/webhooks/default/secret", self._webhook_secret_answer)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-        self.origin = f"http://127.0.0.1:{port}"
+        await self.start_app(app)
         self.base_url = f"{self.origin}{self.path_prefix}"
 
     async def close(self) -> None:
@@ -535,9 +526,7 @@ class FakePredictionAPI:
         if self._webhook_session is not None:
             await self._webhook_session.close()
             self._webhook_session = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await super().close()
 
     # ---- test-facing helpers -------------------------------------------------------------
 
@@ -745,16 +734,7 @@ class FakePredictionAPI:
             parsed: Any | None = json.loads(raw) if raw else None
         except ValueError:
             parsed = None
-        self.requests.append(
-            RecordedRequest(
-                method=request.method,
-                path=request.path,
-                query=dict(request.query),
-                headers=dict(request.headers),
-                json=parsed,
-                time=monotonic(),
-            )
-        )
+        self.requests.append(RecordedRequest.of(request, parsed))
         self._changed()
         try:
             fault = self._take_fault(request.method, request.path)
@@ -1228,34 +1208,21 @@ class ManualClock:
         await asyncio.sleep(0)
 
 
-class OtherHost:
+class OtherHost(LocalServer):
     """Another server on 127.0.0.1 (its own port): records every request it gets.
 
     It serves `body` for any GET under `serve_under` (an output file host, as a gateway's), and
     answers a path listed in `redirects` with a 302 to its target; anything else is 404.
     """
 
+    shutdown_timeout = 0.5
+
     def __init__(self, *, body: bytes = b"", serve_under: str = "/outputs/") -> None:
+        super().__init__()
         self.body = body
         self.serve_under = serve_under
         self.redirects: dict[str, str] = {}
         self.seen: list[RecordedRequest] = []
-        self.origin = ""
-        self._runner: web.AppRunner | None = None
-
-    async def __aenter__(self) -> Self:
-        """Start serving for the duration of an `async with` block."""
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop serving at the end of an `async with` block."""
-        await self.close()
 
     @property
     def host(self) -> str:
@@ -1266,32 +1233,12 @@ class OtherHost:
         """Bind a free port on 127.0.0.1 and serve every path."""
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._answer)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(self._runner, sock).start()
-        self.origin = f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-    async def close(self) -> None:
-        """Stop serving."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self.start_app(app)
 
     async def _answer(self, request: web.Request) -> web.Response:
         """Record the request, then serve, redirect or answer 404."""
         raw = await request.read()
-        self.seen.append(
-            RecordedRequest(
-                method=request.method,
-                path=request.path,
-                query=dict(request.query),
-                headers=dict(request.headers),
-                json=None if not raw else raw.decode(errors="replace"),
-                time=monotonic(),
-            )
-        )
+        self.seen.append(RecordedRequest.of(request, raw.decode(errors="replace") if raw else None))
         if request.path in self.redirects:
             return web.Response(status=302, headers={"Location": self.redirects[request.path]})
         if request.method == "GET" and request.path.startswith(self.serve_under):
