@@ -118,6 +118,8 @@ def test_which_entries_are_trusted_as_written(entry: str, trusted: bool) -> None
         "https://*.10.0.0.5/",
         "https://files.*.example.com/",
         "https://*/",
+        "https://*.com/",  # most of the internet, and no address check besides
+        "http://*.co/",
     ],
 )
 def test_bad_entries_are_refused(entry: str) -> None:
@@ -234,6 +236,39 @@ async def test_credentials_are_refused_even_under_a_listed_prefix(
     with pytest.raises(DownloadError, match="credentials") as caught:
         await client.download(url, max_bytes=2**20)
     assert "hunter2" not in str(caught.value) and files.seen == []
+
+
+def test_a_wildcard_over_a_private_suffix_is_allowed() -> None:
+    prefix = OutputPrefix.parse("http://*.lan/outputs/")
+    assert prefix.trusted_as_written and prefix.matches("http://gpu-a.lan/outputs/x.mp4")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/outputs/..%2Fadmin/x.mp4",
+        "/outputs/..%2fadmin/x.mp4",
+        "/outputs/x/..%2f..%2fsecret",
+        "/outputs/..%5Cadmin",
+        "/outputs/..\\admin",
+    ],
+)
+async def test_an_output_path_that_could_leave_its_folder_is_refused_without_a_request(
+    http: aiohttp.ClientSession, prediction_api: FakePredictionAPI, files: OtherHost, path: str
+) -> None:
+    client = make_client(http, prediction_api, parse_output_prefixes(f"{files.origin}/outputs/"))
+    with pytest.raises(DownloadError, match="leaves its folder"):
+        await client.download(f"{files.origin}{path}", max_bytes=2**20)
+    assert files.seen == []
+
+
+async def test_dot_segments_are_resolved_before_the_prefix_is_checked(
+    http: aiohttp.ClientSession, prediction_api: FakePredictionAPI, files: OtherHost
+) -> None:
+    client = make_client(http, prediction_api, parse_output_prefixes(f"{files.origin}/outputs/"))
+    with pytest.raises(DownloadError, match="not allowed"):
+        await client.download(f"{files.origin}/outputs/%2e%2e/admin", max_bytes=2**20)
+    assert files.seen == []
 
 
 async def test_a_redirect_from_a_listed_host_to_an_unlisted_one_is_not_followed(

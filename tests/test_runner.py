@@ -301,6 +301,12 @@ async def test_a_lost_create_answer_is_found_not_created_again(
     assert not reporter.failures
 
 
+NOT_SENT_AGAIN = (
+    "The bot could not confirm whether the animation service had started this request, so it "
+    "did not send it again; please try again."
+)
+
+
 async def test_a_lost_create_that_never_arrived_is_sent_again_after_the_search(
     scheduler: Scheduler, store: SQLiteStore, backend: FakeBackend, reporter: RecordingReporter
 ) -> None:
@@ -315,18 +321,18 @@ async def test_a_lost_create_that_never_arrived_is_sent_again_after_the_search(
     assert done.status is JobStatus.DONE and done.prediction_id == "p1"
 
 
-async def test_without_search_a_lost_create_is_sent_again_without_find(
+async def test_without_search_a_lost_create_fails_rather_than_pay_twice(
     scheduler: Scheduler, store: SQLiteStore, backend: FakeBackend, reporter: RecordingReporter
 ) -> None:
     backend.features = BackendFeatures(polling=True, pushes=False, search=False)
     backend.create_faults.append("lost")
     job = await submit(scheduler)
-    await reporter.wait_for(lambda: reporter.delivered)
+    await reporter.wait_for(lambda: reporter.failures)
     done = await finished(scheduler, store, job.id)
     assert backend.count("find") == 0
-    assert backend.count("create") == 2
-    assert done.status is JobStatus.DONE and done.prediction_id == "p2"
-    assert backend.create_inputs[0] == backend.create_inputs[1]
+    assert backend.count("create") == 1
+    assert done.status is JobStatus.FAILED
+    assert reporter.failures[0][1] == NOT_SENT_AGAIN
 
 
 async def test_an_unavailable_service_is_waited_out_without_a_search(
@@ -494,13 +500,31 @@ async def test_a_restart_mid_create_finds_the_prediction_when_it_can(
     backend.features = BackendFeatures(polling=True, pushes=False, search=search)
     backend.calls.clear()
     async with bot_process(db_path, backend, work) as (second, reporter, store):
-        await reporter.wait_for(lambda: reporter.delivered)
+        await reporter.wait_for(lambda: reporter.delivered or reporter.failures)
         done = await finished(second, store, job.id)
-    assert done.status is JobStatus.DONE
     if search:
+        assert done.status is JobStatus.DONE
         assert backend.count("find") == 1 and backend.count("create") == 0
         assert done.prediction_id == "p1"
     else:
-        # Nothing can find it: it is sent again (the first prediction is paid for twice).
-        assert backend.count("find") == 0 and backend.count("create") == 1
-        assert done.prediction_id == "p2"
+        # Nothing can find it, and sending it again could pay twice: it fails, and says why.
+        assert backend.count("find") == 0 and backend.count("create") == 0
+        assert done.status is JobStatus.FAILED and done.error == NOT_SENT_AGAIN
+
+
+async def test_a_backend_that_cannot_be_polled_is_followed_by_its_pushes_alone(
+    scheduler: Scheduler, store: SQLiteStore, backend: FakeBackend, reporter: RecordingReporter
+) -> None:
+    backend.features = BackendFeatures(polling=False, pushes=True, search=True)
+    job = await submit(scheduler)
+    await backend.until(lambda: backend.count("create") == 1)
+    await asyncio.sleep(0.1)  # ten turns of its (shortened) waits: it asks nothing meanwhile
+    assert (await stored(store, job.id)).status is JobStatus.RUNNING
+    assert backend.count("get") == 0 and not reporter.delivered
+    held = backend.upstream["p1"]
+    scheduler.push(backend._state(held, "processing"))
+    scheduler.push(backend._state(held, "succeeded"))
+    await reporter.wait_for(lambda: reporter.delivered)
+    done = await finished(scheduler, store, job.id)
+    assert done.status is JobStatus.DONE and done.prediction_id == "p1"
+    assert backend.count("get") == 0 and backend.count("download") == 1

@@ -90,6 +90,50 @@ async def test_a_job_whose_message_failed_posts_its_own_and_runs(
     assert stored is not None and stored.request_message_id == 7000 + job.id
 
 
+async def test_a_waiting_job_whose_message_failed_is_shown_its_place_at_once(
+    scheduler: Scheduler,
+    store: SQLiteStore,
+    reporter: RecordingReporter,
+    prediction_api: FakePredictionAPI,
+) -> None:
+    gate = asyncio.Event()
+    prediction_api.next_behaviours.append(Behaviour(hold=gate))
+    await submit(scheduler)  # runs, and stays running until the gate opens
+    job, _ = await scheduler.submit(
+        guild_id=1, channel_id=100, requester_id=11, request=request(seed=8)
+    )
+    await scheduler.attach_message(job.id, None)  # showing it failed, and it must wait
+    # Shown now, while its interaction token lives, not when its turn comes.
+    await reporter.wait_for(lambda: reporter.announced)
+    [(announced_id, update)] = reporter.announced
+    assert announced_id == job.id and (update.stage, update.position) == (Stage.QUEUED, 1)
+    stored = await store.get(job.id)
+    assert stored is not None and stored.status is JobStatus.QUEUED
+    assert stored.request_message_id == 7000 + job.id
+    gate.set()
+    await reporter.wait_for(lambda: len(reporter.delivered) == 2)
+    assert len(reporter.announced) == 1  # it ran on the message it was given
+    assert reporter.delivered[1][0].request_message_id == 7000 + job.id
+
+
+async def test_a_restart_shows_waiting_jobs_without_a_message_their_place_at_once(
+    store: SQLiteStore, client: PredictionClient, reporter: RecordingReporter
+) -> None:
+    jobs = [
+        await store.add_job(guild_id=1, channel_id=100, requester_id=10 + n, request=request())
+        for n in range(2)
+    ]  # both acknowledged, then the bot died before either message id was stored
+    async with started_scheduler(store, client, reporter):
+        await reporter.wait_for(lambda: len(reporter.delivered) == 2)
+    first, second = reporter.announced
+    assert first == (jobs[0].id, JobStatusUpdate(Stage.STARTING))
+    assert second[0] == jobs[1].id and (second[1].stage, second[1].position) == (Stage.QUEUED, 1)
+    assert [job.request_message_id for job, _ in reporter.delivered] == [
+        7000 + jobs[0].id,
+        7000 + jobs[1].id,
+    ]
+
+
 async def test_canceled_before_its_message_was_recorded_is_shown_on_it(
     scheduler: Scheduler, store: SQLiteStore, reporter: RecordingReporter
 ) -> None:

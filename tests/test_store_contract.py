@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from bot.core import redaction
 from bot.core.eta import Timing
 from bot.core.jobs import GenerationRequest, Job, JobStatus
 from bot.core.redaction import MASK
@@ -296,6 +297,22 @@ async def test_failure_and_cancel_reasons_are_stored_masked(any_store: Store) ->
     assert job.error.startswith("The service said: token [redacted] refused")
     job = await any_store.get(untold)
     assert job is not None and job.error is None
+
+
+async def test_an_invisible_character_cannot_split_a_secret_past_the_mask(
+    any_store: Store,
+) -> None:
+    secret = "s3cr3t-token-value"
+    redaction.register_secret(secret)
+    try:
+        job_id = await _add(any_store)
+        await any_store.mark_failed(
+            job_id, f"refused {secret[:6]}\u200b{secret[6:]} and Bearer\u2060 abc123xyz"
+        )
+    finally:
+        redaction.forget_secrets()
+    job = await any_store.get(job_id)
+    assert job is not None and job.error == f"refused {MASK} and Bearer {MASK}"
 
 
 async def test_a_rerun_goes_back_to_submitted_and_counts(

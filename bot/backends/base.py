@@ -116,7 +116,9 @@ class Prediction:
 class BackendFeatures:
     """What a backend can do, so the core knows how to follow its predictions."""
 
-    polling: bool  # `get` reads a prediction's current state
+    # `get` reads a prediction's current state. Without it the core learns of progress and the
+    # end only from pushes; `get` is still asked for an output a restart did not keep.
+    polling: bool
     pushes: bool  # each prediction's end (and progress) is pushed to the bot
     search: bool  # `find` can look up a prediction whose create's answer was lost
 

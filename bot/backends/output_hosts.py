@@ -136,6 +136,12 @@ class OutputPrefix:
             raise ValueError(f"{text!r} does not name a valid host")
         if wildcard and ip is not None:
             raise ValueError(f"{text!r}: `*.` must be followed by a DNS name")
+        if wildcard and "." not in host and host not in PRIVATE_SUFFIXES:
+            # `*.com` would admit most of the internet, and skip the address check besides.
+            raise ValueError(
+                f"{text!r}: `*.` must be followed by a domain of two or more labels "
+                "(such as *.example.com)"
+            )
         return cls(
             scheme=url.scheme,
             host=str(ip) if ip is not None else host,
@@ -166,7 +172,8 @@ class OutputPrefix:
                 return False
         elif host != self.host:
             return False
-        # Both forms must lie under the prefix, so `%2F` cannot smuggle a path past it.
+        # Both forms must lie under the prefix (and `output_url` refuses encoded separators
+        # and dot segments, which could leave it on a server that decodes them).
         raw_prefix = yarl.URL.build(path=self.path).raw_path
         return _under(url.path, self.path) and _under(url.raw_path, raw_prefix)
 
@@ -195,7 +202,21 @@ def output_url(url: str) -> yarl.URL:
         raise DownloadError(f"Refusing to download from a {target.scheme or 'relative'} URL.")
     if target.user is not None or target.password is not None:
         raise DownloadError("Refusing to download from an address that carries credentials.")
+    if _may_leave_its_folder(target):
+        raise DownloadError("Refusing to download from an address whose path leaves its folder.")
     return target
+
+
+def _may_leave_its_folder(url: yarl.URL) -> bool:
+    """True if a file server could read the path as outside the folder it names.
+
+    An encoded slash or backslash, or a `.`/`..` segment (however encoded), would pass a prefix
+    test on the text and still reach another folder on a server that decodes them.
+    """
+    raw = url.raw_path.lower()
+    if "%2f" in raw or "%5c" in raw or "\\" in url.path:
+        return True
+    return any(segment in (".", "..") for segment in url.path.split("/"))
 
 
 def allowed_prefix(url: yarl.URL, prefixes: Sequence[OutputPrefix]) -> OutputPrefix:

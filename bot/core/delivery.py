@@ -6,19 +6,17 @@ import asyncio
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bot import media
-from bot.backends.base import Backend, DownloadError, Prediction, PredictionAPIError
+from bot.backends.base import DownloadError, Prediction, PredictionAPIError
+from bot.core.context import JobContext
 from bot.core.crashpoints import crash_point
 from bot.core.following import PredictionFollower
 from bot.core.jobs import Job
-from bot.core.outcomes import JobOutcomes, api_refusal
-from bot.core.reporter import DeliveryFailed, JobReporter, JobResult
-from bot.core.status import StatusPublisher
-from bot.storage.base import Store
+from bot.core.outcomes import api_refusal
+from bot.core.reporter import DeliveryFailed, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +30,21 @@ class ResultDelivery:
 
     def __init__(
         self,
-        backend: Backend,
-        store: Store,
+        ctx: JobContext,
         *,
         follower: PredictionFollower,
-        status: StatusPublisher,
-        outcomes: JobOutcomes,
-        reporter: Callable[[], JobReporter],
-        max_download_bytes: int,
         stopping: Callable[[], bool],
         work_root: Path | None = None,
-        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._backend = backend
-        self._store = store
+        self._backend = ctx.backend
+        self._store = ctx.store
         self._follower = follower
-        self._status = status
-        self._outcomes = outcomes
-        self._reporter = reporter
-        self._max_download_bytes = max_download_bytes
+        self._status = ctx.status
+        self._outcomes = ctx.outcomes
+        self._reporter = ctx.reporter
+        self._max_download_bytes = ctx.limits.max_download_bytes
         self._stopping = stopping
-        self._wall = wall_clock
+        self._wall = ctx.wall_clock
         # Downloads and conversions, one folder per delivery inside it, swept at each start;
         # None: a temporary folder of its own.
         self.work_root = work_root

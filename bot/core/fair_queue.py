@@ -42,6 +42,11 @@ class FairQueue:
             self._rotation.append(job.guild_id)
         return len(queue)
 
+    def hold(self, job_id: int) -> None:
+        """Keep a queued job from starting until it is released."""
+        if job_id in self._queued_in:
+            self._held.add(job_id)
+
     def release(self, job_id: int) -> None:
         """Let a held job start when its turn comes."""
         self._held.discard(job_id)

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from bot.backends.base import (
-    Backend,
     Prediction,
     PredictionAPIError,
     PredictionNotFound,
     RateLimited,
     ServiceUnavailable,
 )
+from bot.core.context import JobContext
 from bot.core.jobs import Job
-from bot.core.limits import SchedulerLimits
-from bot.core.outage import OutageTracker
-from bot.core.outcomes import JobOutcomes, api_refusal
-from bot.core.polling import PollPlanner
+from bot.core.outcomes import api_refusal
 from bot.core.progress import parse_progress
-from bot.core.pushes import PushInbox
-from bot.core.signals import JobSignals
-from bot.core.status import StatusPublisher
 
 log = logging.getLogger(__name__)
 
@@ -32,30 +25,17 @@ Clock = Callable[[], float]
 class PredictionFollower:
     """Reads a job's prediction until it ends, showing its progress and minding the limits."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        *,
-        signals: JobSignals,
-        pushes: PushInbox,
-        status: StatusPublisher,
-        outcomes: JobOutcomes,
-        outage: OutageTracker,
-        planner: PollPlanner,
-        limits: SchedulerLimits,
-        clock: Clock = time.monotonic,
-        wall_clock: Clock = time.time,
-    ) -> None:
-        self._backend = backend
-        self._signals = signals
-        self._pushes = pushes
-        self._status = status
-        self._outcomes = outcomes
-        self._outage = outage
-        self._planner = planner
-        self._limits = limits
-        self._clock = clock
-        self._wall = wall_clock
+    def __init__(self, ctx: JobContext) -> None:
+        self._backend = ctx.backend
+        self._signals = ctx.signals
+        self._pushes = ctx.pushes
+        self._status = ctx.status
+        self._outcomes = ctx.outcomes
+        self._outage = ctx.outage
+        self._planner = ctx.planner
+        self._limits = ctx.limits
+        self._clock = ctx.clock
+        self._wall = ctx.wall_clock
 
     async def follow(self, job: Job, prediction: Prediction | None) -> Prediction | None:
         """Follow until the prediction ends; return it if it succeeded, else settle the job."""
@@ -65,6 +45,10 @@ class PredictionFollower:
         polls = 0
         cancel_sent = False
         self._pushes.follow(job.prediction_id, job.id)
+        can_poll = self._backend.features.polling
+        if prediction is None and not can_poll:
+            # Nothing to ask (a restart forgot its state): wait for a push, as if it starts.
+            prediction = Prediction(id=job.prediction_id, status="starting")
         while prediction is None or not prediction.is_terminal:
             if self._signals.cancel_wanted(job.id):
                 self._signals.clear(job.id)
@@ -82,8 +66,8 @@ class PredictionFollower:
                 if pushed is not None:
                     prediction = pushed
                     continue
-                if woken and not self._signals.cancel_wanted(job.id):
-                    continue  # a push older than what we know: nothing new
+                if (woken and not self._signals.cancel_wanted(job.id)) or not can_poll:
+                    continue  # a push older than what we know, or no way to ask: wait on
             else:
                 prediction = self._take_pushed(job, None)
                 if prediction is not None:

@@ -6,6 +6,8 @@ import logging
 import re
 import threading
 
+from bot.core.jobs import INVISIBLE
+
 log = logging.getLogger(__name__)
 
 MASK = "[redacted]"
@@ -66,6 +68,11 @@ def redact(text: str) -> str:
     text = _PATH_TOKEN.sub(rf"\1{MASK}", text)
     text = _TOKEN_KEY.sub(rf"\1{MASK}", text)
     return _SECRET_QUERY.sub(rf"\1{MASK}", text)
+
+
+def scrub(text: str) -> str:
+    """Drop invisible characters, then mask secrets: none can split a secret past the mask."""
+    return redact(INVISIBLE.sub("", text))
 
 
 class RedactingFilter(logging.Filter):

@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 
 from bot.backends.base import (
-    Backend,
     CreateOutcomeUnknown,
     Prediction,
     PredictionAPIError,
@@ -22,20 +20,14 @@ from bot.backends.base import (
     SearchIncomplete,
     ServiceUnavailable,
 )
+from bot.core.context import JobContext
 from bot.core.crashpoints import crash_point
 from bot.core.delivery import OutputExpired, ResultDelivery
 from bot.core.eta import Timing, observed
 from bot.core.following import PredictionFollower
 from bot.core.jobs import Job, JobStatus
-from bot.core.limits import SchedulerLimits
-from bot.core.outage import OutageTracker
-from bot.core.outcomes import JobOutcomes, api_refusal
-from bot.core.polling import PollPlanner
-from bot.core.pushes import PushInbox
-from bot.core.reporter import JobReporter, JobStatusUpdate, Stage
-from bot.core.signals import JobSignals
-from bot.core.status import StatusPublisher
-from bot.storage.base import Store
+from bot.core.outcomes import api_refusal
+from bot.core.reporter import JobStatusUpdate, Stage
 
 log = logging.getLogger(__name__)
 
@@ -69,36 +61,26 @@ class JobRunner:
 
     def __init__(
         self,
-        backend: Backend,
-        store: Store,
+        ctx: JobContext,
         *,
-        signals: JobSignals,
-        pushes: PushInbox,
-        status: StatusPublisher,
-        outcomes: JobOutcomes,
-        outage: OutageTracker,
-        planner: PollPlanner,
         follower: PredictionFollower,
         delivery: ResultDelivery,
-        reporter: Callable[[], JobReporter],
         track: Callable[[Job], None],
-        limits: SchedulerLimits,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._backend = backend
-        self._store = store
-        self._signals = signals
-        self._pushes = pushes
-        self._status = status
-        self._outcomes = outcomes
-        self._outage = outage
-        self._planner = planner
+        self._backend = ctx.backend
+        self._store = ctx.store
+        self._signals = ctx.signals
+        self._pushes = ctx.pushes
+        self._status = ctx.status
+        self._outcomes = ctx.outcomes
+        self._outage = ctx.outage
+        self._planner = ctx.planner
+        self._reporter = ctx.reporter
+        self._limits = ctx.limits
+        self._clock = ctx.clock
         self._follower = follower
         self._delivery = delivery
-        self._reporter = reporter
         self._track_in_queue = track  # keeps the queue's copy of a running job current
-        self._limits = limits
-        self._clock = clock
         self._same_input = _KeyedLocks()
         self.writes: set[asyncio.Task[None]] = set()  # timings being stored
 
@@ -185,7 +167,10 @@ class JobRunner:
         crash between the acknowledgement and storing the message id leaves one message.
         """
         stage = Stage.UPLOADING if job.status is JobStatus.DELIVERING else Stage.STARTING
-        update = JobStatusUpdate(stage)
+        return await self.announce(job, JobStatusUpdate(stage))
+
+    async def announce(self, job: Job, update: JobStatusUpdate) -> Job:
+        """Show `update` on a new (or the interaction's own) message and store its id."""
         try:
             message_id = await self._reporter().announce(job, update)
         except asyncio.CancelledError:
@@ -279,7 +264,8 @@ class JobRunner:
     async def _find(self, job: Job, api_input: dict[str, object]) -> Prediction | None:
         """Look up this job's prediction, unclaimed by others, in the backend."""
         if not self._backend.features.search:
-            return None
+            # It may exist and nothing can find it: sending it again could pay twice.
+            raise SearchIncomplete("This backend cannot look up a prediction after a crash.")
         found = await self._backend.find(
             api_input, created_after=job.submitted_at or job.created_at, accept=self._unclaimed
         )

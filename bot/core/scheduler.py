@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bot.backends.base import Backend, Prediction
+from bot.core.context import JobContext
 from bot.core.delivery import ResultDelivery
 from bot.core.eta import SAMPLES_PER_KEY, TimingHistory
 from bot.core.fair_queue import FairQueue
@@ -23,7 +24,7 @@ from bot.core.outage import OutageTracker
 from bot.core.outcomes import JobOutcomes
 from bot.core.polling import PollPlanner
 from bot.core.pushes import PushInbox
-from bot.core.reporter import CancelOutcome, JobReporter, JobStatusUpdate, QueueEntry
+from bot.core.reporter import CancelOutcome, JobReporter, JobStatusUpdate, QueueEntry, Stage
 from bot.core.runner import JobRunner
 from bot.core.signals import JobSignals
 from bot.core.status import StatusPublisher
@@ -59,6 +60,7 @@ class Scheduler:
         self._clock = clock
         self._reporter: JobReporter | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._announcing: set[asyncio.Task[None]] = set()  # queued jobs getting a message
         self._admission = asyncio.Lock()
         self._started = False
         self._stopping = False
@@ -86,48 +88,29 @@ class Scheduler:
         self.planner = planner or PollPlanner(
             history, wall_clock=wall_clock, pushes=lambda: backend.features.pushes
         )
-        outcomes = JobOutcomes(store, self.status, self._require_reporter)
-        follower = PredictionFollower(
-            backend,
+        self._outcomes = JobOutcomes(store, self.status, self._require_reporter)
+        ctx = JobContext(
+            backend=backend,
+            store=store,
+            status=self.status,
+            outcomes=self._outcomes,
             signals=self.signals,
             pushes=self.pushes,
-            status=self.status,
-            outcomes=outcomes,
             outage=self.outage,
             planner=self.planner,
             limits=self._limits,
+            reporter=self._require_reporter,
             clock=clock,
             wall_clock=wall_clock,
         )
+        follower = PredictionFollower(ctx)
+        stopping = lambda: self._stopping  # noqa: E731 - read at each delivery, not now
         self.delivery = ResultDelivery(
-            backend,
-            store,
-            follower=follower,
-            status=self.status,
-            outcomes=outcomes,
-            reporter=self._require_reporter,
-            max_download_bytes=self._limits.max_download_bytes,
-            stopping=lambda: self._stopping,
-            work_root=work_root,
-            wall_clock=wall_clock,
+            ctx, follower=follower, stopping=stopping, work_root=work_root
         )
         self.runner = JobRunner(
-            backend,
-            store,
-            signals=self.signals,
-            pushes=self.pushes,
-            status=self.status,
-            outcomes=outcomes,
-            outage=self.outage,
-            planner=self.planner,
-            follower=follower,
-            delivery=self.delivery,
-            reporter=self._require_reporter,
-            track=self.queue.update,
-            limits=self._limits,
-            clock=clock,
+            ctx, follower=follower, delivery=self.delivery, track=self.queue.update
         )
-        self._outcomes = outcomes
 
     def attach(self, reporter: JobReporter) -> None:
         """Set who tells members about their jobs."""
@@ -158,6 +141,10 @@ class Scheduler:
         # queues that move now are shown at once (and so are not merely noted later).
         self.status.mark_stale(show=False)
         self._dispatch()
+        for job in jobs:
+            if job.status is JobStatus.QUEUED and job.request_message_id is None:
+                # Stored, but its message never was (a crash after the acknowledgement).
+                self._announce_if_waiting(job.id)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop work; every job stays recorded where it stood and resumes on the next start."""
@@ -170,7 +157,7 @@ class Scheduler:
             if remaining <= 0:
                 break
             await asyncio.wait(posting, timeout=remaining)
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._announcing]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -223,9 +210,12 @@ class Scheduler:
         self, job_id: int, message_id: int | None, *, shown: JobStatusUpdate | None = None
     ) -> None:
         """Record the message showing a job (`shown` is what it says now) and let the job start."""
+        if message_id is None:
+            self.queue.release(job_id)
+            self._dispatch()  # if its turn has come, it starts and posts a message of its own
+            self._announce_if_waiting(job_id)
+            return
         try:
-            if message_id is None:
-                return
             job = await self._store.set_request_message(job_id, message_id)
             self.queue.update(job)
             # Only now may it start: released before the write, another job's end could
@@ -277,6 +267,29 @@ class Scheduler:
         await asyncio.gather(*(self._outcomes.cancel(job_id, reason) for job_id in canceled))
         self._update_idle()
         return len(canceled)
+
+    def _announce_if_waiting(self, job_id: int) -> None:
+        """Show a queued job that has no message its place now, while its interaction token
+        lives, rather than when its turn comes (the token may have expired by then)."""
+        job = self.queue.get(job_id)
+        if job is None or self.queue.position(job_id) is None or self._stopping:
+            return  # it started (and announces itself as it does), or it is gone
+        self.queue.hold(job_id)
+        task = asyncio.create_task(self._announce_queued(job), name=f"announce-{job_id}")
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    async def _announce_queued(self, job: Job) -> None:
+        """Show a held queued job its place on a message, then let it start."""
+        try:
+            update = self.status.queued_status(job.id) or JobStatusUpdate(Stage.QUEUED)
+            announced = await self.runner.announce(job, update)
+            if announced.request_message_id is not None and announced.status.is_final:
+                # Canceled while its message was being made: say so on it.
+                await self._outcomes.report_final(announced)
+        finally:
+            self.queue.release(job.id)
+            self._dispatch()
 
     def push(self, prediction: Prediction) -> None:
         """Take a prediction the backend pushed (a webhook) and wake the job following it."""

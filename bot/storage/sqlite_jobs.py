@@ -9,7 +9,7 @@ from typing import Any
 import aiosqlite
 
 from bot.core.jobs import GenerationRequest, Job, JobStatus
-from bot.core.redaction import redact
+from bot.core.redaction import scrub
 from bot.storage.base import InvalidTransition
 
 Clock = Callable[[], float]
@@ -172,7 +172,7 @@ class SQLiteJobRecords:
             job_id,
             tuple(JobStatus(s) for s in _UNFINISHED),
             status=JobStatus.FAILED,
-            error=redact(error),
+            error=scrub(error),
             completed_at=self._clock(),
             interaction_token=None,
             **billed,
@@ -187,7 +187,7 @@ class SQLiteJobRecords:
             job_id,
             (JobStatus.QUEUED, JobStatus.SUBMITTED, JobStatus.RUNNING),
             status=JobStatus.CANCELED,
-            error=None if reason is None else redact(reason),
+            error=None if reason is None else scrub(reason),
             completed_at=self._clock(),
             interaction_token=None,
             **billed,

@@ -16,7 +16,7 @@ from bot.core.jobs import (
     Job,
 )
 from bot.core.progress import render_bar
-from bot.core.redaction import redact
+from bot.core.redaction import scrub
 from bot.core.reporter import JobResult, JobStatusUpdate, QueueEntry, Stage
 from bot.media import DEFAULT_UPLOAD_LIMIT
 
@@ -226,8 +226,7 @@ def failed_text(job: Job, reason: str) -> str:
     """The status message of a failed job; the reason is scrubbed of secrets and escaped."""
     header = request_header(job)
     room = min(REASON_LIMIT, CONTENT_LIMIT - len(header) - len("\n❌ "))
-    # Invisible characters go first, so that none can split a secret and slip past the mask.
-    return f"{header}\n❌ {quote(redact(INVISIBLE.sub('', reason)), room)}"
+    return f"{header}\n❌ {quote(scrub(reason), room)}"
 
 
 def canceled_text(job: Job) -> str:

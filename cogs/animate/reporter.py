@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
+import aiohttp
 import discord
 
 from bot.core.jobs import Job
@@ -179,8 +180,9 @@ class DiscordReporter:
                 view=pending_view(job.id),
                 allowed_mentions=NO_MENTIONS,
             )
-        except discord.HTTPException as exc:
-            # Never acknowledged (killed before the defer: Unknown Webhook), or gone.
+        except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            # Never acknowledged (killed before the defer: Unknown Webhook), gone, or Discord
+            # out of reach: a message of its own is the next best thing.
             log.info("job %s: could not edit the request's response: %s", job.id, exc)
             return None
         return message.id
