@@ -250,6 +250,7 @@ def test_a_wildcard_over_a_private_suffix_is_allowed() -> None:
         "/outputs/..%2fadmin/x.mp4",
         "/outputs/x/..%2f..%2fsecret",
         "/outputs/..%5Cadmin",
+        "/outputs/..;/admin",  # `..` to servers that read path parameters
         "/outputs/..\\admin",
     ],
 )

@@ -83,6 +83,15 @@ def test_log_filter_masks_message_args_and_traceback(
     assert "RuntimeError: Discord refused" in output and "Traceback" in output
 
 
+def test_an_invisible_character_cannot_split_a_secret_in_a_log_line(
+    captured: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, stream = captured
+    split = f"{API_SECRET[:5]}\u200b{API_SECRET[5:]}"
+    logger.warning("the API said: %s", f"bad token {split}")
+    assert stream.getvalue() == f"WARNING test.redaction: the API said: bad token {MASK}\n"
+
+
 def test_a_record_with_bad_arguments_is_still_logged_without_them(
     captured: tuple[logging.Logger, io.StringIO],
 ) -> None:

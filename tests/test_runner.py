@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import shutil
+import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -528,3 +529,24 @@ async def test_a_backend_that_cannot_be_polled_is_followed_by_its_pushes_alone(
     done = await finished(scheduler, store, job.id)
     assert done.status is JobStatus.DONE and done.prediction_id == "p1"
     assert backend.count("get") == 0 and backend.count("download") == 1
+
+
+async def test_without_polling_a_resumed_job_reads_its_prediction_once(
+    db_path: Path, backend: FakeBackend, tmp_path: Path
+) -> None:
+    backend.plan = ["processing"]
+    work = tmp_path / "work"
+    async with bot_process(db_path, backend, work) as (first, _, store):
+        job = await submit(first)
+        await backend.until(lambda: backend.count("get") >= 1)
+    # It started an hour ago (well past the start time-out) and ended while the bot was away.
+    with sqlite3.connect(db_path) as db:
+        db.execute("UPDATE jobs SET started_at = started_at - 3600 WHERE id = ?", (job.id,))
+    backend.upstream["p1"].plan = deque(["succeeded"])
+    backend.features = BackendFeatures(polling=False, pushes=True, search=True)
+    backend.calls.clear()
+    async with bot_process(db_path, backend, work) as (second, reporter, store):
+        await reporter.wait_for(lambda: reporter.delivered or reporter.failures)
+        done = await finished(second, store, job.id)
+    assert not reporter.failures and done.status is JobStatus.DONE
+    assert [call for call in backend.calls if call[0] != "download"] == [("get", "p1")]

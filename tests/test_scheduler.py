@@ -116,6 +116,40 @@ async def test_a_waiting_job_whose_message_failed_is_shown_its_place_at_once(
     assert reporter.delivered[1][0].request_message_id == 7000 + job.id
 
 
+async def test_a_waiting_job_announced_while_the_queue_moves_shows_its_new_place(
+    store: SQLiteStore, client: PredictionClient, prediction_api: FakePredictionAPI
+) -> None:
+    gate, announcing = asyncio.Event(), asyncio.Event()
+
+    class SlowAnnouncer(RecordingReporter):
+        async def announce(self, job: Job, update: JobStatusUpdate) -> int | None:
+            announcing.set()
+            await gate.wait()  # Discord is slow to post it: the queue moves meanwhile
+            return await super().announce(job, update)
+
+    reporter = SlowAnnouncer()
+    running = asyncio.Event()
+    prediction_api.next_behaviours.append(Behaviour(hold=running))
+    async with started_scheduler(store, client, reporter) as scheduler:
+        await submit(scheduler)  # runs until `running` is set
+        ahead = await submit(scheduler, user=11, seed=8)
+        job, _ = await scheduler.submit(
+            guild_id=1, channel_id=100, requester_id=12, request=request(seed=9)
+        )
+        await scheduler.attach_message(job.id, None)
+        await announcing.wait()
+        assert reporter.announced == []
+        await scheduler.cancel(ahead.id)  # it moves up while its message is being made
+        gate.set()
+        await reporter.wait_for(lambda: any(job_id == job.id for job_id, _ in reporter.statuses))
+        [(_, announced)] = reporter.announced
+        assert announced.position == 2  # what it was when the message was made
+        shown = [update for job_id, update in reporter.statuses if job_id == job.id]
+        assert (shown[-1].stage, shown[-1].position) == (Stage.QUEUED, 1)
+        running.set()
+        await reporter.wait_for(lambda: len(reporter.delivered) == 2)
+
+
 async def test_a_restart_shows_waiting_jobs_without_a_message_their_place_at_once(
     store: SQLiteStore, client: PredictionClient, reporter: RecordingReporter
 ) -> None:

@@ -117,7 +117,8 @@ class BackendFeatures:
     """What a backend can do, so the core knows how to follow its predictions."""
 
     # `get` reads a prediction's current state. Without it the core learns of progress and the
-    # end only from pushes; `get` is still asked for an output a restart did not keep.
+    # end only from pushes; `get` is still asked once for what a restart did not keep (the
+    # state of a prediction it resumes, an output it is to post).
     polling: bool
     pushes: bool  # each prediction's end (and progress) is pushed to the bot
     search: bool  # `find` can look up a prediction whose create's answer was lost

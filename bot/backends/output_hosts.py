@@ -216,7 +216,8 @@ def _may_leave_its_folder(url: yarl.URL) -> bool:
     raw = url.raw_path.lower()
     if "%2f" in raw or "%5c" in raw or "\\" in url.path:
         return True
-    return any(segment in (".", "..") for segment in url.path.split("/"))
+    # `..;x` is `..` to servers that read path parameters (Tomcat and its kind).
+    return any(segment.split(";", 1)[0] in (".", "..") for segment in url.path.split("/"))
 
 
 def allowed_prefix(url: yarl.URL, prefixes: Sequence[OutputPrefix]) -> OutputPrefix:

@@ -45,10 +45,9 @@ class PredictionFollower:
         polls = 0
         cancel_sent = False
         self._pushes.follow(job.prediction_id, job.id)
+        # Without polling, progress and the end come only as pushes; a resumed job (which
+        # knows nothing yet) still reads its prediction once, below.
         can_poll = self._backend.features.polling
-        if prediction is None and not can_poll:
-            # Nothing to ask (a restart forgot its state): wait for a push, as if it starts.
-            prediction = Prediction(id=job.prediction_id, status="starting")
         while prediction is None or not prediction.is_terminal:
             if self._signals.cancel_wanted(job.id):
                 self._signals.clear(job.id)

@@ -87,12 +87,12 @@ class RedactingFilter(logging.Filter):
         if record.exc_info and not record.exc_text:
             # Formatting the traceback here lets the mask reach exception messages too.
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        record.msg = redact(message)
+        record.msg = scrub(message)
         record.args = None
         if record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = scrub(record.exc_text)
         if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+            record.stack_info = scrub(record.stack_info)
         # The formatter would render exc_info again; the masked exc_text stands in for it.
         record.exc_info = None
         return True

@@ -151,8 +151,12 @@ class Scheduler:
         self._stopping = True
         self.status.stop_refreshing()
         deadline = self._clock() + grace
-        # Let posts in flight finish, so a result is not posted again after the restart.
-        while posting := [self._tasks[i] for i in self.delivery.posting if i in self._tasks]:
+        # Let posts in flight finish (results, and status messages being made for waiting
+        # jobs), so that none is posted again after the restart.
+        while posting := [
+            *(self._tasks[i] for i in self.delivery.posting if i in self._tasks),
+            *self._announcing,
+        ]:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 break
@@ -287,6 +291,8 @@ class Scheduler:
             if announced.request_message_id is not None and announced.status.is_final:
                 # Canceled while its message was being made: say so on it.
                 await self._outcomes.report_final(announced)
+            elif (now := self.status.queued_status(job.id)) is not None:
+                self.status.publish(job.id, now)  # the queue may have moved meanwhile
         finally:
             self.queue.release(job.id)
             self._dispatch()

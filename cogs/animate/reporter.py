@@ -38,6 +38,8 @@ READY_WAIT_SECONDS = 30
 FIND_POST_LIMIT = 500  # messages read back when looking for a result posted before a crash
 # Discord honours an interaction token for 15 minutes; a minute less leaves room for clocks.
 INTERACTION_TOKEN_USABLE_SECONDS = 14 * 60
+# Tries of that edit when Discord cannot be reached, before posting a message of its own.
+TOKEN_EDIT_ATTEMPTS = 3
 # Discord's name for an interaction's first response; discord.py puts the id into the path as
 # given, and its Webhook methods, typed for numeric ids, have no other way to name it.
 ORIGINAL_RESPONSE = cast("int", "@original")
@@ -173,19 +175,27 @@ class DiscordReporter:
             return None  # expired, or about to: Discord would refuse it
         # The token is the credential; the bot's client gives the webhook its state and HTTP.
         webhook = discord.Webhook.partial(application_id, token, client=self.bot)
-        try:
-            message = await webhook.edit_message(
-                ORIGINAL_RESPONSE,
-                content=status_text(job, update),
-                view=pending_view(job.id),
-                allowed_mentions=NO_MENTIONS,
-            )
-        except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            # Never acknowledged (killed before the defer: Unknown Webhook), gone, or Discord
-            # out of reach: a message of its own is the next best thing.
-            log.info("job %s: could not edit the request's response: %s", job.id, exc)
-            return None
-        return message.id
+        for attempt in range(1, TOKEN_EDIT_ATTEMPTS + 1):
+            try:
+                message = await webhook.edit_message(
+                    ORIGINAL_RESPONSE,
+                    content=status_text(job, update),
+                    view=pending_view(job.id),
+                    allowed_mentions=NO_MENTIONS,
+                )
+            except discord.HTTPException as exc:
+                # Never acknowledged (killed before the defer: Unknown Webhook), or gone.
+                log.info("job %s: could not edit the request's response: %s", job.id, exc)
+                return None
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                # The edit may have landed with its answer lost: the same edit again is
+                # harmless, where a message of its own could stand beside it.
+                log.info("job %s: editing the request's response failed: %r", job.id, exc)
+                if attempt < TOKEN_EDIT_ATTEMPTS:
+                    await asyncio.sleep(attempt)
+                continue
+            return message.id
+        return None
 
     async def report_done(self, job: Job) -> None:
         """Show on the request's message that the result is posted."""
