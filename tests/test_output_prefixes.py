@@ -244,31 +244,28 @@ def test_a_wildcard_over_a_private_suffix_is_allowed() -> None:
 
 
 @pytest.mark.parametrize(
-    "path",
+    ("path", "refusal"),
     [
-        "/outputs/..%2Fadmin/x.mp4",
-        "/outputs/..%2fadmin/x.mp4",
-        "/outputs/x/..%2f..%2fsecret",
-        "/outputs/..%5Cadmin",
-        "/outputs/..;/admin",  # `..` to servers that read path parameters
-        "/outputs/..\\admin",
+        ("/outputs/..%2Fadmin/x.mp4", "leaves its folder"),
+        ("/outputs/..%2fadmin/x.mp4", "leaves its folder"),
+        ("/outputs/x/..%2f..%2fsecret", "leaves its folder"),
+        ("/outputs/..%5Cadmin", "leaves its folder"),
+        ("/outputs/..\\admin", "leaves its folder"),
+        ("/outputs/..;/admin", "leaves its folder"),  # `..` to servers that read parameters
+        # Dot segments are resolved before the prefix is checked: /admin is not under it.
+        ("/outputs/%2e%2e/admin", "not allowed"),
     ],
 )
 async def test_an_output_path_that_could_leave_its_folder_is_refused_without_a_request(
-    http: aiohttp.ClientSession, prediction_api: FakePredictionAPI, files: OtherHost, path: str
+    http: aiohttp.ClientSession,
+    prediction_api: FakePredictionAPI,
+    files: OtherHost,
+    path: str,
+    refusal: str,
 ) -> None:
     client = make_client(http, prediction_api, parse_output_prefixes(f"{files.origin}/outputs/"))
-    with pytest.raises(DownloadError, match="leaves its folder"):
+    with pytest.raises(DownloadError, match=refusal):
         await client.download(f"{files.origin}{path}", max_bytes=2**20)
-    assert files.seen == []
-
-
-async def test_dot_segments_are_resolved_before_the_prefix_is_checked(
-    http: aiohttp.ClientSession, prediction_api: FakePredictionAPI, files: OtherHost
-) -> None:
-    client = make_client(http, prediction_api, parse_output_prefixes(f"{files.origin}/outputs/"))
-    with pytest.raises(DownloadError, match="not allowed"):
-        await client.download(f"{files.origin}/outputs/%2e%2e/admin", max_bytes=2**20)
     assert files.seen == []
 
 

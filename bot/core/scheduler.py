@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bot.backends.base import Backend, Prediction
+from bot.core.announcing import WaitingAnnouncer
 from bot.core.context import JobContext
 from bot.core.delivery import ResultDelivery
 from bot.core.eta import SAMPLES_PER_KEY, TimingHistory
@@ -24,7 +25,7 @@ from bot.core.outage import OutageTracker
 from bot.core.outcomes import JobOutcomes
 from bot.core.polling import PollPlanner
 from bot.core.pushes import PushInbox
-from bot.core.reporter import CancelOutcome, JobReporter, JobStatusUpdate, QueueEntry, Stage
+from bot.core.reporter import CancelOutcome, JobReporter, JobStatusUpdate, QueueEntry
 from bot.core.runner import JobRunner
 from bot.core.signals import JobSignals
 from bot.core.status import StatusPublisher
@@ -60,7 +61,6 @@ class Scheduler:
         self._clock = clock
         self._reporter: JobReporter | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._announcing: set[asyncio.Task[None]] = set()  # queued jobs getting a message
         self._admission = asyncio.Lock()
         self._started = False
         self._stopping = False
@@ -111,6 +111,13 @@ class Scheduler:
         self.runner = JobRunner(
             ctx, follower=follower, delivery=self.delivery, track=self.queue.update
         )
+        self.announcer = WaitingAnnouncer(
+            queue=self.queue,
+            status=self.status,
+            runner=self.runner,
+            outcomes=self._outcomes,
+            dispatch=self._dispatch,
+        )
 
     def attach(self, reporter: JobReporter) -> None:
         """Set who tells members about their jobs."""
@@ -155,13 +162,13 @@ class Scheduler:
         # jobs), so that none is posted again after the restart.
         while posting := [
             *(self._tasks[i] for i in self.delivery.posting if i in self._tasks),
-            *self._announcing,
+            *self.announcer.tasks,
         ]:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 break
             await asyncio.wait(posting, timeout=remaining)
-        tasks = [*self._tasks.values(), *self._announcing]
+        tasks = [*self._tasks.values(), *self.announcer.tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -273,29 +280,9 @@ class Scheduler:
         return len(canceled)
 
     def _announce_if_waiting(self, job_id: int) -> None:
-        """Show a queued job that has no message its place now, while its interaction token
-        lives, rather than when its turn comes (the token may have expired by then)."""
-        job = self.queue.get(job_id)
-        if job is None or self.queue.position(job_id) is None or self._stopping:
-            return  # it started (and announces itself as it does), or it is gone
-        self.queue.hold(job_id)
-        task = asyncio.create_task(self._announce_queued(job), name=f"announce-{job_id}")
-        self._announcing.add(task)
-        task.add_done_callback(self._announcing.discard)
-
-    async def _announce_queued(self, job: Job) -> None:
-        """Show a held queued job its place on a message, then let it start."""
-        try:
-            update = self.status.queued_status(job.id) or JobStatusUpdate(Stage.QUEUED)
-            announced = await self.runner.announce(job, update)
-            if announced.request_message_id is not None and announced.status.is_final:
-                # Canceled while its message was being made: say so on it.
-                await self._outcomes.report_final(announced)
-            elif (now := self.status.queued_status(job.id)) is not None:
-                self.status.publish(job.id, now)  # the queue may have moved meanwhile
-        finally:
-            self.queue.release(job.id)
-            self._dispatch()
+        """Show a queued job with no message its place now, while its token lives."""
+        if not self._stopping:
+            self.announcer.announce_if_waiting(job_id)
 
     def push(self, prediction: Prediction) -> None:
         """Take a prediction the backend pushed (a webhook) and wake the job following it."""

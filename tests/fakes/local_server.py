@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Self
 
@@ -11,7 +12,7 @@ from aiohttp import web
 __all__ = ["LocalServer"]
 
 
-class LocalServer:
+class LocalServer(ABC):
     """Serves one aiohttp app on 127.0.0.1; start() (or `async with`) and close().
 
     A subclass builds its app in start() and hands it to start_app(); one with more to
@@ -25,9 +26,9 @@ class LocalServer:
         self.port = 0
         self._runner: web.AppRunner | None = None
 
+    @abstractmethod
     async def start(self) -> None:
         """Build the app and serve it with start_app()."""
-        raise NotImplementedError
 
     async def start_app(self, app: web.Application) -> None:
         """Bind a free port on 127.0.0.1, serve `app` on it and set `port` and `origin`."""
