@@ -11,8 +11,11 @@ Prefer: wait hold, and the scheduler's sleeps and clocks alike), while every fig
 in unscaled seconds. Discord is a recording sink. A strategy stops after --deliveries results.
 
 Strategies: `baseline` creates without holding and polls every 0.5 s, as the official Python
-client does; `adaptive` is the bot: a create held with Prefer: wait, then polls aimed at the
-end its progress logs and measured runs foretell; `webhook` is the bot with PUBLIC_WEBHOOK_URL
+client does; `adaptive` is the bot with PROGRESS_POLL_SECONDS=0: a create held with Prefer:
+wait, then polls aimed at the end its progress logs and measured runs foretell; `progress` is
+the bot as configured by default: the create held only as long as it pays, progress read every
+5 s within the API budget, the polls that learn the end still aimed; `webhook` is the bot with
+PUBLIC_WEBHOOK_URL
 set: the fake pushes log lines and the end to the bot's webhook receiver (signed, verified),
 and a poll is only the safety net for a lost push.
 """
@@ -23,41 +26,50 @@ import argparse
 import asyncio
 import cProfile
 import json
-import math
-import os
-import platform
 import random
 import resource
-import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from bench.figures import (
+    API_USE,
+    LabellingApiBudget,
+    Staleness,
+    over_limit,
+    pct,
+    peak,
+    per_second,
+)
+from bench.rig import (
+    STEPS,
+    BaselineClient,
+    BaselinePlanner,
+    ScaledTime,
+    Sink,
+    fill_backlog,
+    loop_lag,
+)
+from bench.table import report
 from bot.backends.base import Prediction
 from bot.backends.replicate import PredictionClient
 from bot.backends.webhooks import WebhookReceiver, WebhookVerifier
+from bot.core.budgets import ApiUse, Budgets, LocalDiscordBudget
 from bot.core.eta import TimingHistory, instant
-from bot.core.jobs import GenerationRequest, Job
+from bot.core.jobs import Job
 from bot.core.limits import SchedulerLimits
-from bot.core.polling import PollPlanner
-from bot.core.progress import Progress
-from bot.core.reporter import JobResult, JobStatusUpdate
 from bot.core.scheduler import Scheduler
 from bot.storage.sqlite import SQLiteStore
 
-STRATEGIES = ("baseline", "adaptive", "webhook")
-STEPS = 25
+STRATEGIES = ("baseline", "adaptive", "progress", "webhook")
+API_LIMIT, DISCORD_LIMIT = 3000, 50  # what the API and Discord allow: beyond it, a 429
 FRAME_TIME = 0.15
-BASELINE_INTERVAL = 0.5  # the official client's poll interval
 
 
 # ---- the fake API, in a process of its own -------------------------------------------------
@@ -92,132 +104,6 @@ async def serve_fake(time_scale: float, seed: int) -> None:
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
-# ---- the bot side ----------------------------------------------------------------------------
-
-
-@dataclass
-class ScaledTime:
-    """Clocks and a sleep that run `scale` times as fast as real time, in unscaled seconds."""
-
-    scale: float
-    origin: float = field(default_factory=time.monotonic)
-    wall_origin: float = field(default_factory=time.time)
-
-    def monotonic(self) -> float:
-        """Unscaled seconds since the start."""
-        return (time.monotonic() - self.origin) / self.scale
-
-    def wall(self) -> float:
-        """Unix seconds on the scaled timeline."""
-        return self.wall_origin + self.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep `seconds` of unscaled time."""
-        await asyncio.sleep(max(0.0, seconds) * self.scale)
-
-
-class BaselineClient(PredictionClient):
-    """The official client's create: answered at once, without holding for the result."""
-
-    async def create(self, api_input: Mapping[str, Any], *, wait: bool | None = None) -> Prediction:
-        """Create without `Prefer: wait`."""
-        return await super().create(api_input, wait=False)
-
-
-class BaselinePlanner(PollPlanner):
-    """The bot's polls timed every 0.5 s, whatever the logs say."""
-
-    def delay(self, job: Job, prediction: Prediction, progress: Progress, polls: int) -> float:
-        """Poll at the official client's fixed interval."""
-        return BASELINE_INTERVAL
-
-
-@dataclass
-class Sink:
-    """The Discord side: counts what would be sent and when each result was handed over."""
-
-    time: ScaledTime
-    status_edits: Counter[int] = field(default_factory=Counter)
-    results: dict[int, str] = field(default_factory=dict)  # job -> prediction id
-    lags: list[float] = field(default_factory=list)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    target: int = 0
-    completed_at: dict[str, float] = field(default_factory=dict)
-    pushed_at: dict[str, float] = field(default_factory=dict)  # webhook: when the end arrived
-    push_lags: list[float] = field(default_factory=list)
-
-    async def show_status(self, job: Job, update: JobStatusUpdate) -> None:
-        self.status_edits[job.id] += 1
-
-    async def deliver(self, job: Job, result: JobResult) -> int:
-        completed = self.completed_at.get(result.prediction_id)
-        if completed is not None:
-            self.lags.append(self.time.wall() - completed)
-            pushed = self.pushed_at.get(result.prediction_id)
-            if pushed is not None:
-                self.push_lags.append(pushed - completed)
-        self.results[job.id] = result.prediction_id
-        if len(self.results) >= self.target:
-            self.done.set()
-        return 10_000_000 + job.id
-
-    async def announce(self, job: Job, update: JobStatusUpdate) -> int | None:
-        return 20_000_000 + job.id
-
-    async def guild_upload_limit(self, job: Job) -> int | None:
-        return None
-
-    async def find_delivered(self, job: Job) -> int | None:
-        return None
-
-    async def report_done(self, job: Job) -> None:
-        self.status_edits[job.id] += 1
-
-    async def report_failure(self, job: Job, reason: str) -> None:
-        print(f"job {job.id} failed: {reason}", file=sys.stderr)
-
-    async def report_canceled(self, job: Job) -> None:
-        return None
-
-
-def fill_backlog(path: Path, jobs: int, guilds: int) -> None:
-    """Write `jobs` queued jobs across `guilds` servers straight into the (migrated) file."""
-    rng = random.Random(1)
-    now = time.time()
-    rows = []
-    for n in range(jobs):
-        request = GenerationRequest.create(
-            f"a lighthouse number {n}", seed=rng.randint(1, 2**31 - 1), steps=STEPS
-        )
-        guild = 1 + n % guilds
-        rows.append(
-            (
-                guild,
-                guild * 10,
-                100 + n % 7,
-                5_000_000 + n,
-                request.to_json(),
-                request.seed,
-                now,
-                now,
-            )
-        )
-    with sqlite3.connect(path) as db:
-        db.executemany(
-            "INSERT INTO jobs (guild_id, channel_id, requester_id, request_message_id, input_json, "
-            "seed, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-            rows,
-        )
-
-
-async def loop_lag(samples: list[float], stop: asyncio.Event) -> None:
-    """Measure how late a 10 ms timer fires: the event loop's responsiveness."""
-    while not stop.is_set():
-        started = time.perf_counter()
-        await asyncio.sleep(0.01)
-        samples.append(time.perf_counter() - started - 0.01)
-
-
 async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
     """Run one strategy against the fake and return its figures."""
     api = json.loads(options.api)
@@ -228,6 +114,8 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
     await store.close()
     fill_backlog(db_path, options.jobs, options.guilds)
     requests: dict[str, Counter[str]] = defaultdict(Counter)  # prediction id -> kind -> count
+    api_times: list[float] = []  # every request but creates, scaled seconds
+    create_times: list[float] = []
 
     async def on_request(
         _session: object, _ctx: object, params: aiohttp.TraceRequestStartParams
@@ -235,8 +123,12 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
         parts = params.url.path.split("/")
         if params.method == "POST" and params.url.path.endswith("/predictions"):
             requests["(creates)"]["create"] += 1
-        elif parts[-2:-1] == ["predictions"]:
-            requests[parts[-1]]["poll"] += 1
+            create_times.append(scaled.monotonic())
+            return
+        api_times.append(scaled.monotonic())
+        if parts[-2:-1] == ["predictions"]:
+            use = "progress" if API_USE.get() is ApiUse.PROGRESS else "ending"
+            requests[parts[-1]][f"poll_{use}"] += 1
         elif parts[-2:-1] == ["files"]:
             requests[parts[-1].removesuffix(".mp4")]["download"] += 1
 
@@ -263,12 +155,21 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
             planner = BaselinePlanner(history, wall_clock=scaled.wall, pushes=lambda: False)
         started = time.perf_counter()
         store = await SQLiteStore.open(db_path, clock=scaled.wall)
+        progress_seconds = 5.0 if options.worker == "progress" else 0.0
+        # The official client knows no budget: the baseline spends as it would.
+        per_minute = 10**9 if options.worker == "baseline" else 2400
+        api_budget = LabellingApiBudget(per_minute, clock=scaled.monotonic, sleep=scaled.sleep)
+        discord_budget = LocalDiscordBudget(clock=scaled.monotonic)
         scheduler = Scheduler(
             store,
             client,
             limits=SchedulerLimits(
-                running_per_guild=1, running_total=options.running, queued_per_member=100
+                running_per_guild=1,
+                running_total=options.running,
+                queued_per_member=100,
+                progress_poll_seconds=progress_seconds,
             ),
+            budgets=Budgets(api_budget, discord_budget),
             clock=scaled.monotonic,
             wall_clock=scaled.wall,
             sleep=scaled.sleep,
@@ -287,6 +188,7 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
 
         scheduler.runner.learn = learn  # type: ignore[method-assign]
         scheduler.attach(sink)
+        stale = Staleness(scheduler.status.relay, scaled.monotonic)
         receiver: WebhookReceiver | None = None
         if options.worker == "webhook":
 
@@ -317,27 +219,48 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
             await receiver.stop()
     cpu = _cpu() - cpu_before
     delivered = set(sink.results.values())
-    polls = sum(requests[p]["poll"] for p in delivered)
+    ending = sum(requests[p]["poll_ending"] for p in delivered)
+    progress = sum(requests[p]["poll_progress"] for p in delivered)
     downloads = sum(requests[p]["download"] for p in delivered)
     n = len(delivered)
     lags = sorted(sink.lags)
+    discord_seconds = [float(c) for c in per_second(sink.discord_times)]
     return {
         "strategy": options.worker,
         "delivered": n,
         "creates": 1.0,
-        "polls": polls / n,
+        "polls_ending": ending / n,
+        "polls_progress": progress / n,
         "downloads": downloads / n,
-        "api_per_job": 1.0 + (polls + downloads) / n,
-        "lag_p50": _pct(lags, 50),
-        "lag_p95": _pct(lags, 95),
+        "ending_per_job": (ending + downloads) / n,
+        "api_per_job": 1.0 + (ending + progress + downloads) / n,
+        "api_peak_minute": peak(api_times, 60.0),
+        "api_budget": api_budget.per_minute,
+        "api_429": over_limit(api_times, 60.0, API_LIMIT) + over_limit(create_times, 60.0, 600),
+        "creates_peak_minute": peak(create_times, 60.0),
+        "discord_peak_second": peak(sink.discord_times, 1.0),
+        "discord_p95_second": pct(discord_seconds, 95),
+        "edits_peak_second": peak(sink.edit_times, 1.0),
+        "discord_budget": discord_budget.per_second,
+        "discord_429": over_limit(sink.discord_times, 1.0, DISCORD_LIMIT),
+        "stale_running_p50": pct(stale.running, 50),
+        "stale_running_p95": pct(stale.running, 95),
+        "stale_ticks_p50": pct(stale.ticks, 50),
+        "stale_ticks_p95": pct(stale.ticks, 95),
+        "stale_queued_p50": pct(stale.queued, 50),
+        "stale_queued_p95": pct(stale.queued, 95),
+        "api_waited": api_budget.waited,
+        "discord_sent": dict(discord_budget.sent),
+        "lag_p50": pct(lags, 50),
+        "lag_p95": pct(lags, 95),
         "lag_max": lags[-1] if lags else float("nan"),
-        "push_lag_p95": _pct(sorted(sink.push_lags), 95),
+        "push_lag_p95": pct(sorted(sink.push_lags), 95),
         "discord_ack": 1.0,
         "discord_edits": sum(sink.status_edits[j] for j in sink.results) / n,
         "discord_results": 1.0,
         "pushes": (receiver.taken if receiver is not None else 0) / n,
         "pushes_refused": receiver.rejected if receiver is not None else 0,
-        "loop_lag_p99_ms": _pct(sorted(lag_samples), 99) * 1000,
+        "loop_lag_p99_ms": pct(sorted(lag_samples), 99) * 1000,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cpu_per_1000": cpu / n * 1000,
         "startup_s": startup,
@@ -348,15 +271,6 @@ def _cpu() -> float:
     """CPU seconds this process has used (user + system)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _pct(values: list[float], pct: float) -> float:
-    """The pct-th percentile of sorted values."""
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1]
 
 
 # ---- the driver ----------------------------------------------------------------------------
@@ -410,56 +324,6 @@ def run_strategy(strategy: str, options: argparse.Namespace) -> dict[str, Any]:
         assert fake.stdin is not None
         fake.stdin.close()
         fake.wait(timeout=30)
-
-
-ROWS = (
-    ("API requests per delivered job", "api_per_job", "{:.2f}"),
-    ("  creates", "creates", "{:.2f}"),
-    ("  polls", "polls", "{:.2f}"),
-    ("  downloads", "downloads", "{:.2f}"),
-    ("webhook deliveries taken per job", "pushes", "{:.2f}"),
-    ("  refused", "pushes_refused", "{:d}"),
-    ("delivery lag p50 (s)", "lag_p50", "{:.2f}"),
-    ("delivery lag p95 (s)", "lag_p95", "{:.2f}"),
-    ("delivery lag max (s)", "lag_max", "{:.2f}"),
-    ("  of which the webhook's own trip, p95 (s)", "push_lag_p95", "{:.2f}"),
-    ("Discord requests per job", "discord_total", "{:.2f}"),
-    ("  acknowledgement", "discord_ack", "{:.2f}"),
-    ("  status edits", "discord_edits", "{:.2f}"),
-    ("  result", "discord_results", "{:.2f}"),
-    ("event-loop lag p99 (ms)", "loop_lag_p99_ms", "{:.1f}"),
-    ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
-    ("CPU seconds per 1,000 jobs", "cpu_per_1000", "{:.1f}"),
-    ("start-up with the backlog (s)", "startup_s", "{:.2f}"),
-    ("jobs delivered", "delivered", "{:d}"),
-)
-
-
-def report(results: list[dict[str, Any]], options: argparse.Namespace) -> str:
-    """A markdown table of every strategy, with ratios to the baseline."""
-    for result in results:
-        result["discord_total"] = (
-            result["discord_ack"] + result["discord_edits"] + result["discord_results"]
-        )
-    base = next((r for r in results if r["strategy"] == "baseline"), None)
-    lines = [
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, {options.jobs} queued jobs "
-        f"across {options.guilds} servers, {options.running} running, predictions 20-90 s, "
-        f"time scale {options.time_scale:g}",
-        "",
-        "| | " + " | ".join(r["strategy"] for r in results) + " |",
-        "|---|" + "---|" * len(results),
-    ]
-    for label, key, fmt in ROWS:
-        cells = []
-        for result in results:
-            value = result[key]
-            cell = "-" if isinstance(value, float) and math.isnan(value) else fmt.format(value)
-            if key == "api_per_job" and base is not None and result is not base:
-                cell += f" ({result[key] / base[key]:.1%} of baseline)"
-            cells.append(cell)
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def parse_options(argv: list[str] | None = None) -> argparse.Namespace:

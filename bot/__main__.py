@@ -12,6 +12,7 @@ import sys
 import aiohttp
 import discord
 import discord.http
+import yarl
 
 from bot.app import check
 from bot.app.client import (
@@ -20,22 +21,31 @@ from bot.app.client import (
     WebhookListenFailed,
     use_discord_endpoints,
 )
+from bot.app.migrate_store import migrate_store
+from bot.app.monitoring import MetricsListenFailed
 from bot.app.settings import Settings, SettingsError, load_settings
+from bot.app.stores import StoreOpenFailed, open_store
 from bot.core import redaction
-from bot.storage.sqlite import SQLiteStore
+from bot.observability.logs import JsonFormatter
 
 log = logging.getLogger("bot")
 
 
-def configure_logging(level: str, secrets: list[str] | None = None) -> None:
-    """Log to stderr with timestamps and secrets masked, quieting discord.py below warnings."""
+def configure_logging(
+    level: str, secrets: list[str] | None = None, *, log_format: str = "text"
+) -> None:
+    """Log to stderr with secrets masked, as text or JSON, quieting discord.py below warnings."""
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)-8s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    handlers = logging.getLogger().handlers
+    if log_format == "json":
+        for handler in handlers:
+            handler.setFormatter(JsonFormatter())
     # On the root handlers, so that every logger's records pass through the mask.
-    redaction.install(logging.getLogger().handlers, secrets or [])
+    redaction.install(handlers, secrets or [])
     if level != "DEBUG":
         logging.getLogger("discord").setLevel(logging.WARNING)
 
@@ -43,7 +53,12 @@ def configure_logging(level: str, secrets: list[str] | None = None) -> None:
 async def run(settings: Settings) -> int:
     """Run the bot until SIGTERM or SIGINT, then shut down leaving every job recorded."""
     use_discord_endpoints(settings)
-    store = await SQLiteStore.open(settings.database_path)
+    try:
+        opened = await open_store(settings)
+    except StoreOpenFailed as exc:
+        print(redaction.redact(f"animate-bot: {exc}."), file=sys.stderr)
+        return 1
+    store = opened.store
     try:
         # Every running job may hold a create open (Prefer: wait): aiohttp's default of 100
         # connections would queue polls and downloads behind them.
@@ -52,7 +67,7 @@ async def run(settings: Settings) -> int:
             bot = AnimateBot(settings, session=session, store=store)
             return await _serve(bot, settings.discord_token.get_secret_value())
     finally:
-        await store.close()
+        await opened.close()
 
 
 async def _serve(bot: AnimateBot, token: str) -> int:
@@ -72,7 +87,7 @@ async def _serve(bot: AnimateBot, token: str) -> int:
         runner.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         error = await asyncio.gather(runner, return_exceptions=True)
-        if isinstance(error[0], WebhookListenFailed):
+        if isinstance(error[0], WebhookListenFailed | MetricsListenFailed):
             print(f"animate-bot: {error[0]}", file=sys.stderr)
             return 1
         if isinstance(error[0], ExtensionsFailed):
@@ -80,6 +95,13 @@ async def _serve(bot: AnimateBot, token: str) -> int:
             return 1
         if isinstance(error[0], discord.LoginFailure):
             print("animate-bot: Discord refused DISCORD_TOKEN; check the token.", file=sys.stderr)
+            return 1
+        if isinstance(error[0], discord.ConnectionClosed) and error[0].code == 4011:
+            print(
+                "animate-bot: Discord requires sharding for this many servers (gateway close "
+                "4011); set SHARD_COUNT=auto or a larger SHARD_COUNT.",
+                file=sys.stderr,
+            )
             return 1
         if isinstance(error[0], aiohttp.ClientError | OSError) and not bot.is_ready():
             # The address may carry credentials (user:password@host): mask them.
@@ -102,6 +124,8 @@ commands:
   (none)  start the bot: connect to Discord and serve /animate until SIGTERM or Ctrl-C
   check   check settings, the database, DISCORD_TOKEN and REPLICATE_API_TOKEN without
           connecting to the gateway, and print a table of the results
+  migrate-store --to postgresql://...
+          copy the SQLite database at DATABASE_PATH into an empty PostgreSQL database
 
 exit codes:
   0  the bot stopped cleanly / every check passed
@@ -121,11 +145,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["check"],
-        metavar="check",
-        help="check the configuration instead of starting the bot",
+        choices=["check", "migrate-store"],
+        metavar="check | migrate-store",
+        help="check the configuration, or copy the store, instead of starting the bot",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--to",
+        metavar="URL",
+        help="migrate-store: the postgresql:// URL of the empty database to copy into",
+    )
+    args = parser.parse_args(argv)
+    if (args.command == "migrate-store") != (args.to is not None):
+        parser.error("--to goes with migrate-store, and migrate-store needs --to")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "check":
         return run_check()
+    if args.command == "migrate-store":
+        return run_migrate_store(args.to)
     return start()
 
 
@@ -143,11 +177,24 @@ def start() -> int:
     except SettingsError as exc:
         print(f"animate-bot: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, secrets=_secrets(settings))
+    configure_logging(
+        settings.log_level, secrets=_secrets(settings), log_format=settings.log_format
+    )
     try:
         return asyncio.run(run(settings))
     except KeyboardInterrupt:
         return 0
+
+
+def run_migrate_store(target_url: str) -> int:
+    """Run `animate-bot migrate-store --to URL` and return its exit code."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"animate-bot: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("WARNING", secrets=[*_secrets(settings), *_url_password(target_url)])
+    return asyncio.run(migrate_store(settings, target_url))
 
 
 def run_check() -> int:
@@ -168,11 +215,24 @@ def run_check() -> int:
 
 
 def _secrets(settings: Settings) -> list[str]:
-    """Both tokens, to be masked wherever they could appear."""
-    return [
+    """Both tokens (and DATABASE_URL's password), to be masked wherever they could appear."""
+    secrets = [
         settings.discord_token.get_secret_value(),
-        settings.replicate_api_token.get_secret_value(),
     ]
+    if settings.replicate_api_token is not None:
+        secrets.append(settings.replicate_api_token.get_secret_value())
+    if settings.database_url is not None:
+        secrets += _url_password(settings.database_url.get_secret_value())
+    return secrets
+
+
+def _url_password(url: str) -> list[str]:
+    """The password a database URL carries, if any (a malformed URL carries none we know)."""
+    try:
+        password = yarl.URL(url).password
+    except ValueError:
+        return []
+    return [password] if password else []
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import TYPE_CHECKING
 
 import discord
@@ -9,6 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.owner.quotas import USAGE_DAYS
+from bot.owner.usage_chart import usage_chart
 from bot.texts.owner import usage_text
 
 if TYPE_CHECKING:
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
 
 NO_MENTIONS = discord.AllowedMentions.none()
 EMBED_COLOUR = 0x5865F2
+CHART_NAME = "animate-usage.png"
 
 
 class UsageCog(commands.Cog, name="Usage"):
@@ -43,8 +46,13 @@ class UsageCog(commands.Cog, name="Usage"):
                 description=usage_text(report),
                 colour=EMBED_COLOUR,
             )
+            chart = await usage_chart(report)  # in a thread; None before any usage
+            files: list[discord.File] = []
+            if chart is not None:
+                files.append(discord.File(io.BytesIO(chart), filename=CHART_NAME))
+                embed.set_image(url=f"attachment://{CHART_NAME}")
             await interaction.response.send_message(
-                embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS
+                embed=embed, files=files, ephemeral=True, allowed_mentions=NO_MENTIONS
             )
 
 

@@ -14,8 +14,10 @@ import pytest
 from bot.backends.replicate import PredictionClient
 from bot.core import redaction
 from bot.storage.base import Store
+from bot.storage.postgres import PostgresStore, create_pool
 from bot.storage.sqlite import SQLiteStore
 from tests.fakes.predictions import FakePredictionAPI
+from tests.postgres_server import fresh_schema
 from tests.scheduling import RecordingReporter
 
 
@@ -68,7 +70,20 @@ async def _sqlite_store(folder: Path, clock: StoreClock) -> AsyncIterator[Store]
         yield store
 
 
-STORE_FACTORIES: dict[str, StoreFactory] = {"sqlite": _sqlite_store}
+@asynccontextmanager
+async def _postgres_store(_folder: Path, clock: StoreClock) -> AsyncIterator[Store]:
+    async with fresh_schema() as url:
+        pool = await create_pool(url, size=2)
+        try:
+            yield await PostgresStore.open(pool, clock=clock)
+        finally:
+            await pool.close()
+
+
+STORE_FACTORIES: dict[str, StoreFactory] = {
+    "sqlite": _sqlite_store,
+    "postgres": _postgres_store,
+}
 
 AnyStore = TypeVar("AnyStore", bound=Store)
 

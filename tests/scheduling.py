@@ -38,6 +38,8 @@ class RecordingReporter:
     upload_limit: int | None = None
     announced: list[tuple[int, JobStatusUpdate]] = field(default_factory=list)
     files: list[bytes | None] = field(default_factory=list)
+    # What the caller's own answer showed (the cog's edit of the interaction), by job.
+    first_shown: dict[int, JobStatusUpdate] = field(default_factory=dict)
 
     async def show_status(self, job: Job, update: JobStatusUpdate) -> None:
         self.statuses.append((job.id, update))
@@ -146,8 +148,17 @@ def request(
     return GenerationRequest.create(prompt, seed=seed, steps=steps)
 
 
-async def submit(scheduler: Scheduler, guild: int = 1, user: int = 10, **kwargs: object) -> Job:
-    """Queue a request and show it, as the cog does (message id = 5000 + job id)."""
+async def submit(
+    scheduler: Scheduler,
+    guild: int = 1,
+    user: int = 10,
+    reporter: RecordingReporter | None = None,
+    **kwargs: object,
+) -> Job:
+    """Queue a request and show it, as the cog does (message id = 5000 + job id).
+
+    With `reporter`, what the answer showed is noted in its `first_shown`.
+    """
     job, position = await scheduler.submit(
         guild_id=guild,
         channel_id=guild * 100,
@@ -155,5 +166,7 @@ async def submit(scheduler: Scheduler, guild: int = 1, user: int = 10, **kwargs:
         request=request(**kwargs),  # type: ignore[arg-type]
     )
     shown = scheduler.queued_status(job.id) or JobStatusUpdate(Stage.QUEUED, position=position)
+    if reporter is not None:
+        reporter.first_shown[job.id] = shown
     await scheduler.attach_message(job.id, 5000 + job.id, shown=shown)
     return job

@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Higher may import lower (and its own package); equal ranks do not import each other.
 RANKS = {
+    # Metrics, health checks and log fields: below everything, so every layer can record.
+    "bot.observability": -1,
     "bot.storage": 0,
     "bot.backends": 0,
     "bot.media": 0,

@@ -81,6 +81,9 @@ class FakeBackend:
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _called: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def has_capacity(self, starting: int) -> bool:
+        return True  # like Replicate: it queues what it cannot start yet
+
     def count(self, method: str) -> int:
         return sum(1 for called, _ in self.calls if called == method)
 
@@ -95,7 +98,9 @@ class FakeBackend:
         self._called.set()
         self._called = asyncio.Event()
 
-    async def create(self, api_input: Mapping[str, Any], *, wait: bool | None = None) -> Prediction:
+    async def create(
+        self, api_input: Mapping[str, Any], *, wait: bool | float | None = None
+    ) -> Prediction:
         self._record("create")
         self.create_inputs.append(dict(api_input))
         fault = self.create_faults.popleft() if self.create_faults else None

@@ -17,7 +17,9 @@ from tests.scheduling import RecordingReporter, short_wait_client, started_sched
 
 
 def _updates(reporter: RecordingReporter, job_id: int) -> list[JobStatusUpdate]:
-    return [update for shown, update in reporter.statuses if shown == job_id]
+    """What the job's message showed: the answer to the command, then each edit."""
+    first = [reporter.first_shown[job_id]] if job_id in reporter.first_shown else []
+    return first + [update for shown, update in reporter.statuses if shown == job_id]
 
 
 async def test_an_estimate_appears_once_there_is_history_and_not_before(
@@ -49,7 +51,7 @@ async def test_an_estimate_appears_once_there_is_history_and_not_before(
         hold = asyncio.Event()
         prediction_api.next_behaviours.append(Behaviour(hold=hold))
         before = time.time()
-        third = await submit(scheduler, user=1, prompt="third")
+        third = await submit(scheduler, user=1, prompt="third", reporter=reporter)
         fourth = await submit(scheduler, user=2, prompt="fourth")
         await reporter.wait_for(
             lambda: any(u.stage is Stage.STARTING and u.eta for u in _updates(reporter, third.id))
@@ -80,7 +82,7 @@ async def test_history_is_loaded_at_start_and_the_queue_behind_adds_up(
         store, short_wait_client(http, prediction_api), reporter, running_total=1
     ) as scheduler:
         before = time.time()
-        running = await submit(scheduler, user=1, prompt="running")
+        running = await submit(scheduler, user=1, prompt="running", reporter=reporter)
         behind = await submit(scheduler, user=2, prompt="behind")
         await reporter.wait_for(lambda: _updates(reporter, running.id))
         starting = _updates(reporter, running.id)[0]

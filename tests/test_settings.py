@@ -28,6 +28,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
                 "WEBHOOK_",
                 "PUBLIC_",
                 "OUTPUT_",
+                "SHARD_",
             )
         ):
             monkeypatch.delenv(name)

@@ -370,6 +370,18 @@ async def test_job_for_prediction(any_store: Store) -> None:
     assert await any_store.job_for_prediction("pred-a") == first
 
 
+async def test_text_with_a_nul_character_is_stored_and_found(any_store: Store) -> None:
+    # A hostile API's id, version or error may carry one: SQLite keeps it, PostgreSQL's text
+    # cannot hold it, and neither store may fail the job's step over it.
+    job_id = await _job_in(any_store, JobStatus.SUBMITTED)
+    await any_store.mark_running(job_id, "pred\x00nul")
+    assert await any_store.job_for_prediction("pred\x00nul") == job_id
+    await any_store.mark_delivering(job_id, predict_time=1.0, model_version="v\x001")
+    failed = await any_store.mark_failed(job_id, "broken\x00reason")
+    assert failed.error is not None and failed.error[:6] + failed.error[7:] == "brokenreason"
+    assert failed.model_version is not None and len(failed.model_version) == 3
+
+
 async def test_a_prediction_belongs_to_one_job(any_store: Store) -> None:
     first = await _job_in(any_store, JobStatus.SUBMITTED)
     second = await _job_in(any_store, JobStatus.SUBMITTED)

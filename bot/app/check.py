@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import TextIO
 
 import aiohttp
+import asyncpg
 
 from bot.app.settings import Settings, SettingsError, load_settings
+from bot.backends.cog.probe import probe_server
 from bot.backends.probing import REQUEST_TIMEOUT_SECONDS, Unanswered, get_once, reason
 from bot.backends.replicate_check import check_signing_secret, check_token
 from bot.core import redaction
-from bot.storage.base import SchemaTooNew
+from bot.storage.base import SchemaTooNew, StorageUnavailable
+from bot.storage.postgres import PostgresStore, create_pool, server_name
 from bot.storage.sqlite import SQLiteStore
 
 # Discord asks every REST client to name itself in this form.
@@ -60,13 +63,19 @@ async def run_checks(load: Callable[[], Settings] = load_settings) -> list[Resul
         return [Result("settings", Outcome.FAIL, str(exc)), *skipped]
     # Every detail goes through redact(); registering the tokens makes them masked too.
     redaction.register_secret(settings.discord_token.get_secret_value())
-    redaction.register_secret(settings.replicate_api_token.get_secret_value())
-    results = [_settings_result(settings), await check_database(settings.database_path)]
+    if settings.replicate_api_token is not None:
+        redaction.register_secret(settings.replicate_api_token.get_secret_value())
+    if settings.database_url is not None:
+        database = await check_postgres(settings.database_url.get_secret_value())
+    else:
+        database = await check_database(settings.database_path)
+    results = [_settings_result(settings), database]
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         results.append(await check_discord(http, settings))
         results.append(await check_prediction_api(http, settings))
         results.append(await check_webhooks(http, settings))
+        results.extend(await check_cog_servers(http, settings))
     return results
 
 
@@ -97,6 +106,28 @@ async def check_database(path: Path) -> Result:
     return Result("database", Outcome.OK, f"{path} ({how}), schema version {version}, writable")
 
 
+async def check_postgres(url: str) -> Result:
+    """Connect to DATABASE_URL, migrate its schema, then prove it takes a write."""
+    where = server_name(url)
+    try:
+        pool = await create_pool(url, size=1)
+    except StorageUnavailable as exc:
+        return Result("database", Outcome.FAIL, str(exc))
+    try:
+        store = await PostgresStore.open(pool)
+        version = await store.schema_version()
+        await store.probe_write()
+    except SchemaTooNew as exc:
+        return Result("database", Outcome.FAIL, f"PostgreSQL at {where}: {exc}")
+    except (StorageUnavailable, asyncpg.PostgresError) as exc:
+        return Result("database", Outcome.FAIL, f"PostgreSQL at {where} refused ({exc})")
+    finally:
+        await pool.close()
+    return Result(
+        "database", Outcome.OK, f"PostgreSQL at {where}, schema version {version}, writable"
+    )
+
+
 async def check_discord(http: aiohttp.ClientSession, settings: Settings) -> Result:
     """Ask Discord who the token belongs to (REST only: the gateway is never opened)."""
     name = "Discord token"
@@ -122,6 +153,8 @@ async def check_discord(http: aiohttp.ClientSession, settings: Settings) -> Resu
 
 async def check_prediction_api(http: aiohttp.ClientSession, settings: Settings) -> Result:
     """Ask the prediction API whether it takes the token."""
+    if settings.replicate_api_token is None:
+        return Result("prediction API", Outcome.SKIPPED, "REPLICATE_API_TOKEN is not set")
     probe = await check_token(
         http,
         base=settings.replicate_api_base,
@@ -137,6 +170,8 @@ async def check_webhooks(http: aiohttp.ClientSession, settings: Settings) -> Res
         return Result(
             name, Outcome.SKIPPED, "PUBLIC_WEBHOOK_URL is not set: predictions are polled"
         )
+    if settings.replicate_api_token is None:
+        return Result(name, Outcome.SKIPPED, "REPLICATE_API_TOKEN is not set")
     probe = await check_signing_secret(
         http,
         base=settings.replicate_api_base,
@@ -150,6 +185,15 @@ async def check_webhooks(http: aiohttp.ClientSession, settings: Settings) -> Res
         Outcome.OK,
         f"{probe.detail}; listening on {where} for {settings.public_webhook_url}",
     )
+
+
+async def check_cog_servers(http: aiohttp.ClientSession, settings: Settings) -> list[Result]:
+    """One row per Cog server: its health, and whether it takes this model's inputs."""
+    probes = await asyncio.gather(*(probe_server(http, url) for _, url in settings.cog_urls))
+    return [
+        Result(f"Cog {name}", Outcome.OK if probe.ok else Outcome.FAIL, probe.detail)
+        for (name, _), probe in zip(settings.cog_urls, probes, strict=True)
+    ]
 
 
 def render(results: Sequence[Result]) -> str:

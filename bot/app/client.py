@@ -15,11 +15,18 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
+from bot.app.cog_setup import CogSetup
+from bot.app.monitoring import Monitoring
 from bot.app.settings import Settings
+from bot.app.sharding import IdentifyGate, InProcessIdentifyGate, describe_shard_ids
 from bot.backends.replicate import PredictionClient
 from bot.backends.webhooks import WebhookReceiver, WebhookVerifier
+from bot.core.budgets import Budgets
 from bot.core.limits import SchedulerLimits
 from bot.core.scheduler import Scheduler
+from bot.observability.discord_requests import discord_trace
+from bot.observability.health import CheckResult, gateway_result
+from bot.observability.metrics import BotMetrics
 from bot.owner.guild_settings import GuildSettingsService
 from bot.owner.quotas import Quotas
 from bot.storage.base import Store
@@ -36,6 +43,11 @@ def use_discord_endpoints(settings: Settings) -> None:
     discord.http.Route.BASE = settings.discord_api_base
     if settings.discord_gateway_url:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+def _numeric(shard_count: int | str) -> int | None:
+    """A numeric SHARD_COUNT as discord.py takes it; `auto` becomes None (ask Discord)."""
+    return shard_count if isinstance(shard_count, int) else None
 
 
 class ExtensionsFailed(Exception):
@@ -86,7 +98,7 @@ class AnimateTree(app_commands.CommandTree["AnimateBot"]):
         await interaction.client.report_error(interaction, error)
 
 
-class AnimateBot(commands.Bot):
+class AnimateBot(commands.AutoShardedBot):
     """The AnimateDiff bot."""
 
     def __init__(self, settings: Settings, *, session: aiohttp.ClientSession, store: Store) -> None:
@@ -94,35 +106,54 @@ class AnimateBot(commands.Bot):
         discord.VoiceClient.warn_nacl = False
         if hasattr(discord.VoiceClient, "warn_dave"):
             discord.VoiceClient.warn_dave = False
+        # One registry per bot: two bots in one process (tests) never share a series.
+        self.metrics = BotMetrics()
         # Only the guilds intent: no message content, no member list (nothing privileged).
         super().__init__(
+            http_trace=discord_trace(self.metrics),
             command_prefix=commands.when_mentioned,
             help_command=None,
             intents=discord.Intents(guilds=True),
             allowed_mentions=NO_MENTIONS,
             tree_cls=AnimateTree,
+            # SHARD_COUNT empty: one shard; auto (None here): Discord's recommendation.
+            shard_count=1 if settings.shard_count is None else _numeric(settings.shard_count),
         )
+        # SHARD_IDS empty: every shard (discord.py's None; its keyword takes only a list).
+        self.shard_ids = list(settings.shard_ids) or None
         self.settings = settings
+        # In-process pacing; several processes on one token need a gate in the shared store.
+        self.identify_gate: IdentifyGate = InProcessIdentifyGate()
         self.in_flight = InFlight()
         self.session = session
         self.store = store
-        self.predictions = PredictionClient(
-            session,
-            base_url=settings.replicate_api_base,
-            token=settings.replicate_api_token.get_secret_value(),
-            version=settings.replicate_model_version,
-            wait_seconds=settings.prediction_wait_seconds,
-            webhook_url=settings.public_webhook_url,
-            webhook_events=("logs", "completed") if settings.webhook_progress else ("completed",),
-            output_prefixes=settings.output_url_prefixes,
-        )
+        self.predictions: PredictionClient | None = None
+        if settings.replicate_api_token is not None:
+            self.predictions = PredictionClient(
+                session,
+                base_url=settings.replicate_api_base,
+                token=settings.replicate_api_token.get_secret_value(),
+                version=settings.replicate_model_version,
+                wait_seconds=settings.prediction_wait_seconds,
+                webhook_url=settings.public_webhook_url,
+                webhook_events=("logs", "completed")
+                if settings.webhook_progress
+                else ("completed",),
+                output_prefixes=settings.output_url_prefixes,
+                metrics=self.metrics,
+            )
+        # COG_URLS: the bot's own GPUs first (Replicate, if set, as the overflow).
+        self.cog = CogSetup(settings, session, self.predictions, self.metrics)
         self.guild_settings = GuildSettingsService(store, settings.guild_defaults())
+        price = settings.cog_price_per_gpu_second if settings.cog_urls else None
         self.quotas = Quotas(
-            store, self.guild_settings, price_per_second=settings.price_per_gpu_second
+            store,
+            self.guild_settings,
+            price_per_second=settings.price_per_gpu_second if price is None else price,
         )
         self.scheduler = Scheduler(
             store,
-            self.predictions,
+            self.cog.backend,
             limits=SchedulerLimits(
                 running_per_guild=settings.max_running_per_guild,
                 running_total=settings.max_running_total,
@@ -130,23 +161,47 @@ class AnimateBot(commands.Bot):
                 prediction_timeout=settings.prediction_timeout_seconds,
                 start_timeout=settings.prediction_start_timeout_seconds,
                 max_download_bytes=settings.max_download_bytes,
+                progress_poll_seconds=settings.progress_poll_seconds,
+            ),
+            budgets=Budgets.local(
+                api_per_minute=settings.api_requests_per_minute,
+                discord_per_second=settings.discord_requests_per_second,
             ),
             # Beside the database: one folder per bot, so a start can sweep what a crash left.
             work_root=settings.database_path.parent / "work",
             policy=self.quotas,
+            metrics=self.metrics,
         )
         self.webhooks: WebhookReceiver | None = None
-        if settings.public_webhook_url is not None:
+        self.cog.wire(self.scheduler)
+        if settings.public_webhook_url is not None and self.predictions is not None:
             self.webhooks = WebhookReceiver(
                 WebhookVerifier(self.predictions.webhook_secret),
                 self.scheduler.push,
                 public_url=settings.public_webhook_url,
+                metrics=self.metrics,
             )
+        self.commands_synced = False
+        self.monitoring = Monitoring(
+            settings,
+            self.metrics,
+            store=store,
+            session=session,
+            gateway=self.gateway_health,
+            commands_synced=lambda: self.commands_synced,
+            jobs_resumed=lambda: self.scheduler.resumed,
+        )
+        # The one listener of WEBHOOK_LISTEN_PORT: Replicate's webhooks, or else the Cog callbacks.
+        self.monitoring.share(self.webhooks or self.cog.callbacks)
+        if self.cog.pool is not None:
+            self.monitoring.watch_cog(self.cog.pool.servers)
 
     async def setup_hook(self) -> None:
         """Load extensions (logging each failure) and sync the slash commands."""
         # Before the scheduler starts: resumed work obeys each server's own limits.
         await self.guild_settings.load()
+        await self.monitoring.start()
+        self.cog.share_listener(self.webhooks)
         if self.webhooks is not None:
             # Before any create names the webhook, so no delivery finds nobody listening.
             host, port = self.settings.webhook_listen_host, self.settings.webhook_listen_port
@@ -157,6 +212,14 @@ class AnimateBot(commands.Bot):
                     f"could not listen for webhooks on {host}:{port} ({exc.strerror or exc}); "
                     "check WEBHOOK_LISTEN_HOST and WEBHOOK_LISTEN_PORT."
                 ) from None
+        try:
+            await self.cog.start()  # before the scheduler resumes jobs on the Cog servers
+        except OSError as exc:
+            raise WebhookListenFailed(
+                f"could not listen for Cog callbacks on {self.settings.webhook_listen_host}:"
+                f"{self.settings.webhook_listen_port} ({exc.strerror or exc}); "
+                "check WEBHOOK_LISTEN_HOST and WEBHOOK_LISTEN_PORT."
+            ) from None
         failed = []
         for extension in EXTENSIONS:
             try:
@@ -168,6 +231,24 @@ class AnimateBot(commands.Bot):
             # Syncing now would remove the missing commands from every server.
             raise ExtensionsFailed(failed)
         await self.sync_commands()
+        self.commands_synced = True
+
+    async def launch_shards(self) -> None:
+        """Learn the identify concurrency (and the count, if `auto`), then connect the shards."""
+        shards_here = len(self.shard_ids) if self.shard_ids else self.shard_count
+        if shards_here is None or shards_here > 1:
+            # One shard needs no pacing: spare it the request.
+            recommended, _url, limits = await self.http.get_bot_gateway()
+            self.identify_gate.learn_max_concurrency(int(limits["max_concurrency"]))
+            if self.shard_count is None:
+                # Set here, so the configured gateway (DISCORD_GATEWAY_URL) stays in use.
+                self.shard_count = recommended
+        log.info("connecting %s", describe_shard_ids(tuple(self.shard_ids or ()), self.shard_count))
+        await super().launch_shards()
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Wait for this shard's turn to identify (Discord: one per bucket per 5 seconds)."""
+        await self.identify_gate.wait_turn(shard_id or 0)
 
     async def sync_commands(self) -> None:
         """Sync to the configured guilds (instant) or globally (may take up to an hour)."""
@@ -192,6 +273,14 @@ class AnimateBot(commands.Bot):
         await super().close()
         if self.webhooks is not None:
             await self.webhooks.stop()
+        await self.cog.stop()
+        await self.monitoring.stop()
+
+    async def gateway_health(self) -> CheckResult:
+        """Well if every shard this process runs holds an open gateway connection."""
+        expected = self.shard_ids or (range(self.shard_count) if self.shard_count else None)
+        connected = [shard_id for shard_id, shard in self.shards.items() if not shard.is_closed()]
+        return gateway_result(None if self.is_closed() else expected, connected)
 
     async def on_ready(self) -> None:
         """Log who we are once connected."""

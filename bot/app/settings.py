@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yarl
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.backends.cog.config import parse_cog_urls
 from bot.backends.output_hosts import DEFAULT_OUTPUT_PREFIXES, OutputPrefix, parse_output_prefixes
 from bot.core.jobs import (
     CHECKPOINTS,
@@ -23,6 +24,7 @@ from bot.core.jobs import (
     MOTION_MODULES,
 )
 from bot.owner.guild_settings import GuildSettings
+from bot.storage.postgres import url_problem as postgres_url_problem
 
 DEFAULT_MODEL_VERSION = "beecf59c4aee8d81bf04f0381033dfa10dc16e845b4ae00d281e2fa377e48a9f"
 
@@ -42,7 +44,7 @@ class Settings(BaseSettings):
     )
 
     discord_token: SecretStr
-    replicate_api_token: SecretStr
+    replicate_api_token: SecretStr | None = None  # required unless COG_URLS is set
     replicate_api_base: str = "https://api.replicate.com/v1"
     replicate_model_version: str = DEFAULT_MODEL_VERSION
     database_path: Path = Path("data/animate-bot.sqlite3")
@@ -50,6 +52,13 @@ class Settings(BaseSettings):
     discord_api_base: str = "https://discord.com/api/v10"
     discord_gateway_url: str | None = None
     log_level: str = "INFO"
+
+    # The store: a postgresql:// URL to share one database between processes; empty: SQLite.
+    database_url: SecretStr | None = None
+
+    # Sharding: total shards (None: one; "auto": Discord's recommendation) and this process's.
+    shard_count: Annotated[int | Literal["auto"] | None, NoDecode] = None
+    shard_ids: Annotated[tuple[int, ...], NoDecode] = ()
 
     max_running_per_guild: int = Field(default=1, ge=1, le=50)
     max_running_total: int = Field(default=4, ge=1, le=500)
@@ -65,6 +74,27 @@ class Settings(BaseSettings):
     webhook_listen_host: str = "0.0.0.0"  # every interface: the proxy or API must reach it
     webhook_listen_port: int = Field(default=8080, ge=0, le=65535)
     webhook_progress: bool = True  # also push log lines, for the progress bar
+
+    # Request budgets and progress: how often a running prediction's progress is read when
+    # polling (0: never; the create is then held its full minute), and the requests a minute
+    # to the prediction API (besides creates) and a second to Discord the bot may spend.
+    progress_poll_seconds: float = Field(default=5, ge=0, le=60)
+    api_requests_per_minute: int = Field(default=2400, ge=60, le=100_000)
+    discord_requests_per_second: int = Field(default=40, ge=5, le=1000)
+
+    # Monitoring: /metrics, /healthz and /readyz (off unless a port is set), and the log format.
+    metrics_listen_host: str = "127.0.0.1"  # this machine only, unless the operator says so
+    metrics_listen_port: int | None = Field(default=None, ge=0, le=65535)
+    log_format: Literal["text", "json"] = "text"
+
+    # Self-hosted Cog servers of the model (README: "Run it on your own GPU"): `name=url` or
+    # `url`, comma-separated; where they reach the bot's listener; when a job waiting for a
+    # GPU goes to Replicate instead (None: never); their price; how often they are checked.
+    cog_urls: Annotated[tuple[tuple[str, str], ...], NoDecode] = ()
+    cog_callback_url: str | None = None
+    overflow_after_seconds: float | None = Field(default=None, ge=0)
+    cog_price_per_gpu_second: float = Field(default=0, ge=0)
+    cog_health_check_seconds: float = Field(default=2.0, gt=0, le=60)
 
     # Defaults of every server's settings; each server's owner may change them in Discord.
     default_model: str = DEFAULT_CHECKPOINT
@@ -83,9 +113,9 @@ class Settings(BaseSettings):
 
     @field_validator("discord_token", "replicate_api_token")
     @classmethod
-    def _not_blank(cls, value: SecretStr) -> SecretStr:
+    def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
         """Reject tokens that are empty or only whitespace."""
-        if not value.get_secret_value().strip():
+        if value is not None and not value.get_secret_value().strip():
             raise ValueError("must not be empty")
         return value
 
@@ -96,6 +126,53 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             parts = [part.strip() for part in value.split(",")]
             return tuple(int(part) for part in parts if part)
+        return value
+
+    @field_validator("shard_count", mode="before")
+    @classmethod
+    def _shard_count(cls, value: object) -> object:
+        """Accept empty (one shard), a whole number of shards, or `auto`."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip().lower()
+        if not text:
+            return None
+        if text == "auto":
+            return "auto"
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
+            raise ValueError("must be empty (one shard), a number of shards (1 or more), or auto")
+        return int(text)
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _split_shard_ids(cls, value: object) -> object:
+        """Accept a comma-separated list of shard numbers (`0,1`); empty: every shard."""
+        if not isinstance(value, str):
+            return value
+        parts = [part.strip() for part in value.split(",")]
+        malformed = any(not (part.isascii() and part.isdigit()) for part in parts)
+        if value.strip() and malformed:
+            raise ValueError("must be comma-separated shard numbers, such as 0,1")
+        return tuple(int(part) for part in parts if part)
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shard_ids_within_count(
+        cls, value: tuple[int, ...], info: ValidationInfo
+    ) -> tuple[int, ...]:
+        """Require a numeric SHARD_COUNT, each shard below it, and no shard twice."""
+        if not value:
+            return value
+        count = info.data.get("shard_count")
+        if not isinstance(count, int):
+            raise ValueError("needs SHARD_COUNT set to a number of shards (not empty or auto)")
+        outside = [shard for shard in value if shard >= count]
+        if outside:
+            raise ValueError(
+                f"shard {outside[0]} is outside SHARD_COUNT={count} (0 to {count - 1})"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("names a shard more than once")
         return value
 
     @field_validator("output_url_prefixes", mode="before")
@@ -120,7 +197,32 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("public_webhook_url", mode="before")
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _database_url(cls, value: object) -> object:
+        """Accept empty (SQLite at DATABASE_PATH) or a postgresql:// or postgres:// URL."""
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return None
+        problem = postgres_url_problem(value.strip())
+        if problem is not None:
+            raise ValueError(problem)  # never the value: it may hold a password
+        return value.strip()
+
+    @field_validator("cog_urls", mode="before")
+    @classmethod
+    def _cog_urls(cls, value: object) -> object:
+        """Accept comma-separated `name=url` or `url` entries."""
+        return parse_cog_urls(value) if isinstance(value, str) else value
+
+    @field_validator("overflow_after_seconds", mode="before")
+    @classmethod
+    def _blank_is_never(cls, value: object) -> object:
+        """Treat an empty OVERFLOW_AFTER_SECONDS as "never"."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("public_webhook_url", "cog_callback_url", mode="before")
     @classmethod
     def _webhook_url(cls, value: object) -> object:
         """Accept an absolute http(s) URL; empty means no webhooks."""
@@ -133,6 +235,20 @@ class Settings(BaseSettings):
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError("must be an absolute http:// or https:// URL")
         return value
+
+    @field_validator("metrics_listen_port", mode="before")
+    @classmethod
+    def _blank_port_is_off(cls, value: object) -> object:
+        """Treat an empty port as "no monitoring listener"."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _known_format(cls, value: object) -> object:
+        """Accept `text` or `json` in any case."""
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("default_model")
     @classmethod
@@ -181,9 +297,13 @@ class Settings(BaseSettings):
 def load_settings(env_file: str | Path | None = ".env") -> Settings:
     """Read settings, turning validation problems into one readable line."""
     try:
-        return Settings(_env_file=env_file)  # pyright: ignore[reportCallIssue]
+        settings = Settings(_env_file=env_file)  # pyright: ignore[reportCallIssue]
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+    if settings.replicate_api_token is None and not settings.cog_urls:
+        # Worded as for any missing setting; README says COG_URLS can take its place.
+        raise SettingsError("REPLICATE_API_TOKEN is not set: put it in the environment or in .env")
+    return settings
 
 
 def _describe(exc: ValidationError) -> str:

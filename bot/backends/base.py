@@ -7,6 +7,7 @@ A backend (Replicate's HTTP API or a gateway serving it; later self-hosted serve
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,8 +46,34 @@ class PredictionNotFound(PredictionAPIError):
     """The API does not know this prediction id."""
 
 
+class AtCapacity(PredictionAPIError):
+    """Every server is busy: nothing was sent; the create can be tried again when one frees."""
+
+
+class PredictionLost(Exception):
+    """The server running a prediction lost it (it stopped answering or restarted).
+
+    Not a PredictionAPIError: nothing about the request was wrong, and the job does not fail;
+    the same input and seed are run again, which makes the same animation.
+    """
+
+
 class DownloadError(Exception):
     """An output file could not be fetched."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The job run a backend call is made for, for backends whose client names predictions."""
+
+    key: str  # unique to one job and one run of it (`job-7-r0`): a restart names it alike
+    api_input: Mapping[str, Any]
+
+
+# Set by the runner in each job's task; a backend that lets its client choose prediction ids
+# (self-hosted Cog servers) names the prediction after it, so a restart can find it again by
+# the same name, and resends the input of a prediction it must look up after a restart.
+current_attempt: ContextVar[Attempt | None] = ContextVar("current_attempt", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +92,8 @@ class Prediction:
     started_at: str | None = None
     completed_at: str | None = None
     data_removed: bool = False
+    # The backend lost it (its server stopped or restarted): the core runs it again.
+    lost: bool = False
 
     @classmethod
     def from_json(cls, data: object) -> Prediction:
@@ -132,8 +161,19 @@ class Backend(Protocol):
         """What this backend can do."""
         ...
 
-    async def create(self, api_input: Mapping[str, Any], *, wait: bool | None = None) -> Prediction:
-        """Start a prediction; with `wait`, hold the request until it ends or a window closes."""
+    def has_capacity(self, starting: int) -> bool:
+        """True if one more prediction could start now, besides `starting` on their way."""
+        ...
+
+    async def create(
+        self, api_input: Mapping[str, Any], *, wait: bool | float | None = None
+    ) -> Prediction:
+        """Start a prediction; with `wait`, hold the request until it ends or a window closes.
+
+        `wait` True holds for the backend's longest window, a number of seconds for at most
+        that long (a short hold shows progress sooner), False or 0 not at all; None: the
+        backend's own choice.
+        """
         ...
 
     async def get(self, prediction_id: str) -> Prediction:

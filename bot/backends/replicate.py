@@ -6,6 +6,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import math
 import random
 import time
 import urllib.parse
@@ -30,6 +31,7 @@ from bot.backends.base import (
 )
 from bot.backends.downloads import OutputDownloader
 from bot.backends.output_hosts import DEFAULT_OUTPUT_PREFIXES, OutputPrefix
+from bot.observability.metrics import BotMetrics
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,10 @@ class PredictionClient:
         output_prefixes: Sequence[OutputPrefix] = DEFAULT_OUTPUT_PREFIXES,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        metrics: BotMetrics | None = None,
     ) -> None:
         self._session = session
+        self._metrics = metrics if metrics is not None else BotMetrics()
         self._base = base_url.rstrip("/")
         # The token goes to this origin only (scheme, host and port of the configured base).
         self._origin = yarl.URL(self._base).origin()
@@ -102,21 +106,32 @@ class PredictionClient:
         """Polled by id, pushes with a webhook, and a list to search after a crash."""
         return BackendFeatures(polling=True, pushes=self.pushes_results, search=True)
 
+    def has_capacity(self, starting: int) -> bool:
+        """Always: the API queues what its GPUs cannot start yet."""
+        return True
+
     @property
     def pushes_results(self) -> bool:
         """True if the API is asked to send each prediction's end to our webhook."""
         return self.webhook_url is not None
 
-    async def create(self, api_input: Mapping[str, Any], *, wait: bool | None = None) -> Prediction:
+    async def create(
+        self, api_input: Mapping[str, Any], *, wait: bool | float | None = None
+    ) -> Prediction:
         """Start a prediction; with `wait`, hold the request until it ends or the window closes.
 
         By default it holds only without a webhook: with one, the end is pushed to us, and an
         answer at once records the prediction's id at once (nothing to search for after a crash).
+        A number of seconds holds at most that long (whole seconds, within the API's 1-60).
         """
         if wait is None:
             wait = not self.pushes_results
-        headers = {"Prefer": f"wait={self._wait_seconds}"} if wait else {}
-        timeout = self._wait_seconds + self._request_timeout if wait else self._request_timeout
+        if wait is True:
+            hold = self._wait_seconds
+        else:
+            hold = max(1, min(self._wait_seconds, math.ceil(wait))) if wait else 0
+        headers = {"Prefer": f"wait={hold}"} if hold else {}
+        timeout = hold + self._request_timeout if hold else self._request_timeout
         body: dict[str, Any] = {"version": self.version, "input": dict(api_input)}
         if self.webhook_url is not None:
             body["webhook"] = self.webhook_url
@@ -229,9 +244,11 @@ class PredictionClient:
                     status = resp.status
                     retry_after = _retry_after(resp.headers.get("Retry-After"))
             except aiohttp.ClientConnectorError:
+                self._count(method, url, None)
                 # Nothing was sent, so even a create is safe to repeat.
                 last_error = ServiceUnavailable("The prediction API could not be reached.")
             except (aiohttp.ClientError, TimeoutError) as exc:
+                self._count(method, url, None)
                 if not idempotent:
                     raise CreateOutcomeUnknown(
                         "The prediction API did not answer the create request "
@@ -241,6 +258,7 @@ class PredictionClient:
                     f"The prediction API did not answer ({type(exc).__name__})."
                 )
             else:
+                self._count(method, url, status)
                 if 200 <= status < 300:
                     try:
                         return json.loads(raw)
@@ -290,6 +308,17 @@ class PredictionClient:
                 await self._sleep(self._backoff(attempt))
         assert last_error is not None
         raise last_error
+
+    def _count(self, method: str, url: str, status: int | None) -> None:
+        """Count one request by kind and answer (None: none came)."""
+        path = yarl.URL(url).path.removeprefix(yarl.URL(self._base).path)
+        if path == "/predictions":
+            kind = "create" if method == "POST" else "list"
+        elif path.startswith("/predictions/"):
+            kind = "cancel" if path.endswith("/cancel") else "get"
+        else:
+            kind = "webhook_secret" if path.startswith("/webhooks/") else "other"
+        self._metrics.api_request(kind, status)
 
     def _backoff(self, attempt: int) -> float:
         """Full-jitter exponential backoff."""

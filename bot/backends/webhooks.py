@@ -27,6 +27,7 @@ import yarl
 from aiohttp import web
 
 from bot.backends.base import Prediction, PredictionAPIError
+from bot.observability.metrics import BotMetrics
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,12 @@ MAX_REMEMBERED_IDS = 200_000
 
 
 class WebhookRejected(Exception):
-    """A delivery that is not taken; `status` is the HTTP answer."""
+    """A delivery that is not taken; `status` is the HTTP answer, `kind` its class for metrics."""
 
-    def __init__(self, reason: str, *, status: int) -> None:
+    def __init__(self, reason: str, *, status: int, kind: str = "malformed") -> None:
         super().__init__(reason)
         self.status = status
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +144,9 @@ class WebhookVerifier:
         now = self._clock()
         if abs(now - timestamp) > self._tolerance:
             # A captured delivery replayed later, or a sender with a broken clock.
-            raise WebhookRejected(f"timestamp {now - timestamp:+.0f} s off", status=400)
+            raise WebhookRejected(
+                f"timestamp {now - timestamp:+.0f} s off", status=400, kind="stale"
+            )
         key = self._key or await self._refresh()
         signed = key.matches(message_id, timestamp_text, body, signature)
         if not signed and self._clock() - self._fetched_at >= SECRET_REFRESH_SECONDS:
@@ -150,7 +154,7 @@ class WebhookVerifier:
             key = await self._refresh()
             signed = key.matches(message_id, timestamp_text, body, signature)
         if not signed:
-            raise WebhookRejected("bad signature", status=401)
+            raise WebhookRejected("bad signature", status=401, kind="bad_signature")
         try:
             prediction = Prediction.from_json(json.loads(body))
         except (ValueError, PredictionAPIError):
@@ -165,7 +169,9 @@ class WebhookVerifier:
             self._key = SigningKey.from_secret(secret)
         except Exception as exc:
             log.warning("could not fetch the webhook signing secret: %s", exc)
-            raise WebhookRejected("signing secret unavailable", status=503) from None
+            raise WebhookRejected(
+                "signing secret unavailable", status=503, kind="secret_unavailable"
+            ) from None
         return self._key
 
 
@@ -179,10 +185,12 @@ class WebhookReceiver:
         *,
         public_url: str,
         clock: Callable[[], float] = time.time,
+        metrics: BotMetrics | None = None,
     ) -> None:
         self._verifier = verifier
         self._on_prediction = on_prediction
         self._clock = clock
+        self._metrics = metrics if metrics is not None else BotMetrics()
         self._replays = ReplayGuard()
         # The path of the public URL: a proxy in front forwards it unchanged.
         self.path = yarl.URL(public_url).path or "/"
@@ -220,11 +228,14 @@ class WebhookReceiver:
             delivery = await self._verifier.verify(request.headers, body)
         except WebhookRejected as exc:
             self.rejected += 1
+            self._metrics.webhook(False, exc.kind)
             log.warning("rejected a webhook delivery (%s): %s", exc.status, exc)
             return web.Response(status=exc.status, text=f"{exc}\n")
         if self._replays.seen(delivery.message_id):
+            self._metrics.webhook(True, "replay")
             return web.Response(text="already taken\n")
         self._replays.remember(delivery.message_id, delivery.timestamp, self._clock())
         self.taken += 1
+        self._metrics.webhook(True, "taken")
         self._on_prediction(delivery.prediction)
         return web.Response(text="taken\n")

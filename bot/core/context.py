@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot.backends.base import Backend
 from bot.core.limits import SchedulerLimits
+from bot.core.metering import BudgetedBackend
 from bot.core.outage import OutageTracker
 from bot.core.outcomes import JobOutcomes
 from bot.core.polling import PollPlanner
@@ -14,6 +14,7 @@ from bot.core.pushes import PushInbox
 from bot.core.reporter import JobReporter
 from bot.core.signals import JobSignals
 from bot.core.status import StatusPublisher
+from bot.observability.metrics import BotMetrics
 from bot.storage.base import Store
 
 Clock = Callable[[], float]
@@ -23,7 +24,7 @@ Clock = Callable[[], float]
 class JobContext:
     """The collaborators the runner, the follower and the delivery share (one per scheduler)."""
 
-    backend: Backend
+    backend: BudgetedBackend  # the Backend, each request counted against the API budget
     store: Store
     status: StatusPublisher
     outcomes: JobOutcomes
@@ -35,3 +36,4 @@ class JobContext:
     reporter: Callable[[], JobReporter]  # the Discord side, attached after construction
     clock: Clock  # monotonic: deadlines within this process
     wall_clock: Clock  # the time of day: deadlines stored across restarts
+    metrics: BotMetrics

@@ -13,9 +13,10 @@ from bot import media
 from bot.backends.base import DownloadError, Prediction, PredictionAPIError
 from bot.core.context import JobContext
 from bot.core.crashpoints import crash_point
+from bot.core.eta import instant
 from bot.core.following import PredictionFollower
 from bot.core.jobs import Job
-from bot.core.outcomes import api_refusal
+from bot.core.outcomes import FailureCause, api_refusal
 from bot.core.reporter import DeliveryFailed, JobResult
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class ResultDelivery:
         self._max_download_bytes = ctx.limits.max_download_bytes
         self._stopping = stopping
         self._wall = ctx.wall_clock
+        self._metrics = ctx.metrics
         # Downloads and conversions, one folder per delivery inside it, swept at each start;
         # None: a temporary folder of its own.
         self.work_root = work_root
@@ -70,6 +72,7 @@ class ResultDelivery:
             if existing is not None:
                 log.info("job %s was already posted as message %s", job.id, existing)
                 done = await self._store.mark_done(job.id, result_message_id=existing)
+                self._metrics.job_finished("done")
                 await self._outcomes.report(done, lambda reporter: reporter.report_done(done))
                 return
         self._status.show_uploading(job.id)
@@ -86,8 +89,10 @@ class ResultDelivery:
                 message_id = await reporter.deliver(job, result)
                 crash_point("posted")
                 await self._store.mark_done(job.id, result_message_id=message_id)
+                self._metrics.job_finished("done")
+                self._record_lag(prediction)
             except DeliveryFailed as exc:
-                await self._outcomes.fail(job.id, str(exc))
+                await self._outcomes.fail(job.id, str(exc), cause=FailureCause.DELIVERY)
                 return
             finally:
                 self.posting.discard(job.id)
@@ -111,7 +116,9 @@ class ResultDelivery:
                 raise OutputExpired
             urls = prediction.output_urls
             if not urls:
-                await self._outcomes.fail(job.id, "The animation service returned no file.")
+                await self._outcomes.fail(
+                    job.id, "The animation service returned no file.", cause=FailureCause.MEDIA
+                )
                 return None
             downloaded = workdir / "output"
             size = await self._backend.download_to(
@@ -130,15 +137,20 @@ class ResultDelivery:
                 seed=job.seed,
                 prompt=job.request.prompt,
                 conversions=self.converting,
+                observe=self._metrics.conversion,
             )
         except DownloadError as exc:
-            await self._outcomes.fail(job.id, f"The animation could not be downloaded: {exc}")
+            await self._outcomes.fail(
+                job.id,
+                f"The animation could not be downloaded: {exc}",
+                cause=FailureCause.DOWNLOAD,
+            )
             return None
         except media.MediaError as exc:
-            await self._outcomes.fail(job.id, str(exc))
+            await self._outcomes.fail(job.id, str(exc), cause=FailureCause.MEDIA)
             return None
         except PredictionAPIError as exc:
-            await self._outcomes.fail(job.id, api_refusal(exc))
+            await self._outcomes.fail(job.id, api_refusal(exc), cause=FailureCause.API_REFUSED)
             return None
         return JobResult(
             file=upload,
@@ -149,3 +161,9 @@ class ResultDelivery:
             predict_time=prediction.predict_time or job.predict_time,
             elapsed=max(0.0, self._wall() - job.created_at),
         )
+
+    def _record_lag(self, prediction: Prediction | None) -> None:
+        """Measure from the prediction's end, by the backend's clock, to the result posted."""
+        ended = instant(prediction.completed_at) if prediction is not None else None
+        if ended is not None:
+            self._metrics.delivered(self._wall() - ended)

@@ -72,9 +72,15 @@ class FairQueue:
 
     # Starting and finishing --------------------------------------------------------------
 
-    def next_to_start(self) -> Job | None:
-        """Pop the next job that may start now, taking servers in turn; None if none may."""
+    def next_to_start(self, has_capacity: Callable[[int], bool] | None = None) -> Job | None:
+        """Pop the next job that may start now, taking servers in turn; None if none may.
+
+        `has_capacity` is the backend's: given the jobs on their way to it, whether one more
+        could start there now (a free GPU server).
+        """
         if len(self._running) >= self._running_total:
+            return None
+        if has_capacity is not None and not has_capacity(self.starting_count):
             return None
         for _ in range(len(self._rotation)):
             guild_id = self._rotation[0]
@@ -105,13 +111,20 @@ class FairQueue:
             self._running_by_guild[job.guild_id].discard(job_id)
         return job
 
-    def update(self, job: Job) -> None:
-        """Replace the stored copy of a queued or running job with a newer one."""
+    def update(self, job: Job) -> bool:
+        """Replace the stored copy of a queued or running job; True if it was just placed.
+
+        Placed: a running job that had no prediction now has one, so it is no longer counted
+        as on its way to the backend.
+        """
         if job.id in self._running:
+            placed = self._running[job.id].prediction_id is None and job.prediction_id is not None
             self._running[job.id] = job
-        elif found := self._find(job.id):
+            return placed
+        if found := self._find(job.id):
             queue, index = found
             queue[index] = job
+        return False
 
     # Reading ----------------------------------------------------------------------------
 
@@ -125,6 +138,23 @@ class FairQueue:
     def running_job(self, job_id: int) -> Job | None:
         """The job if it is running."""
         return self._running.get(job_id)
+
+    def starts_when_released(
+        self, job_id: int, has_capacity: Callable[[int], bool] | None = None
+    ) -> bool:
+        """True if a queued job would start the moment nothing held it back."""
+        guild_id = self._queued_in.get(job_id)
+        if guild_id is None or len(self._running) >= self._running_total:
+            return False
+        if has_capacity is not None and not has_capacity(self.starting_count):
+            return False
+        queue = self._queues[guild_id]
+        # A free slot means no other startable job waits: each one starts as a slot frees.
+        return (
+            bool(queue)
+            and queue[0].id == job_id
+            and len(self._running_by_guild[guild_id]) < self._limits(guild_id).running
+        )
 
     def position(self, job_id: int) -> int | None:
         """A queued job's place in its server's queue (1 = next), or None."""
@@ -174,6 +204,16 @@ class FairQueue:
     def running_count(self) -> int:
         """How many jobs run now."""
         return len(self._running)
+
+    @property
+    def queued_count(self) -> int:
+        """How many jobs wait (held ones included) in every server's queue."""
+        return len(self._queued_in)
+
+    @property
+    def starting_count(self) -> int:
+        """How many running jobs have no prediction yet (on their way to the backend)."""
+        return sum(1 for job in self._running.values() if job.prediction_id is None)
 
     @property
     def is_empty(self) -> bool:

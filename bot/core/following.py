@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 from bot.backends.base import (
     Prediction,
     PredictionAPIError,
+    PredictionLost,
     PredictionNotFound,
     RateLimited,
     ServiceUnavailable,
 )
 from bot.core.context import JobContext
 from bot.core.jobs import Job
-from bot.core.outcomes import api_refusal
+from bot.core.outcomes import FailureCause, api_refusal
 from bot.core.progress import parse_progress
 
 log = logging.getLogger(__name__)
@@ -36,9 +38,18 @@ class PredictionFollower:
         self._limits = ctx.limits
         self._clock = ctx.clock
         self._wall = ctx.wall_clock
+        self._following: set[int] = set()  # jobs being followed: progress polls share among them
 
     async def follow(self, job: Job, prediction: Prediction | None) -> Prediction | None:
         """Follow until the prediction ends; return it if it succeeded, else settle the job."""
+        self._following.add(job.id)
+        try:
+            return await self._follow(job, prediction)
+        finally:
+            self._following.discard(job.id)
+
+    async def _follow(self, job: Job, prediction: Prediction | None) -> Prediction | None:
+        """Poll (or wait for pushes) until the prediction ends, showing its progress."""
         assert job.prediction_id is not None
         # Wall clock from the stored start, so the deadline holds across restarts.
         started = job.started_at if job.started_at is not None else self._wall()
@@ -58,15 +69,28 @@ class PredictionFollower:
                 self._status.show_progress(job, prediction, progress)
                 if await self._past_deadline(job, prediction, self._wall() - started):
                     return None
-                woken = await self._signals.pause(
-                    self._planner.delay(job, prediction, progress, polls), job.id
-                )
+                # The poll aimed at the foretold end, unless progress is due to be read first.
+                aimed = self._planner.delay(job, prediction, progress, polls)
+                # Waiting for a GPU has no bar to move: its backoff polls are aimed ones.
+                gap = self._progress_gap() if prediction.status == "processing" else math.inf
+                woken = await self._signals.pause(min(aimed, gap), job.id)
                 pushed = self._take_pushed(job, prediction)
                 if pushed is not None:
                     prediction = pushed
                     continue
                 if (woken and not self._signals.cancel_wanted(job.id)) or not can_poll:
                     continue  # a push older than what we know, or no way to ask: wait on
+                if gap < aimed and not self._signals.cancel_wanted(job.id):
+                    try:
+                        fresh = await self._backend.get_progress(
+                            job.prediction_id, len(self._following)
+                        )
+                        # None: no room in the budget; the bar waits, the aimed poll does not.
+                        prediction = fresh or prediction
+                        continue
+                    except PredictionAPIError as exc:
+                        # Read again as an aimed poll, which knows how to wait out an outage.
+                        log.info("job %s: progress poll failed: %s", job.id, exc.detail)
             else:
                 prediction = self._take_pushed(job, None)
                 if prediction is not None:
@@ -75,7 +99,17 @@ class PredictionFollower:
             if prediction is None:
                 return None
             polls += 1
+        if prediction.lost:
+            raise PredictionLost(prediction.error or "its server lost it")  # the runner reruns it
         return await self._settle_end(job, prediction)
+
+    def _progress_gap(self) -> float:
+        """Seconds until a progress poll is due: the budget's share for each running job."""
+        seconds = self._limits.progress_poll_seconds
+        features = self._backend.features
+        if seconds <= 0 or features.pushes or not features.polling:
+            return math.inf  # off, or progress comes pushed
+        return self._backend.budget.progress_interval(len(self._following), seconds)
 
     async def _past_deadline(self, job: Job, prediction: Prediction, waited: float) -> bool:
         """Stop a prediction stuck waiting for a GPU or running too long; True if it was."""
@@ -90,6 +124,7 @@ class PredictionFollower:
                 f"The animation service did not start this request within {minutes:g} "
                 f"minutes, so {'it was canceled' if stopped else 'the bot gave up on it'}"
                 "; please try again later.",
+                cause=FailureCause.TIMEOUT,
             )
             return True
         if waited > self._limits.prediction_timeout:
@@ -99,6 +134,7 @@ class PredictionFollower:
                 job.id,
                 f"The animation took longer than {minutes:g} minutes, so "
                 f"{'it was stopped' if stopped else 'the bot gave up on it'}.",
+                cause=FailureCause.TIMEOUT,
             )
             return True
         return False
@@ -115,11 +151,19 @@ class PredictionFollower:
             return prediction
         if prediction.status in ("canceled", "aborted"):
             await self._outcomes.fail(
-                job.id, "The animation service stopped this request.", predict_time=billed
+                job.id,
+                "The animation service stopped this request.",
+                predict_time=billed,
+                cause=FailureCause.PREDICTION_FAILED,
             )
             return None
         reason = (prediction.error or "").strip() or "The animation service reported a failure."
-        await self._outcomes.fail(job.id, f"The animation failed: {reason}", predict_time=billed)
+        await self._outcomes.fail(
+            job.id,
+            f"The animation failed: {reason}",
+            predict_time=billed,
+            cause=FailureCause.PREDICTION_FAILED,
+        )
         return None
 
     async def fetch(self, job: Job) -> Prediction | None:
@@ -131,7 +175,9 @@ class PredictionFollower:
                 prediction = await self._backend.get(job.prediction_id)
             except PredictionNotFound:
                 await self._outcomes.fail(
-                    job.id, "The animation service has no record of this request."
+                    job.id,
+                    "The animation service has no record of this request.",
+                    cause=FailureCause.API_REFUSED,
                 )
                 return None
             except (ServiceUnavailable, RateLimited) as exc:
@@ -142,7 +188,9 @@ class PredictionFollower:
                 self._outage.enter()
                 if now - outage_since > self._limits.outage_patience:
                     await self._outcomes.fail(
-                        job.id, "Lost contact with the animation service; please try again."
+                        job.id,
+                        "Lost contact with the animation service; please try again.",
+                        cause=FailureCause.API_UNAVAILABLE,
                     )
                     return None
                 self._status.show_unavailable(job.id)
@@ -151,7 +199,7 @@ class PredictionFollower:
                 await self._signals.pause(max(10.0, exc.retry_after or 0.0), job.id)
                 continue
             except PredictionAPIError as exc:
-                await self._outcomes.fail(job.id, api_refusal(exc))
+                await self._outcomes.fail(job.id, api_refusal(exc), cause=FailureCause.API_REFUSED)
                 return None
             self._outage.leave()
             return prediction

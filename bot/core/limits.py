@@ -22,6 +22,8 @@ class SchedulerLimits:
     outage_patience: float = 1800.0  # how long a running job waits out an outage
     max_download_bytes: int = 100 * 1024 * 1024
     status_interval: float = 5.0  # at most one status edit per job this often
+    # How often a running prediction's progress is read when polling; 0: only aimed polls.
+    progress_poll_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

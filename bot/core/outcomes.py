@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 
 from bot.backends.base import PredictionAPIError
 from bot.core.jobs import Job, JobStatus
 from bot.core.reporter import JobReporter
 from bot.core.status import StatusPublisher
+from bot.observability.metrics import BotMetrics
 from bot.storage.base import InvalidTransition, Store
 
 log = logging.getLogger(__name__)
@@ -20,22 +22,51 @@ _BAD_CREDENTIALS = (
 )
 
 
+class FailureCause(StrEnum):
+    """Why a job failed, in the few classes the metrics count it by."""
+
+    BOT_ERROR = "bot_error"  # a bug or a crash on the bot's side
+    API_REFUSED = "api_refused"  # the backend refused the request (4xx)
+    API_UNAVAILABLE = "api_unavailable"  # the backend stayed down past the patience
+    PREDICTION_FAILED = "prediction_failed"  # the model ran and failed, or was stopped upstream
+    TIMEOUT = "timeout"  # it did not start, or did not end, in time
+    UNCERTAIN = "uncertain"  # the bot could not tell whether a create went through
+    DOWNLOAD = "download"  # the output could not be fetched
+    MEDIA = "media"  # the output could not be converted or made to fit
+    EXPIRED = "expired"  # the output was gone before it was posted
+    DELIVERY = "delivery"  # Discord refused the post
+
+
 class JobOutcomes:
     """Record failures and cancellations and report them, after any pending status edit."""
 
     def __init__(
-        self, store: Store, status: StatusPublisher, reporter: Callable[[], JobReporter]
+        self,
+        store: Store,
+        status: StatusPublisher,
+        reporter: Callable[[], JobReporter],
+        metrics: BotMetrics,
     ) -> None:
         self._store = store
         self._status = status
         self._reporter = reporter
+        self._metrics = metrics
 
-    async def fail(self, job_id: int, reason: str, *, predict_time: float | None = None) -> None:
+    async def fail(
+        self,
+        job_id: int,
+        reason: str,
+        *,
+        predict_time: float | None = None,
+        cause: FailureCause = FailureCause.BOT_ERROR,
+    ) -> None:
         """Record a failure (and any GPU time it was billed) and tell the requester."""
         try:
             job = await self._store.mark_failed(job_id, reason, predict_time=predict_time)
         except InvalidTransition:
             return
+        self._metrics.job_finished("failed", cause.value)
+        self._metrics.billed(predict_time, self._metrics.backend_of(job.prediction_id))
         log.info("job %s failed: %s", job_id, reason)
         await self.report(job, lambda reporter: reporter.report_failure(job, reason))
 
@@ -45,6 +76,8 @@ class JobOutcomes:
             job = await self._store.mark_canceled(job_id, reason, predict_time=predict_time)
         except InvalidTransition:
             return
+        self._metrics.job_finished("canceled")
+        self._metrics.billed(predict_time, self._metrics.backend_of(job.prediction_id))
         await self.report(job, lambda reporter: reporter.report_canceled(job))
 
     async def report(self, job: Job, call: Callable[[JobReporter], Awaitable[None]]) -> None:

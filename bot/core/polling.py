@@ -20,6 +20,10 @@ MAX_DELAY = 120.0  # estimates can be wrong: look again at least this often
 # With webhooks the end is pushed; a poll this long after the foretold end catches a lost push.
 SAFETY_GRACE = 30.0
 TAILS_KEPT = 20
+# With progress polling, a create foretold to end within this many progress intervals is held
+# to its end: a progress poll just before the result would show little and cost a request.
+HOLD_STRETCH = 1.5
+HOLD_MAX = 60.0  # the API holds a create at most this long
 
 
 class TailHistory:
@@ -73,6 +77,20 @@ class PollPlanner:
             polls=polls,
         )
         return safety_delay(delay) if self._pushes() else delay
+
+    def hold(self, job: Job, progress_seconds: float) -> float | None:
+        """How long to hold the create, with progress read every `progress_seconds` (0: never).
+
+        Held to the foretold end when that comes within about one progress interval (the
+        result then needs no poll); otherwise just one interval, so the first progress shows.
+        None: the backend's own choice (no progress polls, or the end is pushed).
+        """
+        if progress_seconds <= 0 or self._pushes():
+            return None
+        estimate = self._history.estimate(job.request.model, job.request.steps)
+        if estimate is not None and estimate.total + MARGIN <= progress_seconds * HOLD_STRETCH:
+            return min(HOLD_MAX, estimate.total + 2 * MARGIN)
+        return min(HOLD_MAX, progress_seconds)
 
     def learn(self, job: Job, prediction: Prediction) -> None:
         """Learn the tail of a succeeded prediction."""

@@ -7,11 +7,19 @@ import heapq
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from bot.core.budgets import EDIT_PATIENCE, DiscordBudget, EditKind
+
 log = logging.getLogger(__name__)
+
+# Where each kind of edit waits for the budget: changes of stage first, then edits that waited
+# out the patience, then queue places, estimates and progress ticks.
+AGED = 1
+_PLACES = {EditKind.STAGE: 0, EditKind.POSITION: 2, EditKind.ETA: 3, EditKind.PROGRESS: 4}
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -25,8 +33,10 @@ class _Lane(Generic[V]):
     last_sent: V | None = None
     last_sent_at: float = float("-inf")
     in_flight: V | None = None
+    pending_since: float = 0.0  # when what it shows first fell behind what it should
     task: asyncio.Task[None] | None = None  # the send in flight, if any
-    scheduled: bool = False  # it has an entry in the due heap
+    scheduled: bool = False  # it has an entry in the due heap or a ready queue
+    place: int | None = None  # the ready queue it waits in (older entries elsewhere are void)
     closed: bool = False
 
     def shown(self) -> V | None:
@@ -50,8 +60,18 @@ class StatusRelay(Generic[K, V]):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         concurrency: int = 32,
+        budget: DiscordBudget | None = None,
+        kind_of: Callable[[V | None, V], EditKind] | None = None,
     ) -> None:
         self._send = send
+        # Sends wait for room in Discord's budget, the lesser kinds of edit first (kind_of
+        # compares what a message shows with what it is to show).
+        self._budget = budget
+        self._kind_of = kind_of
+        # Told of each value shown and how long the message lagged behind it (benchmarks).
+        self.observer: Callable[[K, V, float], None] | None = None
+        # Told of each value dropped unsent: replaced by a newer one, or settled (metrics).
+        self.on_shed: Callable[[], None] | None = None
         self._interval = interval
         self._clock = clock
         self._sleep = sleep
@@ -59,6 +79,10 @@ class StatusRelay(Generic[K, V]):
         # must leave sends free for every other server.
         self._concurrency = max(1, concurrency)
         self._lanes: dict[K, _Lane[V]] = {}
+        # Lanes due, waiting for a send slot or room in the budget: a queue per kind of edit
+        # (and one for edits that waited out the patience, after changes of stage), each in
+        # the order its lanes came due. A lane closed meanwhile is dropped when reached.
+        self._ready: list[deque[tuple[K, _Lane[V]]]] = [deque() for _ in range(len(_PLACES) + 1)]
         # (due time, tie-breaker, key, lane): a lane settled meanwhile is skipped when popped.
         self._due: list[tuple[float, int, K, _Lane[V]]] = []
         self._order = itertools.count()
@@ -80,9 +104,15 @@ class StatusRelay(Generic[K, V]):
             # Back to what the message shows (or is about to): nothing left to send.
             lane.pending = None
             return
+        if lane.pending is None:
+            lane.pending_since = self._clock()
+        elif self.on_shed is not None:
+            self.on_shed()
         lane.pending = value
         if not lane.scheduled and lane.task is None:
             self._schedule(key, lane)
+        elif lane.place is not None and _PLACES[self._kind(lane)] < lane.place:
+            self._queue(key, lane, _PLACES[self._kind(lane)])  # now a more important edit
 
     def prime(self, key: K, value: V) -> None:
         """Record a value as already shown (sent by other means), so it is not sent again."""
@@ -101,6 +131,8 @@ class StatusRelay(Generic[K, V]):
         if lane is None:
             return
         lane.closed = True
+        if lane.pending is not None and self.on_shed is not None:
+            self.on_shed()
         lane.pending = None
         if lane.task is not None:
             await asyncio.wait({lane.task})
@@ -114,6 +146,8 @@ class StatusRelay(Generic[K, V]):
             self._drainer.cancel()
             await asyncio.gather(self._drainer, return_exceptions=True)
         self._due.clear()
+        for queue in self._ready:
+            queue.clear()
 
     def waiting(self) -> int:
         """Return how many keys have a value waiting to be sent."""
@@ -130,23 +164,84 @@ class StatusRelay(Generic[K, V]):
 
     async def _drain(self) -> None:
         """Start each due send, sleeping until the next one is due; end when none is left."""
-        while self._due or self._sending:
+        while self._due or self._sending or any(self._ready):
             self._wake.clear()
             now = self._clock()
-            while self._due and len(self._sending) < self._concurrency:
-                due, _, key, lane = self._due[0]
-                if due > now:
-                    break
-                heapq.heappop(self._due)
-                lane.scheduled = False
-                if lane.closed or lane.pending is None:
-                    continue
-                self._start(key, lane)
-            if self._due and len(self._sending) < self._concurrency:
-                await self._nap(self._due[0][0] - now)
+            self._take_due(now)
+            blocked = await self._start_ready(now)
+            if len(self._sending) >= self._concurrency:
+                await self._wake.wait()  # a finished send wakes us
+                continue
+            until = self._due[0][0] if self._due else float("inf")
+            if blocked and self._budget is not None:
+                until = min(until, now + self._budget.retry_in())
+            if until < float("inf"):
+                await self._nap(until - now)
             else:
-                # Idle or at the limit: a publish or a finished send wakes us.
-                await self._wake.wait()
+                await self._wake.wait()  # idle: a publish wakes us
+
+    def _take_due(self, now: float) -> None:
+        """Move the lanes due now, with something to send, to the queue of their kind."""
+        while self._due and self._due[0][0] <= now:
+            _, _, key, lane = heapq.heappop(self._due)
+            if lane.closed or lane.pending is None:
+                lane.scheduled = False
+                continue
+            self._queue(key, lane, _PLACES[self._kind(lane)])  # still `scheduled`
+
+    def _queue(self, key: K, lane: _Lane[V], place: int) -> None:
+        """Make a lane wait in a ready queue (voiding any entry it has in another)."""
+        lane.place = place
+        self._ready[place].append((key, lane))
+
+    async def _start_ready(self, now: float) -> bool:
+        """Start ready sends, most important first; True if the budget stopped them.
+
+        An edit refused stops the pass: the lesser kinds have smaller shares of the budget.
+        """
+        self._promote_aged(now)
+        for place, queue in enumerate(self._ready):
+            while queue and len(self._sending) < self._concurrency:
+                key, lane = queue[0]
+                if lane.place != place:
+                    queue.popleft()  # void: the lane waits in another queue now
+                    continue
+                if lane.closed or lane.pending is None:
+                    queue.popleft()
+                    lane.scheduled, lane.place = False, None
+                    continue
+                kind = self._kind(lane)
+                if place != AGED and place != _PLACES[kind]:
+                    # Coalesced meanwhile into a change of another kind: wait in its queue.
+                    queue.popleft()
+                    self._queue(key, lane, _PLACES[kind])
+                    continue
+                if self._budget is not None and not await self._budget.try_edit(
+                    kind, now - lane.pending_since
+                ):
+                    return True
+                queue.popleft()
+                lane.scheduled, lane.place = False, None
+                self._start(key, lane)
+        return False
+
+    def _promote_aged(self, now: float) -> None:
+        """Move edits that have waited out the patience to the queue after stage changes."""
+        for place in range(AGED + 1, len(self._ready)):
+            queue = self._ready[place]
+            # Each queue is in the order its lanes fell behind: the aged ones are at its head.
+            while queue and (
+                queue[0][1].place != place or now - queue[0][1].pending_since >= EDIT_PATIENCE
+            ):
+                key, lane = queue.popleft()
+                if lane.place == place:
+                    self._queue(key, lane, AGED)
+
+    def _kind(self, lane: _Lane[V]) -> EditKind:
+        """What a lane's pending edit changes."""
+        if self._kind_of is None or lane.pending is None:
+            return EditKind.STAGE
+        return self._kind_of(lane.shown(), lane.pending)
 
     async def _nap(self, seconds: float) -> None:
         """Sleep until the next send is due, or until a publish or finished send wakes us."""
@@ -164,15 +259,21 @@ class StatusRelay(Generic[K, V]):
         assert value is not None
         lane.in_flight = value
         lane.last_sent_at = self._clock()
-        task = asyncio.create_task(self._send_one(key, lane, value), name=f"status-{key}")
+        task = asyncio.create_task(
+            self._send_one(key, lane, value, lane.pending_since), name=f"status-{key}"
+        )
         lane.task = task
         self._sending.add(task)
 
-    async def _send_one(self, key: K, lane: _Lane[V], value: V) -> None:
+    async def _send_one(self, key: K, lane: _Lane[V], value: V, since: float) -> None:
         """Send one value; afterwards queue the lane again if a newer value arrived meanwhile."""
         try:
+            if self._budget is not None:
+                await self._budget.sending()  # counted as it goes, not as it was let go
             await self._send(key, value)
             lane.last_sent = value
+            if self.observer is not None:
+                self.observer(key, value, self._clock() - since)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -13,12 +13,16 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from bot.backends.base import (
+    AtCapacity,
+    Attempt,
     CreateOutcomeUnknown,
     Prediction,
     PredictionAPIError,
+    PredictionLost,
     RateLimited,
     SearchIncomplete,
     ServiceUnavailable,
+    current_attempt,
 )
 from bot.core.context import JobContext
 from bot.core.crashpoints import crash_point
@@ -26,12 +30,15 @@ from bot.core.delivery import OutputExpired, ResultDelivery
 from bot.core.eta import Timing, observed
 from bot.core.following import PredictionFollower
 from bot.core.jobs import Job, JobStatus
-from bot.core.outcomes import api_refusal
+from bot.core.outcomes import FailureCause, api_refusal
 from bot.core.reporter import JobStatusUpdate, Stage
+from bot.observability.logs import bind_prediction
 
 log = logging.getLogger(__name__)
 
 MAX_RERUNS = 2  # an expired output is made again at most this often
+MAX_LOST_RERUNS = 3  # a prediction its server lost is run again at most this often
+CAPACITY_RETRY_SECONDS = 0.5  # every GPU busy: look for a free one this often
 
 
 class _KeyedLocks:
@@ -65,7 +72,7 @@ class JobRunner:
         *,
         follower: PredictionFollower,
         delivery: ResultDelivery,
-        track: Callable[[Job], None],
+        track: Callable[[Job], object],
     ) -> None:
         self._backend = ctx.backend
         self._store = ctx.store
@@ -78,6 +85,8 @@ class JobRunner:
         self._reporter = ctx.reporter
         self._limits = ctx.limits
         self._clock = ctx.clock
+        self._wall = ctx.wall_clock
+        self._metrics = ctx.metrics
         self._follower = follower
         self._delivery = delivery
         self._track_in_queue = track  # keeps the queue's copy of a running job current
@@ -94,7 +103,9 @@ class JobRunner:
         except Exception:
             log.exception("job %s crashed", job.id)
             await self._outcomes.fail(
-                job.id, "Something went wrong on the bot's side; please try again."
+                job.id,
+                "Something went wrong on the bot's side; please try again.",
+                cause=FailureCause.BOT_ERROR,
             )
 
     async def advance(self, job: Job) -> None:
@@ -106,12 +117,16 @@ class JobRunner:
         # Submitted before a restart: the create may have reached the API.
         maybe_created = job.status is JobStatus.SUBMITTED
         while True:
+            # Named after the job and its run, so a backend that takes ids from its client
+            # names the prediction so (and a restart finds it again by that name).
+            current_attempt.set(Attempt(f"job-{job.id}-r{job.reruns}", job.request.to_api_input()))
             if job.status in (JobStatus.QUEUED, JobStatus.SUBMITTED):
                 # Two jobs with the same input and seed cannot be told apart in the API's
                 # list, so their creates never overlap: each finds only its own prediction.
                 async with self._same_input.hold(job.request.to_json()):
                     if job.status is JobStatus.QUEUED:
                         job = self._track(await self._store.mark_submitted(job.id))
+                        self._metrics.waited(self._wall() - job.created_at)
                         self._status.show_running(job, Stage.STARTING)
                         crash_point("submitted")
                     prediction = await self._create(job, maybe_created=maybe_created)
@@ -119,9 +134,17 @@ class JobRunner:
                         return  # failed or canceled
                     crash_point("created")
                     job = self._track(await self._store.mark_running(job.id, prediction.id))
+                    bind_prediction(prediction.id)
                     crash_point("running")
             if job.status is JobStatus.RUNNING:
-                prediction = await self._follower.follow(job, prediction)
+                try:
+                    prediction = await self._follower.follow(job, prediction)
+                except PredictionLost as lost:
+                    rerun = await self._rerun_lost(job, str(lost))
+                    if rerun is None:
+                        return
+                    job, prediction, maybe_created = rerun, None, False
+                    continue
                 if prediction is None:
                     return
                 crash_point("succeeded")
@@ -133,9 +156,15 @@ class JobRunner:
                     )
                 )
                 self.learn(job, prediction)
+                backend = self._metrics.backend_of(prediction.id)
+                if prediction.predict_time is not None:
+                    self._metrics.ran(prediction.predict_time, backend)
+                self._metrics.billed(prediction.predict_time, backend)
                 crash_point("delivering")
             if job.status is not JobStatus.DELIVERING:
                 return
+            # A delivery only reads what ended: nothing may be started again to read it.
+            current_attempt.set(None)
             try:
                 await self._delivery.deliver(job, prediction, resumed=resumed_delivery)
                 return
@@ -152,9 +181,28 @@ class JobRunner:
             await self._outcomes.fail(
                 job.id,
                 "The animation expired at the animation service before the bot could post it.",
+                cause=FailureCause.EXPIRED,
             )
             return None
         log.info("job %s: output of %s expired; running it again", job.id, job.prediction_id)
+        self._pushes.unfollow(job.prediction_id)
+        job = self._track(await self._store.mark_rerun(job.id))
+        self._status.show_running(job, Stage.STARTING)
+        return job
+
+    async def _rerun_lost(self, job: Job, reason: str) -> Job | None:
+        """Run a prediction its server lost again elsewhere: same input, same seed."""
+        if self._signals.cancel_wanted(job.id):
+            await self._outcomes.cancel(job.id, "Canceled.")
+            return None
+        if job.reruns >= MAX_LOST_RERUNS:
+            await self._outcomes.fail(
+                job.id,
+                f"The GPU servers kept losing this animation ({reason}); please try again.",
+                cause=FailureCause.API_UNAVAILABLE,
+            )
+            return None
+        log.warning("job %s: %s lost (%s); running it again", job.id, job.prediction_id, reason)
         self._pushes.unfollow(job.prediction_id)
         job = self._track(await self._store.mark_rerun(job.id))
         self._status.show_running(job, Stage.STARTING)
@@ -192,6 +240,7 @@ class JobRunner:
     async def _create(self, job: Job, *, maybe_created: bool) -> Prediction | None:
         """Create the prediction exactly once, waiting out outages instead of failing."""
         deadline = self._clock() + self._limits.outage_patience
+        capacity_deadline = self._clock() + self._limits.start_timeout
         attempt = 0
         api_input = job.request.to_api_input()
         while True:
@@ -219,8 +268,23 @@ class JobRunner:
                     job.id,
                     "The bot could not confirm whether the animation service had started this "
                     "request, so it did not send it again; please try again.",
+                    cause=FailureCause.UNCERTAIN,
                 )
                 return None
+            except AtCapacity:
+                # Every GPU is busy (a rerun, or a 409 from one thought free): not an outage.
+                if self._clock() >= capacity_deadline:
+                    minutes = self._limits.start_timeout / 60
+                    await self._outcomes.fail(
+                        job.id,
+                        f"No GPU server became free within {minutes:g} minutes; "
+                        "please try again later.",
+                        cause=FailureCause.API_UNAVAILABLE,
+                    )
+                    return None
+                self._signals.clear_unless_canceling(job.id)  # a stale wake-up must not spin
+                await self._signals.pause(CAPACITY_RETRY_SECONDS, job.id)
+                continue
             except CreateOutcomeUnknown as exc:
                 log.warning("job %s: create outcome unknown: %s", job.id, exc.detail)
                 self._outage.enter()
@@ -230,13 +294,14 @@ class JobRunner:
                 self._outage.enter()
                 wait_at_least = exc.retry_after or 0.0
             except PredictionAPIError as exc:
-                await self._outcomes.fail(job.id, api_refusal(exc))
+                await self._outcomes.fail(job.id, api_refusal(exc), cause=FailureCause.API_REFUSED)
                 return None
             if self._clock() >= deadline:
                 await self._outcomes.fail(
                     job.id,
                     "The animation service has been unavailable for too long; "
                     "please try again later.",
+                    cause=FailureCause.API_UNAVAILABLE,
                 )
                 return None
             self._status.show_unavailable(job.id)
@@ -246,7 +311,10 @@ class JobRunner:
 
     async def _create_cancellable(self, job: Job, api_input: dict[str, object]) -> Prediction:
         """Send the create; if Cancel is pressed while it is held open, cancel it upstream."""
-        create = asyncio.ensure_future(self._backend.create(api_input))
+        # Progress is read only from a backend that can be polled: else its own hold stands.
+        progress = self._limits.progress_poll_seconds if self._backend.features.polling else 0
+        hold = self._planner.hold(job, progress)
+        create = asyncio.ensure_future(self._backend.create(api_input, wait=hold))
         wake = asyncio.ensure_future(self._signals.wait(job.id))
         try:
             await asyncio.wait({create, wake}, return_when=asyncio.FIRST_COMPLETED)

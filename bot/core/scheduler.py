@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bot.backends.base import Backend, Prediction
 from bot.core.announcing import WaitingAnnouncer
+from bot.core.budgets import Budgets
 from bot.core.context import JobContext
 from bot.core.delivery import ResultDelivery
 from bot.core.eta import SAMPLES_PER_KEY, TimingHistory
@@ -21,6 +22,7 @@ from bot.core.fair_queue import FairQueue
 from bot.core.following import PredictionFollower
 from bot.core.jobs import GenerationRequest, Job, JobStatus
 from bot.core.limits import GuildLimits, GuildPolicy, QueueFull, SchedulerLimits
+from bot.core.metering import BudgetedBackend, MeteredReporter
 from bot.core.outage import OutageTracker
 from bot.core.outcomes import JobOutcomes
 from bot.core.polling import PollPlanner
@@ -29,6 +31,8 @@ from bot.core.reporter import CancelOutcome, JobReporter, JobStatusUpdate, Queue
 from bot.core.runner import JobRunner
 from bot.core.signals import JobSignals
 from bot.core.status import StatusPublisher
+from bot.observability.logs import bind_job
+from bot.observability.metrics import BotMetrics
 from bot.storage.base import Store
 
 log = logging.getLogger(__name__)
@@ -53,22 +57,28 @@ class Scheduler:
         policy: GuildPolicy | None = None,
         history: TimingHistory | None = None,
         planner: PollPlanner | None = None,
+        budgets: Budgets | None = None,
+        metrics: BotMetrics | None = None,
     ) -> None:
         self._store = store
+        self.metrics = metrics if metrics is not None else BotMetrics()  # its own registry
         self._backend = backend
         self._policy = policy
         self._limits = limits or SchedulerLimits()
+        self.budgets = budgets or Budgets.local(clock=clock, sleep=sleep)
         self._clock = clock
         self._reporter: JobReporter | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._admission = asyncio.Lock()
         self._started = False
         self._stopping = False
+        self.resumed = False  # every stored job has been picked up again (readiness)
         self.idle = asyncio.Event()
         self.idle.set()
 
         self.queue = FairQueue(running_total=self._limits.running_total, limits=self.guild_limits)
         self.outage = OutageTracker(clock, self._outage_changed)
+        self.metrics.watch(self.queue, self.outage)
         # Measured runs: loaded from the store at start, fed by each success; the status
         # publisher reads them for estimates, the poll planner to aim polls.
         history = history if history is not None else TimingHistory()
@@ -82,15 +92,18 @@ class Scheduler:
             clock=clock,
             wall_clock=wall_clock,
             sleep=sleep,
+            budget=self.budgets.discord,
+            has_capacity=backend.has_capacity,
         )
+        self.status.relay.on_shed = lambda: self.metrics.status_edit("shed")
         self.signals = JobSignals(sleep)
         self.pushes = PushInbox(self.signals.wake)
         self.planner = planner or PollPlanner(
             history, wall_clock=wall_clock, pushes=lambda: backend.features.pushes
         )
-        self._outcomes = JobOutcomes(store, self.status, self._require_reporter)
+        self._outcomes = JobOutcomes(store, self.status, self._require_reporter, self.metrics)
         ctx = JobContext(
-            backend=backend,
+            backend=BudgetedBackend(backend, self.budgets.api),
             store=store,
             status=self.status,
             outcomes=self._outcomes,
@@ -102,15 +115,16 @@ class Scheduler:
             reporter=self._require_reporter,
             clock=clock,
             wall_clock=wall_clock,
+            metrics=self.metrics,
         )
         follower = PredictionFollower(ctx)
         stopping = lambda: self._stopping  # noqa: E731 - read at each delivery, not now
         self.delivery = ResultDelivery(
             ctx, follower=follower, stopping=stopping, work_root=work_root
         )
-        self.runner = JobRunner(
-            ctx, follower=follower, delivery=self.delivery, track=self.queue.update
-        )
+        # A job just placed upstream was counted as on its way there: room may have freed.
+        placed = lambda job: self.queue.update(job) and self._dispatch()  # noqa: E731
+        self.runner = JobRunner(ctx, follower=follower, delivery=self.delivery, track=placed)
         self.announcer = WaitingAnnouncer(
             queue=self.queue,
             status=self.status,
@@ -120,8 +134,8 @@ class Scheduler:
         )
 
     def attach(self, reporter: JobReporter) -> None:
-        """Set who tells members about their jobs."""
-        self._reporter = reporter
+        """Set who tells members about their jobs (each message counted in Discord's budget)."""
+        self._reporter = MeteredReporter(reporter, self.budgets.discord)
 
     async def start(self) -> None:
         """Resume every unfinished job recorded in the store, then start dispatching."""
@@ -152,6 +166,7 @@ class Scheduler:
             if job.status is JobStatus.QUEUED and job.request_message_id is None:
                 # Stored, but its message never was (a crash after the acknowledgement).
                 self._announce_if_waiting(job.id)
+        self.resumed = True
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop work; every job stays recorded where it stood and resumes on the next start."""
@@ -300,6 +315,10 @@ class Scheduler:
             return self._policy.limits(guild_id)
         return GuildLimits(self._limits.running_per_guild, self._limits.queued_per_member)
 
+    def capacity_changed(self) -> None:
+        """The backend may have room for another job (a GPU server freed)."""
+        self._dispatch()
+
     def limits_changed(self, guild_id: int) -> None:
         """A server's limits changed: start what now fits and show new estimates."""
         self._dispatch()
@@ -329,7 +348,7 @@ class Scheduler:
             return
         started: set[int] = set()
         while not self.outage.holds_queue(self.queue.running_count):
-            job = self.queue.next_to_start()
+            job = self.queue.next_to_start(self._backend.has_capacity)
             if job is None:
                 break
             started.add(job.guild_id)
@@ -345,6 +364,7 @@ class Scheduler:
 
     async def _run(self, job: Job) -> None:
         """Run a job, then free its slot (unless the bot is stopping: it resumes on start)."""
+        bind_job(job.id, job.guild_id, job.prediction_id)  # on this task's log lines
         try:
             await self.runner.run(job)
         finally:
@@ -384,7 +404,8 @@ class Scheduler:
         """Relay target: show a status update on the job's message, if it has one yet."""
         job = self.queue.get(job_id)
         if job is not None and job.request_message_id is not None:
-            await self._require_reporter().show_status(job, update)
+            with self.metrics.counting_edit():
+                await self._require_reporter().show_status(job, update)
 
     def _require_reporter(self) -> JobReporter:
         """Return the reporter, which must be attached before work starts."""

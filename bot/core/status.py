@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from bot.backends.base import Prediction
+from bot.core.budgets import DiscordBudget, EditKind
 from bot.core.eta import TimingHistory, instant, queue_finishes, running_finish, steady
 from bot.core.fair_queue import FairQueue
 from bot.core.jobs import Job, JobStatus
@@ -45,8 +46,11 @@ class StatusPublisher:
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
+        budget: DiscordBudget | None = None,
+        has_capacity: Callable[[int], bool] | None = None,
     ) -> None:
         self._queue = queue
+        self._has_capacity = has_capacity  # the backend's: whether one more could start now
         self._outage = outage
         self.history = history  # measured runs; the scheduler feeds it
         self._running_limit = running_limit
@@ -55,7 +59,7 @@ class StatusPublisher:
         self._wall = wall_clock
         self._sleep = sleep
         self._relay: StatusRelay[int, JobStatusUpdate] = StatusRelay(
-            send, interval=interval, clock=clock, sleep=sleep
+            send, interval=interval, clock=clock, sleep=sleep, budget=budget, kind_of=edit_kind
         )
         self._last_status: dict[int, JobStatusUpdate] = {}
         # Guilds whose queues wait for the refresher: True to show what changed, False to only
@@ -67,6 +71,11 @@ class StatusPublisher:
         self._expected: dict[int, float | None] = {}  # running job -> raw expected finish
         self._shown_eta: dict[int, int] = {}  # job -> the rounded estimate last shown
         self._closed = False
+
+    @property
+    def relay(self) -> StatusRelay[int, JobStatusUpdate]:
+        """The relay that sends the edits (its observer sees each one shown)."""
+        return self._relay
 
     # What a message shows ---------------------------------------------------------------
 
@@ -214,7 +223,10 @@ class StatusPublisher:
             self.refresher = None
 
     def queued_status(self, job_id: int) -> JobStatusUpdate | None:
-        """What a queued job's message should say now (place and estimate), or None."""
+        """What a queued job's message should say now (place and estimate), or None.
+
+        A job that starts as soon as it is let go is shown starting (see `waiting_statuses`).
+        """
         job = self._queue.get(job_id)
         position = self._queue.position(job_id)
         if job is None or position is None:
@@ -252,7 +264,7 @@ class StatusPublisher:
             [self.history.estimate(job.request.model, job.request.steps) for job in queue],
             self._running_limit(guild_id),
         )
-        return [
+        statuses = [
             JobStatusUpdate(
                 Stage.QUEUED,
                 position=index + 1,
@@ -260,6 +272,16 @@ class StatusPublisher:
             )
             for index, (job, finish) in enumerate(zip(queue, finishes, strict=True))
         ]
+        if queue and self._queue.starts_when_released(queue[0].id, self._has_capacity):
+            # It starts the moment it is let go: its first status is the state it will be in,
+            # not a `Queued` that the next edit takes back.
+            head = queue[0]
+            estimate = self.history.estimate(head.request.model, head.request.steps)
+            expected = running_finish(estimate, now=now, submitted_at=now)
+            statuses[0] = JobStatusUpdate(
+                Stage.STARTING, eta=self._steady_eta(head.id, expected, now)
+            )
+        return statuses
 
     def _running_left(self, job: Job, now: float) -> float | None:
         """Seconds until a running job should finish, or None if there is no telling."""
@@ -292,3 +314,17 @@ class StatusPublisher:
         eta = steady(self._shown_eta.get(job_id), expected, now)
         self._shown_eta[job_id] = eta
         return eta
+
+
+def edit_kind(shown: JobStatusUpdate | None, wanted: JobStatusUpdate) -> EditKind:
+    """What an edit from `shown` to `wanted` changes: the lesser changes are shed first."""
+    if shown is None:
+        # Not known what the message shows (a restart): a place is still only a place.
+        return EditKind.POSITION if wanted.stage is Stage.QUEUED else EditKind.STAGE
+    if shown.stage is not wanted.stage:
+        return EditKind.STAGE
+    if shown.position != wanted.position:
+        return EditKind.POSITION
+    if shown.eta != wanted.eta:
+        return EditKind.ETA
+    return EditKind.PROGRESS

@@ -11,7 +11,9 @@ import contextlib
 import logging
 import math
 import re
+import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,6 +23,8 @@ from bot.media.ffmpeg import VideoInfo, _file_size, probe, to_gif, to_mp4
 log = logging.getLogger(__name__)
 
 OutputFormat = Literal["mp4", "gif"]
+# Told of each conversion: format, outcome (fitted, too_big, failed) and seconds taken.
+ConversionObserver = Callable[[str, str, float], None]
 
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's per-file limit on a server without boosts
 CONTENT_TYPES: dict[str, str] = {"mp4": "video/mp4", "gif": "image/gif"}
@@ -84,6 +88,7 @@ async def fit_to_limit(
     *,
     fmt: OutputFormat = "mp4",
     conversions: asyncio.Semaphore | None = None,
+    observe: ConversionObserver | None = None,
 ) -> Path | None:
     """Return `src` if it is already a `fmt` file within the limit, else a smaller copy in
     `workdir` with the same frames, timing and aspect ratio, or None if nothing fits.
@@ -91,16 +96,24 @@ async def fit_to_limit(
     MP4 lowers the bitrate first and shrinks the picture only once the bitrate would be too
     thin for it; GIF drops to 128 colours, then shrinks. Failed attempts are deleted. Only an
     actual conversion takes a slot of `conversions`: a file posted as it is waits for none.
+    `observe` hears of each conversion: its format, outcome (fitted, too_big, failed), time.
     """
     source = Path(src)
     _extension(fmt)
     if _container(source) == fmt and _file_size(source) <= limit_bytes:
         return source
     async with conversions or contextlib.nullcontext():
-        info = await probe(source)
-        if fmt == "gif":
-            return await _fit_gif(source, info, limit_bytes, Path(workdir))
-        return await _fit_mp4(source, info, limit_bytes, Path(workdir))
+        started = time.monotonic()
+        outcome = "failed"
+        try:
+            info = await probe(source)
+            fit = _fit_gif if fmt == "gif" else _fit_mp4
+            fitted = await fit(source, info, limit_bytes, Path(workdir))
+            outcome = "too_big" if fitted is None else "fitted"
+            return fitted
+        finally:
+            if observe is not None:
+                observe(fmt, outcome, time.monotonic() - started)
 
 
 async def prepare_upload(
@@ -112,9 +125,12 @@ async def prepare_upload(
     seed: int,
     prompt: str,
     conversions: asyncio.Semaphore | None = None,
+    observe: ConversionObserver | None = None,
 ) -> Upload | None:
     """Turn a downloaded output into the file to post in `fmt`, or None if none can fit."""
-    path = await fit_to_limit(downloaded, limit_bytes, workdir, fmt=fmt, conversions=conversions)
+    path = await fit_to_limit(
+        downloaded, limit_bytes, workdir, fmt=fmt, conversions=conversions, observe=observe
+    )
     if path is None:
         return None
     return Upload(path, output_filename(seed, prompt, fmt), CONTENT_TYPES[fmt], _file_size(path))

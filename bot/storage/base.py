@@ -6,6 +6,7 @@ InvalidTransition when the job is elsewhere (someone else moved it first).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from bot.core.eta import Timing
@@ -18,6 +19,36 @@ class SchemaTooNew(RuntimeError):
 
 class InvalidTransition(Exception):
     """A job was not in a state that allows the requested change (someone else moved it)."""
+
+
+class StorageUnavailable(Exception):
+    """The database did not answer (down, restarting, unreachable, connection lost).
+
+    Raised instead of the driver's own errors, so that the core can tell "try again later"
+    from a bug. A write whose answer was lost may still have been made: read the job again
+    before acting on it (a transition then either applies or raises InvalidTransition).
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSeconds:
+    """GPU seconds split by where they ran: Replicate (paid) or the bot's own Cog servers.
+
+    A job ran on its own servers when its prediction id says so (`cog:<server>:<id>`, see
+    bot/backends/cog/ids.py); any other id ran on Replicate or a gateway in front of it.
+    """
+
+    replicate: float = 0.0
+    own: float = 0.0
+
+    @property
+    def total(self) -> float:
+        """Every GPU second, wherever it ran."""
+        return self.replicate + self.own
+
+    def __add__(self, other: GpuSeconds) -> GpuSeconds:
+        """The seconds of both, kind by kind."""
+        return GpuSeconds(self.replicate + other.replicate, self.own + other.own)
 
 
 class JobRecords(Protocol):
@@ -153,16 +184,20 @@ class UsageRecords(Protocol):
         """Count a member's requests in a server made since `since`, except ones never sent."""
         ...
 
-    async def gpu_seconds_since(self, guild_id: int, since: float) -> float:
-        """Sum the GPU seconds of a server's requests made since `since`."""
+    async def gpu_seconds_since(self, guild_id: int, since: float) -> GpuSeconds:
+        """Sum the GPU seconds of a server's requests made since `since`, per backend kind."""
         ...
 
-    async def usage_by_day(self, guild_id: int, since: float) -> list[tuple[int, int, float]]:
+    async def usage_by_day(
+        self, guild_id: int, since: float
+    ) -> list[tuple[int, int, GpuSeconds]]:
         """Return (UTC day number, predictions, GPU seconds) per day since `since`."""
         ...
 
-    async def usage_by_member(self, guild_id: int, since: float) -> list[tuple[int, int, float]]:
-        """Return (member id, predictions, GPU seconds) since `since`, biggest spender first."""
+    async def usage_by_member(
+        self, guild_id: int, since: float
+    ) -> list[tuple[int, int, GpuSeconds]]:
+        """Return (member id, predictions, GPU seconds) since `since`, most GPU seconds first."""
         ...
 
 

@@ -11,17 +11,12 @@ import aiosqlite
 from bot.core.jobs import GenerationRequest, Job, JobStatus
 from bot.core.redaction import scrub
 from bot.storage.base import InvalidTransition
+from bot.storage.job_rows import JOB_COLUMNS as _COLUMNS
+from bot.storage.job_rows import MAX_JOB_ID as MAX_ROWID
+from bot.storage.job_rows import UNFINISHED as _UNFINISHED
+from bot.storage.job_rows import job_from_row as _job_from_row
 
 Clock = Callable[[], float]
-
-_COLUMNS = (
-    "id, guild_id, channel_id, requester_id, request_message_id, input_json, status, "
-    "prediction_id, result_message_id, error, parent_job_id, predict_time, deleted, "
-    "created_at, updated_at, submitted_at, started_at, completed_at, reruns, output_format, "
-    "upload_limit, model_version, interaction_token"
-)
-MAX_ROWID = 2**63 - 1
-_UNFINISHED = tuple(s.value for s in JobStatus if not s.is_final)
 
 
 class _Increment:
@@ -270,56 +265,3 @@ def _assignment(name: str, value: object) -> str:
     if isinstance(value, _KeepPredictTime):
         return f"{name} = {name} + COALESCE(predict_time, 0)"
     return f"{name} = ?"
-
-
-def _job_from_row(row: Sequence[Any]) -> Job:
-    """Build a Job from a row in `_COLUMNS` order."""
-    (
-        job_id,
-        guild_id,
-        channel_id,
-        requester_id,
-        request_message_id,
-        input_json,
-        status,
-        prediction_id,
-        result_message_id,
-        error,
-        parent_job_id,
-        predict_time,
-        deleted,
-        created_at,
-        updated_at,
-        submitted_at,
-        started_at,
-        completed_at,
-        reruns,
-        output_format,
-        upload_limit,
-        model_version,
-        interaction_token,
-    ) = row
-    return Job(
-        id=job_id,
-        guild_id=guild_id,
-        channel_id=channel_id,
-        requester_id=requester_id,
-        request=GenerationRequest.from_json(input_json, output_format=output_format),
-        status=JobStatus(status),
-        created_at=created_at,
-        updated_at=updated_at,
-        request_message_id=request_message_id,
-        prediction_id=prediction_id,
-        result_message_id=result_message_id,
-        error=error,
-        parent_job_id=parent_job_id,
-        submitted_at=submitted_at,
-        started_at=started_at,
-        completed_at=completed_at,
-        predict_time=predict_time,
-        deleted=bool(deleted),
-        reruns=reruns,
-        upload_limit=upload_limit,
-        model_version=model_version,
-        interaction_token=interaction_token,
-    )

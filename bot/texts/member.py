@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from bot.backends.cog.ids import server_of
 from bot.core.jobs import (
     CHECKPOINTS,
     DEFAULT_OUTPUT_FORMAT,
@@ -81,8 +82,15 @@ def request_header(job: Job) -> str:
 
 
 def status_text(job: Job, update: JobStatusUpdate) -> str:
-    """The status message of a pending job."""
-    return f"{request_header(job)}\n{stage_line(update)}"
+    """The status message of a pending job (and which GPU server runs it, on one of ours)."""
+    return f"{request_header(job)}\n{stage_line(update)}{where_it_runs(job, update)}"
+
+
+def where_it_runs(job: Job, update: JobStatusUpdate) -> str:
+    """` · on gpu-a` while a job runs on one of the operator's Cog servers; else nothing."""
+    server = server_of(job.prediction_id)
+    running = update.stage in (Stage.STARTING, Stage.SAMPLING, Stage.RENDERING)
+    return f" · on `{server}`" if server and running else ""
 
 
 def relative_time(unix: int) -> str:
@@ -177,7 +185,7 @@ def _queue_line(entry: QueueEntry, viewer_id: int) -> str:
     parts = [
         f"{place} <@{job.requester_id}>",
         quote(job.request.prompt, QUEUE_PROMPT_LIMIT),
-        short_stage(status),
+        short_stage(status) + where_it_runs(job, status),
     ]
     if status.eta is not None:
         parts.append(f"ready {relative_time(status.eta)}")
@@ -193,6 +201,10 @@ def _more_line(count: int) -> str:
 RERUN_NOTE = (
     "The first result expired at the animation service while the bot was away, so it was "
     "made again with the same input and seed: it is the same animation."
+)
+LOST_RERUN_NOTE = (
+    "A first run was lost (its GPU server stopped or restarted, or the bot did before posting "
+    "it), so it was made again with the same input and seed: it is the same animation."
 )
 
 
@@ -327,7 +339,8 @@ def result_card(job: Job, result: JobResult) -> ResultCard:
         CardField("Version", short_version(result.model_version or job.model_version)),
     ]
     if job.reruns:
-        fields.append(CardField("Note", RERUN_NOTE, inline=False))
+        note = LOST_RERUN_NOTE if server_of(job.prediction_id) else RERUN_NOTE
+        fields.append(CardField("Note", note, inline=False))
     fields = [
         CardField(shorten(f.name, FIELD_NAME_LIMIT), shorten(f.value, FIELD_VALUE_LIMIT), f.inline)
         for f in fields[:FIELDS_LIMIT]

@@ -15,7 +15,18 @@ from tests.fakes.predictions import FakePredictionAPI
 ROOT = Path(__file__).resolve().parents[2]
 
 # Settings of the caller's shell that would leak into the bot under test.
-_OWN_PREFIXES = ("DISCORD_", "REPLICATE_", "DATABASE_", "MAX_", "PREDICTION_", "DEFAULT_", "PRICE_")
+_OWN_PREFIXES = (
+    "DISCORD_",
+    "REPLICATE_",
+    "DATABASE_",
+    "MAX_",
+    "PREDICTION_",
+    "DEFAULT_",
+    "PRICE_",
+    "SHARD_",
+    "COG_",
+    "OVERFLOW_",
+)
 
 
 def bot_environment(

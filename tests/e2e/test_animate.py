@@ -68,7 +68,8 @@ async def test_happy_path_posts_the_animation_with_its_settings(world: World) ->
         "guidance_scale": 6.5,
         "seed": 1234,
     }
-    assert world.api.requests[0].header("Prefer") == "wait=60"
+    # Held one progress interval (PROGRESS_POLL_SECONDS): the fake's run ends within it.
+    assert world.api.requests[0].header("Prefer") == "wait=5"
     assert world.api.creates == 1 and world.api.polls == 0
 
     await world.discord.wait_for(lambda: "Done" in request.content)

@@ -17,6 +17,7 @@ import pytest
 
 from bot.app.check import CHECK_NAMES
 from bot.storage.sqlite_migrations import MIGRATIONS
+from tests.cog_servers import CogServerProcess, foreign_model, start_all
 from tests.e2e.harness import bot_environment
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.predictions import FakePredictionAPI
@@ -378,9 +379,34 @@ async def test_missing_tokens_exit_2_and_skip_the_rest(fakes: Fakes, missing: st
 async def test_help_and_unknown_commands(fakes: Fakes) -> None:
     helped = await run_check(fakes, command=[sys.executable, "-m", "bot", "--help"])
     assert helped.code == 0
-    assert "usage: animate-bot [-h] [check]" in helped.stdout
-    assert "check the configuration instead of starting the bot" in helped.stdout
+    assert "usage: animate-bot [-h] [--to URL] [check | migrate-store]" in helped.stdout
+    assert "check   check settings, the database" in helped.stdout
+    assert "migrate-store --to postgresql://" in helped.stdout
     wrong = await run_check(fakes, command=[sys.executable, "-m", "bot", "chekc"])
     assert wrong.code == 2
     assert "invalid choice: 'chekc'" in wrong.stderr
     assert fakes.discord.requests == [] and fakes.api.requests == []
+
+
+async def test_each_cog_server_has_a_row_with_its_health(fakes: Fakes, tmp_path: Path) -> None:
+    good = CogServerProcess(log_dir=tmp_path)
+    other = CogServerProcess(model=foreign_model(tmp_path / "other"), log_dir=tmp_path)
+    start_all([good, other])
+    try:
+        urls = f"gpu-a={good.url},gpu-b={other.url},gpu-c=http://127.0.0.1:{closed_port()}"
+        checked = await run_check(fakes, REPLICATE_API_TOKEN=None, COG_URLS=urls)
+    finally:
+        good.stop()
+        other.stop()
+    rows = {
+        line.split()[1]: line.split(None, 3)[2:]
+        for line in checked.stdout.splitlines()
+        if line.startswith("Cog ")
+    }
+    assert rows["gpu-a"][0] == "OK" and "READY" in rows["gpu-a"][1]
+    assert "takes this model's inputs" in rows["gpu-a"][1]
+    assert rows["gpu-b"][0] == "FAIL"
+    assert "does not take this model's inputs (no n_prompt, motion_module)" in rows["gpu-b"][1]
+    assert rows["gpu-c"][0] == "FAIL" and "could not reach the Cog server" in rows["gpu-c"][1]
+    assert checked.rows()["prediction API"] == ("SKIPPED", "REPLICATE_API_TOKEN is not set")
+    assert checked.code == 1

@@ -11,7 +11,7 @@ import mimetypes
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -30,6 +30,7 @@ __all__ = [
     "FakeMessage",
     "RecordedRequest",
     "find_button",
+    "shard_of",
     "walk_components",
 ]
 
@@ -104,6 +105,16 @@ CALLBACK_AUTOCOMPLETE = 8
 CALLBACK_MODAL = 9
 
 MESSAGE_FIELDS = ("content", "embeds", "components", "flags", "allowed_mentions")
+
+# Discord's limit of guilds on one session: past it an unsharded identify is closed with 4011.
+MAX_GUILDS_PER_SESSION = 2500
+CLOSE_INVALID_SHARD = 4010
+CLOSE_SHARDING_REQUIRED = 4011
+
+
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """Return the shard that receives a guild's events: (guild_id >> 22) % shard_count."""
+    return (guild_id >> 22) % shard_count
 
 
 def _now_iso() -> str:
@@ -261,6 +272,8 @@ class FakeInteraction:
     modal: JSON | None = None
     message_id: int | None = None
     payload: JSON = field(default_factory=dict, repr=False)
+    # The [shard_id, shard_count] of every session the event was sent (or buffered) to.
+    delivered_to: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def responded(self) -> bool:
@@ -363,14 +376,32 @@ class _Connection:
                     await self.ws.send_str(json.dumps(payload))
 
 
-@dataclass
+@dataclass(eq=False)
 class _Session:
-    """A gateway session that can be resumed."""
+    """A gateway session that can be resumed; it receives the events of its shard's guilds."""
 
     id: str
+    shard_id: int = 0
+    shard_count: int = 1
     seq: int = 0
     events: list[JSON] = field(default_factory=list)
     conn: _Connection | None = None
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """Return [shard_id, shard_count] as identified."""
+        return (self.shard_id, self.shard_count)
+
+    def receives(self, guild_id: int | None) -> bool:
+        """Return whether this session gets a guild's events (no guild: DMs, shard 0 only)."""
+        if guild_id is None:
+            return self.shard_id == 0
+        return shard_of(guild_id, self.shard_count) == self.shard_id
+
+    @property
+    def live(self) -> bool:
+        """Return whether the session has an open, ready connection."""
+        return self.conn is not None and not self.conn.ws.closed and self.conn.ready
 
 
 @dataclass
@@ -447,9 +478,19 @@ class FakeDiscord(LocalServer):
         token: str = "test-discord-token",
         bot_user_id: int = 1000,
         application_id: int = 1000,
+        recommended_shards: int = 1,
+        max_concurrency: int = 1,
     ) -> None:
-        """Create the fake; call start() (or use `async with`) before connecting a client."""
+        """Create the fake; call start() (or use `async with`) before connecting a client.
+
+        `recommended_shards` and `max_concurrency` are what GET /gateway/bot answers.
+        """
         super().__init__()
+        self.recommended_shards = recommended_shards
+        self.max_concurrency = max_concurrency
+        self.max_guilds_per_session = MAX_GUILDS_PER_SESSION
+        # (loop time, shard_id, shard_count) of every accepted IDENTIFY, in order.
+        self.identifies: list[tuple[float, int, int]] = []
         self.token = token
         self.bot_user_id = bot_user_id
         self.application_id = application_id
@@ -459,6 +500,8 @@ class FakeDiscord(LocalServer):
         self.base_url = ""
         self.ready_count = 0
         self.resume_count = 0
+        self._gateway_open = asyncio.Event()  # cleared: new connections hear nothing yet
+        self._gateway_open.set()
         self.commands: dict[int | None, list[JSON]] = {}
         self.messages: dict[int, FakeMessage] = {}
         self.interactions: dict[int, FakeInteraction] = {}
@@ -472,7 +515,8 @@ class FakeDiscord(LocalServer):
         self._closed_dms: set[int] = set()
         self._upload_limits: dict[int, int] = {}
         self._faults: list[_Fault] = []
-        self._session: _Session | None = None
+        self._sessions: dict[str, _Session] = {}
+        self._latest: _Session | None = None  # the session identified last
         self._connections: set[_Connection] = set()
         self._changed = asyncio.Event()
         self._last_snowflake = 0
@@ -579,14 +623,16 @@ class FakeDiscord(LocalServer):
         )
         self._channels[channel_id] = channel
         guild.channel_ids.append(channel_id)
-        await self._dispatch("CHANNEL_CREATE", self._channel_payload(channel))
+        await self._dispatch("CHANNEL_CREATE", self._channel_payload(channel), guild_id=guild_id)
 
     async def delete_channel(self, channel_id: int) -> None:
         """Delete a guild channel: the client is told, and every later request gets 10003."""
         channel = self._channels.pop(channel_id)
         if channel.guild_id is not None:
             self._guilds[channel.guild_id].channel_ids.remove(channel_id)
-        await self._dispatch("CHANNEL_DELETE", self._channel_payload(channel))
+        await self._dispatch(
+            "CHANNEL_DELETE", self._channel_payload(channel), guild_id=channel.guild_id
+        )
 
     def set_upload_limit(self, guild_id: int, limit: int) -> None:
         """Give a guild another attachment size limit (sent with interactions, enforced)."""
@@ -648,23 +694,36 @@ class FakeDiscord(LocalServer):
         return (
             f"wait_for timed out after {timeout}s; last value {value!r}\n"
             f"  predicate: {_describe(predicate)}\n"
-            f"  ready_count={self.ready_count} connected={self._live_connection() is not None}\n"
+            f"  ready_count={self.ready_count} connected shards={self.connected_shards()}\n"
             f"  unknown routes: {[(r.method, r.path) for r in self.unknown_routes]}\n"
             f"  last requests:\n{recent or '    (none)'}"
         )
 
-    def _live_connection(self) -> _Connection | None:
-        """Return the connection of the current session, if it is open."""
-        session = self._session
-        if session is None or session.conn is None or session.conn.ws.closed:
-            return None
-        return session.conn
+    def connected_shards(self) -> list[tuple[int, int]]:
+        """Return [shard_id, shard_count] of every session with a ready, open connection."""
+        return sorted(session.shard for session in self._sessions.values() if session.live)
 
-    async def wait_until_ready(self, timeout: float = 15) -> None:
-        """Wait until a client has identified (or resumed) and received every GUILD_CREATE."""
-        await self.wait_for(
-            lambda: (conn := self._live_connection()) is not None and conn.ready, timeout
-        )
+    def _shards_ready(self, shard_ids: Iterable[int] | None) -> bool:
+        """Return whether each shard (default: all of the last identify's count) is live."""
+        latest = self._latest
+        if latest is None:
+            return False
+        wanted = set(range(latest.shard_count) if shard_ids is None else shard_ids)
+        live = {
+            session.shard_id
+            for session in self._sessions.values()
+            if session.live and session.shard_count == latest.shard_count
+        }
+        return wanted <= live
+
+    async def wait_until_ready(
+        self, timeout: float = 15, *, shard_ids: Iterable[int] | None = None
+    ) -> None:
+        """Wait until every shard has identified (or resumed) and received its GUILD_CREATEs.
+
+        Without `shard_ids`, every shard of the count the last IDENTIFY named (one, unsharded).
+        """
+        await self.wait_for(lambda: self._shards_ready(shard_ids), timeout)
 
     # ------------------------------------------------------------------ queries
 
@@ -903,9 +962,10 @@ class FakeDiscord(LocalServer):
         message: FakeMessage | None = None,
     ) -> FakeInteraction:
         """Build, record and dispatch an INTERACTION_CREATE event."""
-        if self._session is None:
+        if not any(session.receives(guild_id) for session in self._sessions.values()):
             raise AssertionError(
-                "no gateway session: start the bot and await wait_until_ready() first"
+                f"no gateway session receives guild {guild_id}: start the bot (with its shard) "
+                "and await wait_until_ready() first"
             )
         interaction_id = self._snowflake()
         token = f"aW50ZXJhY3Rpb246{interaction_id}:{secrets.token_urlsafe(48)}"
@@ -957,35 +1017,57 @@ class FakeDiscord(LocalServer):
             payload=payload,
         )
         self.interactions[interaction_id] = interaction
-        await self._dispatch("INTERACTION_CREATE", payload)
+        interaction.delivered_to = await self._dispatch(
+            "INTERACTION_CREATE", payload, guild_id=guild_id
+        )
         return interaction
 
     # ------------------------------------------------------------------ gateway
 
-    async def disconnect_gateway(self) -> None:
-        """Close the current gateway connection with 4000 so that the client resumes."""
-        conn = self._live_connection()
-        if conn is not None:
+    def hold_gateway(self) -> None:
+        """Leave new gateway connections without a HELLO (an outage) until `release_gateway`."""
+        self._gateway_open.clear()
+
+    def release_gateway(self) -> None:
+        """Let held and new gateway connections go on as usual."""
+        self._gateway_open.set()
+
+    async def disconnect_gateway(self, *, shard_id: int | None = None) -> None:
+        """Close open gateway connections (or one shard's) with 4000 so that clients resume."""
+        for session in list(self._sessions.values()):
+            conn = session.conn
+            if conn is None or (shard_id is not None and session.shard_id != shard_id):
+                continue
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.ws.close(code=4000, message=b"fake disconnect"), 5)
         self._notify()
 
-    async def _dispatch(self, event: str, data: JSON) -> None:
-        """Send a DISPATCH event on the current session (buffered for resume while disconnected)."""
-        session = self._session
-        if session is None:
-            return
+    async def _dispatch(
+        self, event: str, data: JSON, *, guild_id: int | None = None
+    ) -> list[tuple[int, int]]:
+        """Send an event to every session of the guild's shard (no guild: shard 0).
+
+        Return the sessions' [shard_id, shard_count]; a disconnected one buffers for resume.
+        """
+        targets = [s for s in self._sessions.values() if s.receives(guild_id)]
+        for session in targets:
+            await self._send_event(session, event, data)
+        self._notify()
+        return [session.shard for session in targets]
+
+    async def _send_event(self, session: _Session, event: str, data: JSON) -> None:
+        """Send one DISPATCH on a session (buffered for resume while it is disconnected)."""
         session.seq += 1
         payload: JSON = {"op": 0, "t": event, "s": session.seq, "d": data}
         session.events.append(payload)
         if session.conn is not None:
             await session.conn.send(payload)
-        self._notify()
 
     async def _gateway_handler(self, request: web.Request) -> web.StreamResponse:
-        """Serve one gateway websocket connection."""
+        """Serve one gateway websocket connection (silent while the gateway is held)."""
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
+        await self._gateway_open.wait()
         conn = _Connection(ws)
         self._connections.add(conn)
         try:
@@ -999,8 +1081,9 @@ class FakeDiscord(LocalServer):
                     break
         finally:
             self._connections.discard(conn)
-            if self._session is not None and self._session.conn is conn:
-                self._session.conn = None
+            for session in self._sessions.values():
+                if session.conn is conn:
+                    session.conn = None
             self._notify()
         return ws
 
@@ -1018,17 +1101,31 @@ class FakeDiscord(LocalServer):
         self._notify()
 
     async def _identify(self, conn: _Connection, data: JSON) -> None:
-        """Start a new session: READY followed by one GUILD_CREATE per guild."""
+        """Start a new session: READY followed by one GUILD_CREATE per guild of its shard.
+
+        As on Discord, a second session with the same `shard` does not replace the first:
+        both receive that shard's events.
+        """
         if data.get("token") != self.token:
             await conn.ws.close(code=4004, message=b"Authentication failed.")
             return
-        if self._session is not None and self._session.conn is not None:
-            old = self._session.conn
-            self._session.conn = None
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(old.ws.close(code=4000, message=b"session replaced"), 2)
-        session = _Session(id=secrets.token_hex(16))
-        self._session = session
+        shard = data.get("shard", [0, 1])
+        if (
+            not isinstance(shard, list)
+            or len(shard) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in shard)
+            or not 0 <= shard[0] < shard[1]
+        ):
+            await conn.ws.close(code=CLOSE_INVALID_SHARD, message=b"Invalid shard.")
+            return
+        session = _Session(id=secrets.token_hex(16), shard_id=shard[0], shard_count=shard[1])
+        guilds = [g for g in self._guilds.values() if session.receives(g.id)]
+        if len(guilds) > self.max_guilds_per_session:
+            await conn.ws.close(code=CLOSE_SHARDING_REQUIRED, message=b"Sharding required.")
+            return
+        self._sessions[session.id] = session
+        self._latest = session
+        self.identifies.append((asyncio.get_running_loop().time(), shard[0], shard[1]))
         ready: JSON = {
             "v": 10,
             "user": {
@@ -1039,7 +1136,7 @@ class FakeDiscord(LocalServer):
                 "email": None,
                 "locale": "en-US",
             },
-            "guilds": [{"id": str(g), "unavailable": True} for g in self._guilds],
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
             "session_id": session.id,
             "session_type": "normal",
             "resume_gateway_url": self.gateway_url,
@@ -1052,22 +1149,20 @@ class FakeDiscord(LocalServer):
             "user_settings": {},
             "_trace": ["fake-discord"],
         }
+        if "shard" in data:
+            ready["shard"] = list(shard)
         session.conn = conn
-        await self._dispatch("READY", ready)
-        for guild in list(self._guilds.values()):
-            await self._dispatch("GUILD_CREATE", self._guild_create_payload(guild))
+        await self._send_event(session, "READY", ready)
+        for guild in guilds:
+            await self._send_event(session, "GUILD_CREATE", self._guild_create_payload(guild))
         conn.ready = True
         self.ready_count += 1
         self._notify()
 
     async def _resume(self, conn: _Connection, data: JSON) -> None:
-        """Resume the current session, replaying missed events, or invalidate it."""
-        session = self._session
-        if (
-            data.get("token") != self.token
-            or session is None
-            or data.get("session_id") != session.id
-        ):
+        """Resume a known session, replaying missed events, or invalidate it."""
+        session = self._sessions.get(str(data.get("session_id")))
+        if data.get("token") != self.token or session is None:
             await conn.send({"op": 9, "s": None, "t": None, "d": False})
             return
         last_seq = int(data.get("seq") or 0)
@@ -1075,7 +1170,7 @@ class FakeDiscord(LocalServer):
         for payload in session.events:
             if payload["s"] > last_seq:
                 await conn.send(payload)
-        await self._dispatch("RESUMED", {"_trace": ["fake-discord"]})
+        await self._send_event(session, "RESUMED", {"_trace": ["fake-discord"]})
         conn.ready = True
         self.resume_count += 1
         self._notify()
@@ -1410,16 +1505,16 @@ class FakeDiscord(LocalServer):
         )
 
     async def _get_gateway(self, req: _Request, match: re.Match[str]) -> web.StreamResponse:
-        """GET /gateway and /gateway/bot."""
+        """GET /gateway and /gateway/bot (the recommended shards and the session start limit)."""
         return _json_response(
             {
                 "url": self.gateway_url,
-                "shards": 1,
+                "shards": self.recommended_shards,
                 "session_start_limit": {
                     "total": 1000,
-                    "remaining": 999,
+                    "remaining": max(0, 1000 - len(self.identifies)),
                     "reset_after": 0,
-                    "max_concurrency": 1,
+                    "max_concurrency": self.max_concurrency,
                 },
             }
         )

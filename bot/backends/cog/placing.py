@@ -1,0 +1,55 @@
+"""Placing a prediction on a server with a webhook: what each answer of the PUT means.
+
+202 (or 200, the answer of a PUT re-sent while it runs) places it; 409 means the server is
+busy with another prediction, 503 that it is not set up: either way another server is tried.
+Any other refusal is the input's fault and fails the job. An answer lost on the way is asked
+for again by the same PUT, which, while the prediction runs, answers its state.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+
+from bot.backends.base import Prediction, PredictionAPIError
+from bot.backends.cog.servers import Answer, CogHTTP, CogServer, error_detail
+from bot.backends.cog.tracking import Tracked
+
+log = logging.getLogger(__name__)
+
+
+async def put_with_webhook(
+    http: CogHTTP, server: CogServer, tracked: Tracked, webhook: str
+) -> Prediction | None:
+    """PUT the prediction; its state once placed, None if this server cannot take it now."""
+    for _ in range(2):
+        try:
+            answer = await http.put_async(
+                server, tracked.server_id, tracked.api_input, webhook=webhook
+            )
+        except aiohttp.ClientConnectorError:
+            server.failures += 1
+            return None  # nothing was sent
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("Cog server %s: create unanswered (%s)", server.name, exc)
+            continue  # while it runs, the same PUT answers its state
+        return read_placement(server, tracked, answer)
+    server.failures += 1
+    return None
+
+
+def read_placement(server: CogServer, tracked: Tracked, answer: Answer) -> Prediction | None:
+    """Read a create's answer: placed, busy, not ready, or refused."""
+    if answer.status in (200, 201, 202):
+        tracked.update(answer.body)
+        tracked.accepted = True
+        return tracked.state
+    if answer.status == 409:
+        server.foreign_busy = True  # until a health check finds it READY again
+        return None
+    if answer.status >= 500:
+        if answer.status == 503:
+            server.health = "STARTING"  # setup is not done: no work until a check says READY
+        return None
+    raise PredictionAPIError(error_detail(answer), status=answer.status)

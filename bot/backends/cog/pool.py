@@ -1,0 +1,393 @@
+"""A pool of self-hosted Cog servers behind the Backend seam.
+
+Each server runs one prediction at a time. A create goes to a server that is READY and runs
+nothing of ours (health checks plus the pool's bookkeeping); a 409 means busy, so the next
+server is tried. The end of a prediction is learned from its `completed` webhook (with a
+callback URL), or else from a `POST /predictions` held open until the answer: a Cog server
+has no GET of a prediction, and re-sending a PUT once it ended would start it again. What
+`get` reads is the pool's own record (tracking.py). A server that goes down or forgets a
+prediction makes it `lost`, and the core runs the same input and seed again elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bot.backends.base import (
+    AtCapacity,
+    Attempt,
+    BackendFeatures,
+    DownloadError,
+    Prediction,
+    PredictionAPIError,
+    PredictionNotFound,
+    current_attempt,
+)
+from bot.backends.cog.health import HealthMonitor
+from bot.backends.cog.holding import HeldRequests
+from bot.backends.cog.ids import CogPredictionId, Naming, clean_key, parse
+from bot.backends.cog.outputs import copy_upload, write_data_uri
+from bot.backends.cog.placing import put_with_webhook
+from bot.backends.cog.servers import CogHTTP, CogServer, error_detail
+from bot.backends.cog.tracking import EndedPredictions, Tracked
+from bot.observability.metrics import BotMetrics
+
+log = logging.getLogger(__name__)
+
+TYPICAL_RUN_SECONDS = 60.0  # a guess at one prediction's length before any has been measured
+RUNS_KEPT = 20
+
+
+class CogPool:
+    """Creates, follows and cancels predictions on a pool of Cog servers."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        servers: Sequence[tuple[str, str]],
+        *,
+        secret: bytes,
+        callback_url: str | None,
+        uploads_dir: Path,
+        health_interval: float = 2.0,
+        request_timeout: float = 10.0,
+        hold_timeout: float = 1860.0,
+        metrics: BotMetrics | None = None,
+    ) -> None:
+        self.servers = [CogServer(name, url.rstrip("/")) for name, url in servers]
+        self._by_name = {server.name: server for server in self.servers}
+        self._naming = Naming(secret)
+        self.callback_url = callback_url.rstrip("/") if callback_url else None
+        self.uploads_dir = uploads_dir
+        self._http = CogHTTP(session, timeout=request_timeout, metrics=metrics)
+        self._running: dict[str, Tracked] = {}  # our id -> a prediction that has not ended
+        self._by_token: dict[str, Tracked] = {}
+        self._by_server_id: dict[str, Tracked] = {}
+        self._ended = EndedPredictions()
+        self._runs: deque[float] = deque(maxlen=RUNS_KEPT)  # GPU seconds of recent successes
+        self._held = HeldRequests(self._http, timeout=hold_timeout, end=self._end)
+        self.health = HealthMonitor(
+            self._http,
+            self.servers,
+            interval=health_interval,
+            lose=self._lose_on,
+            observed=self._observed,
+            changed=self._capacity_changed,
+        )
+        self.on_push: Callable[[Prediction], None] | None = None  # the scheduler's inbox
+        self.on_capacity: Callable[[], None] | None = None  # a server freed: start a job
+
+    # Life ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check every server once (so the first jobs have somewhere to go), then keep at it."""
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.uploads_dir.glob("*/*"):
+            leftover.unlink(missing_ok=True)  # uploads of predictions from before a restart
+        await self.health.check_all()
+        self.health.start()
+
+    async def stop(self) -> None:
+        """Stop the health checks and drop the requests held open (their servers cancel them)."""
+        await self.health.stop()
+        await self._held.stop()
+
+    # The Backend seam ------------------------------------------------------------------
+
+    @property
+    def features(self) -> BackendFeatures:
+        """Read from the pool's own records (no request), each change pushed, found by id."""
+        return BackendFeatures(polling=True, pushes=True, search=True)
+
+    def has_capacity(self, starting: int) -> bool:
+        """True if more servers are free than jobs are on their way to one.
+
+        A job whose create is being sent has its server already (it is one of `starting`,
+        and its server is no longer free): it is counted once.
+        """
+        sending = sum(server.claimed for server in self.servers)
+        return sum(server.free for server in self.servers) > starting - sending
+
+    def has_free_server(self) -> bool:
+        """True if a create sent now would find a server to take it."""
+        return any(server.free for server in self.servers)
+
+    def expected_wait(self, starting: int) -> float:
+        """Seconds until a server should be free for the job after `starting` others."""
+        usable = [server for server in self.servers if server.usable]
+        if not usable:
+            return float("inf")
+        typical = statistics.median(self._runs) if self._runs else TYPICAL_RUN_SECONDS
+        waits = sorted(self._time_left(server, typical) for server in usable)
+        rounds, index = divmod(starting, len(waits))
+        return waits[index] + rounds * typical
+
+    async def create(
+        self, api_input: Mapping[str, Any], *, wait: bool | float | None = None
+    ) -> Prediction:
+        """Place a prediction on a free server (409: try the next); AtCapacity if none is."""
+        attempt = current_attempt.get() or Attempt(f"run-{uuid.uuid4().hex[:12]}", api_input)
+        tried: set[str] = set()
+        while True:
+            server = next((s for s in self.servers if s.free and s.name not in tried), None)
+            if server is None:
+                raise AtCapacity("Every GPU server is busy.")
+            tried.add(server.name)
+            server.claimed += 1
+            try:
+                placed = await self._place(server, clean_key(attempt.key), api_input)
+            finally:
+                server.claimed -= 1
+            if placed is not None:
+                return placed
+
+    async def get(self, prediction_id: str) -> Prediction:
+        """The prediction as last reported; after a restart, ask its server for it again."""
+        tracked = self._running.get(prediction_id) or self._ended.get(prediction_id)
+        if tracked is not None:
+            return tracked.state
+        parsed = parse(prediction_id)
+        if parsed is None:
+            raise PredictionNotFound("This is not a prediction of the GPU servers.", status=404)
+        return await self._recover(parsed)
+
+    async def find(
+        self,
+        api_input: Mapping[str, Any],
+        *,
+        created_after: float,
+        accept: Callable[[Prediction], Awaitable[bool]] | None = None,
+    ) -> Prediction | None:
+        """Find this run's prediction on a busy server by its id (its create's answer was lost)."""
+        attempt = current_attempt.get()
+        if attempt is None:
+            return None
+        key = clean_key(attempt.key)
+        for tracked in self._running.values():
+            if tracked.id.key == key:
+                return tracked.state
+        if self.callback_url is None:
+            return None  # a held request that was cut off ended its prediction with it
+        await self.health.check_all()
+        for server in self.servers:
+            # A server running nothing cannot have it, and a PUT there would start it.
+            if server.usable and server.health == "BUSY" and not server.running:
+                found = await self._reattach(server, CogPredictionId(server.name, key), api_input)
+                if found is not None and (accept is None or await accept(found)):
+                    return found
+        return None
+
+    async def cancel(self, prediction_id: str) -> Prediction:
+        """Ask the prediction's server to stop it; its end comes as usual."""
+        tracked = self._running.get(prediction_id)
+        if tracked is None:
+            ended = self._ended.get(prediction_id)
+            if ended is not None:
+                return ended.state
+            raise PredictionNotFound("The GPU servers have no such prediction running.", status=404)
+        server = self._by_name[tracked.id.server]
+        try:
+            answer = await self._http.cancel(server, tracked.server_id)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PredictionAPIError(f"The GPU server did not take the cancel ({exc}).") from None
+        if answer.status >= 400 and answer.status != 404:
+            raise PredictionAPIError(error_detail(answer), status=answer.status)
+        return tracked.state
+
+    async def download_to(self, url: str, dest: Path, *, max_bytes: int) -> int:
+        """Decode a `data:` output, or copy a file a server uploaded to us; nothing else."""
+        if url.startswith("data:"):
+            return await asyncio.to_thread(write_data_uri, url, dest, max_bytes)
+        path = self._upload_of(url)
+        if path is None:
+            raise DownloadError("The GPU server named an output the bot did not receive from it.")
+        return await asyncio.to_thread(copy_upload, path, dest, max_bytes)
+
+    def received(self, url: str) -> bool:
+        """True if a server uploaded this output to us."""
+        return self._upload_of(url) is not None
+
+    def _upload_of(self, url: str) -> Path | None:
+        """The file a server uploaded as this output, if any."""
+        for tracked in (*self._running.values(), *self._ended.values()):
+            path = tracked.files.get(url)
+            if path is not None:
+                return path
+        return None
+
+    # Callbacks (webhooks and uploads, see callbacks.py) --------------------------------
+
+    def take_webhook(self, token: str, body: object) -> bool:
+        """Take one server's account of a running prediction; False if it is not ours."""
+        tracked = self._by_token.get(token)
+        if tracked is None or tracked.held:
+            return False
+        state = tracked.update(body)
+        if state is None:
+            return isinstance(body, dict) and body.get("id") == tracked.server_id
+        if state.is_terminal:
+            self._end(tracked)
+        else:
+            self._push(state)
+        return True
+
+    def upload_target(self, server_id: str) -> Tracked | None:
+        """The running prediction an upload is for, if it is ours."""
+        tracked = self._by_server_id.get(server_id)
+        return tracked if tracked is not None and not tracked.held else None
+
+    # Placing and ending ------------------------------------------------------------------
+
+    async def _place(
+        self, server: CogServer, key: str, api_input: Mapping[str, Any]
+    ) -> Prediction | None:
+        """Send one create; None when this server cannot take it now (try another)."""
+        prediction_id = CogPredictionId(server.name, key)
+        tracked = self._track(prediction_id, api_input, server, held=self.callback_url is None)
+        return await self._send(server, tracked, "placed on")
+
+    async def _reattach(
+        self, server: CogServer, prediction_id: CogPredictionId, api_input: Mapping[str, Any]
+    ) -> Prediction | None:
+        """The same PUT again: it answers a running prediction's state (or starts it anew)."""
+        known = self._running.get(str(prediction_id))
+        if known is not None:
+            return known.state  # already found (by another look-up while this one waited)
+        tracked = self._track(prediction_id, api_input, server, held=False)
+        return await self._send(server, tracked, "found again on")
+
+    async def _send(self, server: CogServer, tracked: Tracked, done: str) -> Prediction | None:
+        """Send a tracked prediction's create; forget it unless the server took it."""
+        try:
+            if tracked.held:
+                placed = await self._held.place(server, tracked)
+            else:
+                webhook = f"{self.callback_url}/webhook/{tracked.token}"
+                placed = await put_with_webhook(self._http, server, tracked, webhook)
+        except BaseException:
+            self._untrack(tracked)  # refused (bad input) or cancelled: the server stays free
+            raise
+        if placed is None:
+            self._untrack(tracked)
+        else:
+            log.info("prediction %s %s %s", tracked.state.id, done, server.describe())
+        return placed
+
+    async def _recover(self, prediction_id: CogPredictionId) -> Prediction:
+        """Find a prediction from before a restart on its server, or report it lost."""
+        server = self._by_name.get(prediction_id.server)
+        attempt = current_attempt.get()
+        reason = "the bot restarted while the GPU server ran it"
+        if server is None:
+            return _lost(prediction_id, "its GPU server is no longer configured")
+        if self.callback_url is None or attempt is None:
+            return _lost(prediction_id, reason)  # its held request ended with the bot
+        await self.health.check(server)
+        if not server.usable:
+            return _lost(prediction_id, f"its GPU server is {server.health}")
+        found = await self._reattach(server, prediction_id, attempt.api_input)
+        return found if found is not None else _lost(prediction_id, reason)
+
+    def _track(
+        self,
+        prediction_id: CogPredictionId,
+        api_input: Mapping[str, Any],
+        server: CogServer,
+        *,
+        held: bool,
+    ) -> Tracked:
+        """Record a prediction about to be sent, so its first callbacks find it."""
+        server_id = self._naming.server_id(prediction_id)
+        tracked = Tracked.placed(
+            prediction_id,
+            server_id=server_id,
+            token=self._naming.token(server_id),
+            api_input=api_input,
+            held=held,
+        )
+        self._running[tracked.state.id] = tracked
+        self._by_token[tracked.token] = tracked
+        self._by_server_id[server_id] = tracked
+        server.running.add(tracked.state.id)
+        return tracked
+
+    def _untrack(self, tracked: Tracked) -> None:
+        """Forget a running prediction (it ended, was lost, or was never placed)."""
+        state_id = tracked.state.id
+        # Only its own entries: a later run of the same id may have taken the same names.
+        if self._running.get(state_id) is tracked:
+            del self._running[state_id]
+        if self._by_token.get(tracked.token) is tracked:
+            del self._by_token[tracked.token]
+        if self._by_server_id.get(tracked.server_id) is tracked:
+            del self._by_server_id[tracked.server_id]
+        server = self._by_name.get(tracked.id.server)
+        if server is not None and state_id not in self._running:
+            server.running.discard(state_id)
+
+    def _end(self, tracked: Tracked) -> None:
+        """A prediction ended (or was lost): free its server, keep its state, tell its job."""
+        self._untrack(tracked)
+        self._ended.add(tracked)
+        log.info("prediction %s ended: %s", tracked.state.id, tracked.state.status)
+        if tracked.state.status == "succeeded" and tracked.state.predict_time is not None:
+            self._runs.append(tracked.state.predict_time)
+        if tracked.accepted:
+            self._push(tracked.state)
+        self._capacity_changed()
+
+    def _lose_on(self, server: CogServer, reason: str, placed_before: float | None) -> None:
+        """Every prediction of ours on a server that went down or restarted is lost."""
+        for tracked in [t for t in self._running.values() if t.id.server == server.name]:
+            if placed_before is None or tracked.placed_wall < placed_before:
+                log.warning("prediction %s lost: %s", tracked.state.id, reason)
+                tracked.lose(reason)
+                self._held.drop(tracked)
+                self._end(tracked)
+
+    def _observed(self, server: CogServer, status: str) -> None:
+        """A server idle twice while one of ours (with webhooks) runs there has forgotten it."""
+        for tracked in [t for t in self._running.values() if t.id.server == server.name]:
+            if tracked.held or not tracked.accepted:
+                continue
+            tracked.ready_checks = tracked.ready_checks + 1 if status == "READY" else 0
+            if tracked.ready_checks >= 2:
+                log.warning("prediction %s lost: its server forgot it", tracked.state.id)
+                tracked.lose("the GPU server forgot it")
+                self._end(tracked)
+
+    def _time_left(self, server: CogServer, typical: float) -> float:
+        """Seconds until a usable server should be free, from when its prediction was sent."""
+        if server.idle:
+            return 0.0
+        placed = [self._running[i].placed_wall for i in server.running if i in self._running]
+        if not placed:
+            return typical  # busy with someone else's: assume it just began
+        return max(0.0, typical - (time.time() - min(placed)))
+
+    def _push(self, state: Prediction) -> None:
+        """Hand a new state to the core."""
+        if self.on_push is not None:
+            self.on_push(state)
+
+    def _capacity_changed(self) -> None:
+        """Tell the core a server may be free."""
+        if self.on_capacity is not None:
+            self.on_capacity()
+
+
+def _lost(prediction_id: CogPredictionId, reason: str) -> Prediction:
+    """The state of a prediction that cannot be found again (its output is gone with it)."""
+    return Prediction(
+        id=str(prediction_id), status="failed", error=reason, lost=True, data_removed=True
+    )

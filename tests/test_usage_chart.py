@@ -1,0 +1,119 @@
+"""The /animate-usage chart: what its pixels show, and that drawing it leaves the loop free."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import numpy as np
+import pytest
+from matplotlib import colors
+from matplotlib.image import imread
+
+from bot.owner.quotas import DAY, DayUsage, UsageReport
+from bot.owner.usage_chart import BAR, HEIGHT_PX, WIDTH_PX, render_usage_chart, usage_chart
+
+T = TypeVar("T")
+TODAY = 1_796_083_200.0  # a UTC midnight
+SINCE = TODAY - 29 * DAY
+
+
+def _report(*days: tuple[int, int, float], budget: float = 0) -> UsageReport:
+    """A report with (day index from the first, requests, GPU seconds) per used day."""
+    return UsageReport(
+        since=SINCE,
+        days=tuple(DayUsage(SINCE + i * DAY, count, gpu) for i, count, gpu in days),
+        members=(),
+        price_per_second=0.000725,
+        today_gpu_seconds=0.0,
+        daily_budget=budget,
+    )
+
+
+def _bars(png: bytes) -> list[tuple[int, int]]:
+    """Each bar standing on the x axis, left to right: (middle column, height in pixels)."""
+    pixels = (imread(io.BytesIO(png))[:, :, :3] * 255).round().astype(int)
+    bar = np.array([round(c * 255) for c in colors.to_rgb(BAR)])
+    is_bar = np.all(pixels == bar, axis=2)
+    rows, _ = np.nonzero(is_bar)
+    baseline = rows.max()
+    # Bars stand on the baseline; the legend's swatch of the same colour does not.
+    standing = [
+        col
+        for col in range(is_bar.shape[1])
+        if is_bar[:, col].any() and np.nonzero(is_bar[:, col])[0].max() >= baseline - 1
+    ]
+    runs: list[list[int]] = []
+    for col in standing:
+        if runs and col == runs[-1][-1] + 1:
+            runs[-1].append(col)
+        else:
+            runs.append([col])
+    result = []
+    for run in runs:
+        middle = run[len(run) // 2]
+        filled = np.nonzero(is_bar[:, middle])[0]
+        result.append((middle, int(baseline - filled.min() + 1)))
+    return result
+
+
+def test_the_bars_show_each_days_gpu_seconds() -> None:
+    png = render_usage_chart(_report((5, 4, 100.0), (20, 1, 25.0), budget=150))
+    assert png is not None and png.startswith(b"\x89PNG")
+    image = imread(io.BytesIO(png))
+    assert image.shape[:2] == (HEIGHT_PX, WIDTH_PX)
+    bars = _bars(png)
+    assert len(bars) == 2, bars
+    (left, tall), (right, short) = bars
+    assert left < right  # day 5 before day 20
+    assert tall / short == pytest.approx(4.0, rel=0.05)
+    # Days 5 and 20 sit 15 days apart: the columns say so too.
+    assert (right - left) / 15 > 10
+
+
+def test_no_chart_before_any_usage() -> None:
+    assert render_usage_chart(_report()) is None
+
+
+async def _loop_ticks_during(work: Callable[[], Awaitable[T]]) -> tuple[int, float, T]:
+    """Run `work` while a probe ticks every 2 ms; return the ticks it got in, the work's
+    duration, and its result. A render that blocks the loop lets no tick in at all."""
+    ticks = 0
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        """Tick as often as the loop lets it."""
+        nonlocal ticks
+        while not done.is_set():
+            await asyncio.sleep(0.002)
+            ticks += 1
+
+    task = asyncio.create_task(probe())
+    await asyncio.sleep(0.01)
+    before, started = ticks, time.perf_counter()
+    try:
+        result = await work()
+    finally:
+        elapsed = time.perf_counter() - started
+        got = ticks - before
+        done.set()
+        await task
+    return got, elapsed, result
+
+
+async def test_the_chart_is_drawn_without_blocking_the_event_loop() -> None:
+    report = _report(*((i, 1 + i % 3, 10.0 * i) for i in range(30)), budget=200)
+
+    async def on_the_loop() -> bytes | None:
+        """The same render, called directly: what the loop would suffer without a thread."""
+        return render_usage_chart(report)
+
+    blocked_ticks, blocked_for, _ = await _loop_ticks_during(on_the_loop)
+    assert blocked_ticks == 0 and blocked_for > 0.02  # the probe can tell a blocked loop
+    ticks, took, png = await _loop_ticks_during(lambda: usage_chart(report))
+    assert png is not None and len(_bars(png)) == 29  # day 0 used 0 GPU seconds
+    # The loop kept running all along: at least one tick in every 20 ms of the render.
+    assert ticks >= took / 0.02, (ticks, took)
