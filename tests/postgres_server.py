@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import glob
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -178,3 +179,89 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+# In the client's stream (asyncpg's named statements): a statement prepared with its text, and
+# one bound to run. An UPDATE's answer comes after its commit (Sync ends the implicit
+# transaction before ReadyForQuery is sent).
+_PARSE_UPDATE = re.compile(rb"P.{4}(__asyncpg_\w+__)\x00UPDATE ", re.DOTALL)
+_BIND = re.compile(rb"B.{4}\x00(__asyncpg_\w+__)\x00", re.DOTALL)
+_READY = b"Z\x00\x00\x00\x05"
+
+
+class Relay:
+    """A TCP relay to the server, that a test cuts and restores: PostgreSQL going away."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._lose_update: asyncio.Event | None = None
+        self.port = 0
+
+    @classmethod
+    async def to(cls, url: str) -> tuple[Relay, str]:
+        """A started relay to the server of `url`, and the same URL through the relay."""
+        parsed = yarl.URL(url)
+        relay = cls(parsed.host or "127.0.0.1", parsed.port or 5432)
+        await relay.start()
+        return relay, str(parsed.with_port(relay.port))
+
+    async def start(self) -> None:
+        """Listen (again, on the same port once it had one)."""
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        """Stop listening and drop every relayed connection."""
+        self._drop()
+        assert self._server is not None
+        await self._server.wait_closed()
+
+    def lose_next_update_answer(self) -> asyncio.Event:
+        """Let the next UPDATE be made but drop its answer and cut: a commit whose answer is lost.
+
+        The event is set once that happened.
+        """
+        self._lose_update = asyncio.Event()
+        return self._lose_update
+
+    def _drop(self) -> None:
+        """Stop listening and close every relayed connection, at once."""
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Pipe one client connection to the server and back."""
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._writers.update((writer, up_writer))
+        updates: set[bytes] = set()  # this connection's statements that are UPDATEs
+        losing: list[asyncio.Event] = []  # an UPDATE was sent: its answer is to be lost
+
+        async def requests() -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    updates.update(match[1] for match in _PARSE_UPDATE.finditer(data))
+                    lose = self._lose_update
+                    if lose is not None and any(m[1] in updates for m in _BIND.finditer(data)):
+                        self._lose_update = None
+                        losing.append(lose)
+                    up_writer.write(data)
+                    await up_writer.drain()
+            up_writer.close()
+
+        async def answers() -> None:
+            with contextlib.suppress(OSError):
+                while data := await up_reader.read(65536):
+                    if losing and _READY in data:
+                        self._drop()
+                        losing[0].set()
+                        break
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        await asyncio.gather(requests(), answers())
+        self._writers.difference_update((writer, up_writer))

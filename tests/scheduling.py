@@ -18,7 +18,7 @@ from bot.core.jobs import GenerationRequest, Job
 from bot.core.limits import SchedulerLimits
 from bot.core.reporter import JobResult, JobStatusUpdate, Stage
 from bot.core.scheduler import Scheduler
-from bot.storage.sqlite import SQLiteStore
+from bot.storage.base import Store
 from tests.fakes.predictions import FakePredictionAPI
 
 
@@ -92,7 +92,7 @@ async def short_sleep(seconds: float) -> None:
 
 
 def make_scheduler(
-    store: SQLiteStore,
+    store: Store,
     backend: Backend,
     *,
     wall_clock: Callable[[], float] = time.time,
@@ -113,7 +113,7 @@ def make_scheduler(
 
 @contextlib.asynccontextmanager
 async def started_scheduler(
-    store: SQLiteStore,
+    store: Store,
     backend: Backend,
     reporter: RecordingReporter,
     *,

@@ -21,7 +21,7 @@ from bot.storage import postgres_migrations, sqlite_migrations
 from bot.storage.base import SchemaTooNew, StorageUnavailable
 from bot.storage.postgres import PostgresStore, create_pool
 from bot.storage.sqlite import SQLiteStore
-from tests.postgres_server import fresh_schema, refused_port, start_throwaway_cluster
+from tests.postgres_server import Relay, fresh_schema, refused_port, start_throwaway_cluster
 
 
 @pytest.fixture
@@ -162,44 +162,6 @@ async def _until_waiting_on_a_lock(admin: asyncpg.Connection, backend: int) -> N
             ):
                 return
             await asyncio.sleep(0.01)
-
-
-class Relay:
-    """A TCP relay to the server, that a test cuts and restores: PostgreSQL going away."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self._target = (target_host, target_port)
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    async def start(self) -> None:
-        """Listen (again, on the same port once it had one)."""
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        """Stop listening and drop every relayed connection."""
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await self._server.wait_closed()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Pipe one client connection to the server and back."""
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._writers.update((writer, up_writer))
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers.difference_update((writer, up_writer))
 
 
 async def test_a_server_that_goes_away_makes_calls_unavailable_until_it_answers(

@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from bot.backends.cog import ids
 from bot.backends.replicate import PredictionClient
 from bot.core.jobs import GenerationRequest
 from bot.core.limits import GuildLimits, QueueFull, SchedulerLimits
 from bot.core.scheduler import Scheduler
 from bot.owner.guild_settings import GuildSettings, GuildSettingsService
-from bot.owner.quotas import DAY, Quotas
+from bot.owner.quotas import DAY, Prices, Quotas
 from bot.owner.setting_specs import InvalidSetting
+from bot.storage.base import GpuSeconds
+from bot.storage.job_rows import COG_PREFIX
 from bot.storage.sqlite import SQLiteStore
 from tests.fakes.predictions import Behaviour, FakePredictionAPI
 from tests.scheduling import RecordingReporter, short_sleep, submit
@@ -61,15 +64,20 @@ async def world(tmp_path: Path, clock: Clock) -> AsyncIterator[tuple[SQLiteStore
     settings = GuildSettingsService(store, DEFAULTS)
     await settings.load()
     try:
-        yield store, Quotas(store, settings, price_per_second=0.001, clock=clock)
+        yield store, Quotas(store, settings, prices=Prices(replicate=0.001), clock=clock)
     finally:
         await store.close()
 
 
 async def _spend(
-    store: SQLiteStore, seconds: float, *, guild: int = GUILD, user: int = MEMBER
+    store: SQLiteStore,
+    seconds: float,
+    *,
+    guild: int = GUILD,
+    user: int = MEMBER,
+    on: str | None = None,
 ) -> int:
-    """Record a request that ran for `seconds` on the GPU."""
+    """Record a request that ran for `seconds` on the GPU: on Cog server `on`, or Replicate."""
     job = await store.add_job(
         guild_id=guild,
         channel_id=100,
@@ -77,7 +85,8 @@ async def _spend(
         request=GenerationRequest.create("a fox", seed=1),
     )
     await store.mark_submitted(job.id)
-    await store.mark_running(job.id, f"p{job.id}")
+    prediction_id = f"p{job.id}" if on is None else f"cog:{on}:job-{job.id}-r0"
+    await store.mark_running(job.id, prediction_id)
     await store.mark_delivering(job.id, predict_time=seconds)
     await store.mark_done(job.id, result_message_id=job.id)
     return job.id
@@ -120,7 +129,7 @@ async def test_rerun_gpu_time_counts_toward_the_budget(world: tuple[SQLiteStore,
     await store.mark_rerun(job.id)  # the output expired: made again, paid again
     await store.mark_running(job.id, "second")
     await store.mark_delivering(job.id, predict_time=25)
-    assert await store.gpu_seconds_since(GUILD, 0) == 55
+    assert await store.gpu_seconds_since(GUILD, 0) == GpuSeconds(55)
     with pytest.raises(QueueFull):
         await quotas.admit(GUILD, MEMBER)
 
@@ -186,6 +195,72 @@ async def test_usage_per_utc_day_and_member_over_thirty_days(
         (MEMBER, 2, 15.0),
     ]
     assert report.today_gpu_seconds == 5 and report.gpu_seconds == 35
+    assert not report.uses_own_gpus
+
+
+async def test_the_budget_counts_paid_seconds_and_leaves_free_own_gpus_out(
+    world: tuple[SQLiteStore, Quotas],
+) -> None:
+    store, quotas = world  # own GPUs at the default price: free
+    await _settings(quotas).set(GUILD, "daily_gpu_seconds", "100", by=MEMBER)
+    await _spend(store, 500, on="gpu-a")
+    await quotas.admit(GUILD, MEMBER)  # 500 s on own GPUs cost nothing: 0 of 100
+    await _spend(store, 60)
+    await quotas.admit(GUILD, MEMBER)  # 60 of 100 paid
+    await _spend(store, 40, on="gpu-b")
+    await quotas.admit(GUILD, MEMBER)
+    await _spend(store, 40)
+    with pytest.raises(QueueFull, match="used its 100 GPU seconds for today"):
+        await quotas.admit(GUILD, MEMBER)
+    report = await quotas.usage(GUILD)
+    assert report.today == GpuSeconds(replicate=100, own=540)
+    assert report.today_budgeted == 100 and report.uses_own_gpus
+
+
+async def test_own_gpus_with_a_price_count_toward_the_budget(tmp_path: Path, clock: Clock) -> None:
+    store = await SQLiteStore.open(tmp_path / "bot.sqlite3", clock=clock)
+    try:
+        settings = GuildSettingsService(store, DEFAULTS)
+        await settings.load()
+        quotas = Quotas(store, settings, prices=Prices(replicate=0.001, own=0.0002), clock=clock)
+        await settings.set(GUILD, "daily_gpu_seconds", "100", by=MEMBER)
+        await _spend(store, 70, on="gpu-a")
+        await quotas.admit(GUILD, MEMBER)  # 70 of 100
+        await _spend(store, 30)
+        with pytest.raises(QueueFull, match="used its 100 GPU seconds for today"):
+            await quotas.admit(GUILD, MEMBER)
+        report = await quotas.usage(GUILD)
+        assert report.today_budgeted == 100
+        assert report.prices.cost(report.gpu) == pytest.approx(30 * 0.001 + 70 * 0.0002)
+    finally:
+        await store.close()
+
+
+async def test_usage_per_day_and_member_is_split_by_backend_kind(
+    world: tuple[SQLiteStore, Quotas], clock: Clock
+) -> None:
+    store, quotas = world
+    clock.now = START - DAY
+    await _spend(store, 10)
+    await _spend(store, 90, on="gpu-a", user=OTHER_MEMBER)
+    clock.now = START
+    await _spend(store, 5, on="gpu-a")
+    report = await quotas.usage(GUILD)
+    assert [(d.predictions, d.gpu) for d in report.days] == [
+        (2, GpuSeconds(10, 90)),
+        (1, GpuSeconds(0, 5)),
+    ]
+    assert [(m.member_id, m.gpu) for m in report.members] == [
+        (OTHER_MEMBER, GpuSeconds(0, 90)),
+        (MEMBER, GpuSeconds(10, 5)),
+    ]
+    assert report.gpu == GpuSeconds(10, 95) and report.today == GpuSeconds(0, 5)
+    assert report.prices.cost(report.gpu) == pytest.approx(0.01)  # own GPUs are free
+
+
+def test_the_stores_know_cog_prediction_ids_by_the_backends_prefix() -> None:
+    assert COG_PREFIX == ids.PREFIX
+    assert str(ids.CogPredictionId("gpu-a", "job-1-r0")).startswith(COG_PREFIX)
 
 
 async def test_settings_are_stored_and_read_back(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from bot.core import redaction
 from bot.core.eta import Timing
 from bot.core.jobs import GenerationRequest, Job, JobStatus
 from bot.core.redaction import MASK
-from bot.storage.base import InvalidTransition, Store
+from bot.storage.base import GpuSeconds, InvalidTransition, Store
 from tests.conftest import LEAKS_IN_REASONS, StoreClock, end_with_secret_reasons
 
 DAY = 86_400
@@ -280,7 +280,7 @@ async def test_failed_and_canceled_keep_the_reason_and_the_billed_time(
     job = await any_store.mark_canceled(canceled, predict_time=2.5)
     assert job.status is JobStatus.CANCELED and job.error is None and job.predict_time == 2.5
     assert job.completed_at == START + 60
-    assert await any_store.gpu_seconds_since(GUILD, 0) == 4.5 + 1.0 + 2.5
+    assert await any_store.gpu_seconds_since(GUILD, 0) == GpuSeconds(4.5 + 1.0 + 2.5)
 
 
 async def test_failure_and_cancel_reasons_are_stored_masked(any_store: Store) -> None:
@@ -344,16 +344,16 @@ async def test_a_rerun_keeps_the_gpu_time_already_billed(any_store: Store) -> No
     await any_store.mark_running(job_id, "first")
     await any_store.mark_delivering(job_id, predict_time=30)
     await any_store.mark_rerun(job_id)  # the output expired: made again, paid again
-    assert await any_store.gpu_seconds_since(GUILD, 0) == 30
+    assert await any_store.gpu_seconds_since(GUILD, 0) == GpuSeconds(30)
     await any_store.mark_running(job_id, "second")
     await any_store.mark_delivering(job_id, predict_time=25)
-    assert await any_store.gpu_seconds_since(GUILD, 0) == 55
+    assert await any_store.gpu_seconds_since(GUILD, 0) == GpuSeconds(55)
     await any_store.mark_rerun(job_id)  # expired again before it was posted
     await any_store.mark_running(job_id, "third")
     await any_store.mark_delivering(job_id, predict_time=20)
     await any_store.mark_done(job_id, result_message_id=1)
-    assert await any_store.gpu_seconds_since(GUILD, 0) == 75
-    assert await any_store.usage_by_member(GUILD, 0) == [(MEMBER, 1, 75.0)]
+    assert await any_store.gpu_seconds_since(GUILD, 0) == GpuSeconds(75)
+    assert await any_store.usage_by_member(GUILD, 0) == [(MEMBER, 1, GpuSeconds(75.0))]
 
 
 async def test_job_for_prediction(any_store: Store) -> None:
@@ -470,7 +470,7 @@ async def test_deleted_results_leave_the_history(any_store: Store) -> None:
     history = await any_store.history(GUILD, MEMBER, limit=10)
     assert [j.id for j in history] == [kept]
     # What it cost still counts.
-    assert await any_store.gpu_seconds_since(GUILD, 0) == 7
+    assert await any_store.gpu_seconds_since(GUILD, 0) == GpuSeconds(7)
 
 
 async def test_history_pages_a_members_requests_newest_first(any_store: Store) -> None:
@@ -645,7 +645,7 @@ async def test_requests_since_skips_those_never_sent(
 async def test_gpu_seconds_since_sums_a_servers_requests(
     any_store: Store, store_clock: StoreClock
 ) -> None:
-    assert await any_store.gpu_seconds_since(GUILD, 0) == 0.0
+    assert await any_store.gpu_seconds_since(GUILD, 0) == GpuSeconds(0.0)
     store_clock.now = START - DAY
     await _spend(any_store, 100)
     store_clock.now = START
@@ -655,10 +655,10 @@ async def test_gpu_seconds_since_sums_a_servers_requests(
     failed = await _job_in(any_store, JobStatus.RUNNING)
     await any_store.mark_failed(failed, "broken", predict_time=4)
     await _spend(any_store, 7, guild=OTHER_GUILD)
-    assert await any_store.gpu_seconds_since(GUILD, START) == 16.5
-    assert await any_store.gpu_seconds_since(GUILD, START - DAY) == 116.5
-    assert await any_store.gpu_seconds_since(GUILD, START + 1) == 0.0
-    assert await any_store.gpu_seconds_since(OTHER_GUILD, 0) == 7.0
+    assert await any_store.gpu_seconds_since(GUILD, START) == GpuSeconds(16.5)
+    assert await any_store.gpu_seconds_since(GUILD, START - DAY) == GpuSeconds(116.5)
+    assert await any_store.gpu_seconds_since(GUILD, START + 1) == GpuSeconds(0.0)
+    assert await any_store.gpu_seconds_since(OTHER_GUILD, 0) == GpuSeconds(7.0)
 
 
 async def test_usage_by_utc_day_and_by_member(any_store: Store, store_clock: StoreClock) -> None:
@@ -681,19 +681,19 @@ async def test_usage_by_utc_day_and_by_member(any_store: Store, store_clock: Sto
     await any_store.mark_rerun(rerun)  # billed once already, running again
     await _spend(any_store, 7, guild=OTHER_GUILD)
     assert await any_store.usage_by_day(GUILD, since) == [
-        (TODAY - 2, 3, 34.0),
-        (TODAY, 2, 35.0),
+        (TODAY - 2, 3, GpuSeconds(34.0)),
+        (TODAY, 2, GpuSeconds(35.0)),
     ]
-    assert await any_store.usage_by_day(GUILD, START) == [(TODAY, 2, 35.0)]
-    assert await any_store.usage_by_day(OTHER_GUILD, since) == [(TODAY, 1, 7.0)]
+    assert await any_store.usage_by_day(GUILD, START) == [(TODAY, 2, GpuSeconds(35.0))]
+    assert await any_store.usage_by_day(OTHER_GUILD, since) == [(TODAY, 1, GpuSeconds(7.0))]
     assert await any_store.usage_by_member(GUILD, since) == [
-        (MEMBER, 4, 49.0),
-        (OTHER_MEMBER, 1, 20.0),
+        (MEMBER, 4, GpuSeconds(49.0)),
+        (OTHER_MEMBER, 1, GpuSeconds(20.0)),
     ]
-    assert await any_store.usage_by_member(GUILD, START) == [(MEMBER, 2, 35.0)]
+    assert await any_store.usage_by_member(GUILD, START) == [(MEMBER, 2, GpuSeconds(35.0))]
     assert await any_store.usage_by_member(GUILD, 0) == [
-        (MEMBER, 5, 1049.0),
-        (OTHER_MEMBER, 1, 20.0),
+        (MEMBER, 5, GpuSeconds(1049.0)),
+        (OTHER_MEMBER, 1, GpuSeconds(20.0)),
     ]
 
 
@@ -702,10 +702,59 @@ async def test_usage_by_member_breaks_ties_by_member_id(any_store: Store) -> Non
         await _spend(any_store, 5, user=user)
     await _spend(any_store, 6, user=40)
     assert await any_store.usage_by_member(GUILD, 0) == [
-        (40, 1, 6.0),
-        (12, 1, 5.0),
-        (21, 1, 5.0),
-        (30, 1, 5.0),
+        (40, 1, GpuSeconds(6.0)),
+        (12, 1, GpuSeconds(5.0)),
+        (21, 1, GpuSeconds(5.0)),
+        (30, 1, GpuSeconds(5.0)),
+    ]
+
+
+async def _run_on(store: Store, prediction_id: str, seconds: float, *, user: int = MEMBER) -> int:
+    """A request whose prediction `prediction_id` ran for `seconds` and was delivered."""
+    job_id = await _add(store, user=user)
+    await store.mark_submitted(job_id)
+    await store.mark_running(job_id, prediction_id)
+    await store.mark_delivering(job_id, predict_time=seconds)
+    await store.mark_done(job_id, result_message_id=job_id)
+    return job_id
+
+
+async def test_usage_splits_gpu_seconds_by_where_they_ran(
+    any_store: Store, store_clock: StoreClock
+) -> None:
+    store_clock.now = START - 2 * DAY
+    await _run_on(any_store, "cog:gpu-a:job-1-r0", 10)
+    await _run_on(any_store, "wdmbfhwm2srm80ckzbqa2vn2ym", 4)  # Replicate's
+    store_clock.now = START
+    await _run_on(any_store, "cog:gpu-b:job-3-r0", 30, user=OTHER_MEMBER)
+    # Ids that only look like ours ran on Replicate (or a gateway): the prefix is exact.
+    await _run_on(any_store, "COG:gpu-a:job-4-r0", 2)
+    await _run_on(any_store, "cogwheel-5", 1)
+    failed = await _add(any_store)
+    await any_store.mark_submitted(failed)
+    await any_store.mark_running(failed, "cog:gpu-a:job-6-r0")
+    await any_store.mark_failed(failed, "broken", predict_time=3)  # billed on the own GPU
+    rerun = await _add(any_store, user=OTHER_MEMBER)
+    await any_store.mark_submitted(rerun)
+    await any_store.mark_running(rerun, "cog:gpu-a:job-7-r0")
+    await any_store.mark_delivering(rerun, predict_time=6)
+    await any_store.mark_rerun(rerun)  # the output expired: made again on the same kind
+    await any_store.mark_running(rerun, "cog:gpu-b:job-7-r1")
+    await any_store.mark_delivering(rerun, predict_time=5)
+    await _job_in(any_store, JobStatus.CANCELED)  # never ran: nowhere
+    await _spend(any_store, 50, guild=OTHER_GUILD)
+
+    assert await any_store.gpu_seconds_since(GUILD, START) == GpuSeconds(3.0, 44.0)
+    assert await any_store.gpu_seconds_since(GUILD, 0) == GpuSeconds(7.0, 54.0)
+    assert await any_store.gpu_seconds_since(OTHER_GUILD, 0) == GpuSeconds(50.0, 0.0)
+    assert await any_store.usage_by_day(GUILD, 0) == [
+        (TODAY - 2, 2, GpuSeconds(4.0, 10.0)),
+        (TODAY, 5, GpuSeconds(3.0, 44.0)),
+    ]
+    # Biggest first by every GPU second, wherever it ran.
+    assert await any_store.usage_by_member(GUILD, 0) == [
+        (OTHER_MEMBER, 2, GpuSeconds(0.0, 41.0)),
+        (MEMBER, 5, GpuSeconds(7.0, 13.0)),
     ]
 
 

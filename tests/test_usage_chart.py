@@ -13,31 +13,51 @@ import pytest
 from matplotlib import colors
 from matplotlib.image import imread
 
-from bot.owner.quotas import DAY, DayUsage, UsageReport
-from bot.owner.usage_chart import BAR, HEIGHT_PX, WIDTH_PX, render_usage_chart, usage_chart
+from bot.owner.quotas import DAY, DayUsage, Prices, UsageReport
+from bot.owner.usage_chart import (
+    BAR,
+    HEIGHT_PX,
+    OWN_BAR,
+    WIDTH_PX,
+    render_usage_chart,
+    usage_chart,
+)
+from bot.storage.base import GpuSeconds
 
 T = TypeVar("T")
 TODAY = 1_796_083_200.0  # a UTC midnight
 SINCE = TODAY - 29 * DAY
 
 
-def _report(*days: tuple[int, int, float], budget: float = 0) -> UsageReport:
-    """A report with (day index from the first, requests, GPU seconds) per used day."""
+def _report(
+    *days: tuple[int, int, float], budget: float = 0, own: dict[int, float] | None = None
+) -> UsageReport:
+    """A report with (day index from the first, requests, Replicate's GPU seconds) per used
+    day, and the seconds on own GPUs of some days."""
+    own = own or {}
     return UsageReport(
         since=SINCE,
-        days=tuple(DayUsage(SINCE + i * DAY, count, gpu) for i, count, gpu in days),
+        days=tuple(
+            DayUsage(SINCE + i * DAY, count, GpuSeconds(gpu, own.get(i, 0.0)))
+            for i, count, gpu in days
+        ),
         members=(),
-        price_per_second=0.000725,
-        today_gpu_seconds=0.0,
+        prices=Prices(replicate=0.000725),
+        today=GpuSeconds(),
         daily_budget=budget,
     )
 
 
+def _is(png: bytes, colour: str) -> np.ndarray:
+    """Where the image has exactly `colour`, as a boolean array of rows by columns."""
+    pixels = (imread(io.BytesIO(png))[:, :, :3] * 255).round().astype(int)
+    wanted = np.array([round(c * 255) for c in colors.to_rgb(colour)])
+    return np.all(pixels == wanted, axis=2)
+
+
 def _bars(png: bytes) -> list[tuple[int, int]]:
     """Each bar standing on the x axis, left to right: (middle column, height in pixels)."""
-    pixels = (imread(io.BytesIO(png))[:, :, :3] * 255).round().astype(int)
-    bar = np.array([round(c * 255) for c in colors.to_rgb(BAR)])
-    is_bar = np.all(pixels == bar, axis=2)
+    is_bar = _is(png, BAR)
     rows, _ = np.nonzero(is_bar)
     baseline = rows.max()
     # Bars stand on the baseline; the legend's swatch of the same colour does not.
@@ -72,6 +92,35 @@ def test_the_bars_show_each_days_gpu_seconds() -> None:
     assert tall / short == pytest.approx(4.0, rel=0.05)
     # Days 5 and 20 sit 15 days apart: the columns say so too.
     assert (right - left) / 15 > 10
+
+
+def test_own_gpus_seconds_stack_on_the_paid_ones() -> None:
+    png = render_usage_chart(
+        _report((5, 4, 100.0), (20, 1, 25.0), budget=200, own={5: 50.0, 20: 100.0})
+    )
+    assert png is not None
+    is_own = _is(png, OWN_BAR)
+    bars = _bars(png)
+    assert len(bars) == 2, bars  # the paid part stands on the axis, as without own GPUs
+    (left, paid_left), (right, paid_right) = bars
+    assert paid_left / paid_right == pytest.approx(4.0, rel=0.05)
+    rows = _is(png, BAR)
+    baseline = int(np.nonzero(rows[:, left])[0].max())
+    heights = []
+    for column, paid in ((left, paid_left), (right, paid_right)):
+        own_rows = np.nonzero(is_own[:, column])[0]
+        span = int(own_rows.max() - own_rows.min() + 1)
+        assert own_rows.size >= 0.9 * span  # one block, crossed only by the lines drawn over it
+        # Right on top of the paid part: at most an anti-aliased row between them.
+        assert baseline - paid - own_rows.max() <= 2
+        heights.append(span)
+    assert heights[0] / paid_left == pytest.approx(0.5, rel=0.08)
+    assert heights[1] / paid_right == pytest.approx(4.0, rel=0.05)
+
+
+def test_without_own_gpus_nothing_is_drawn_in_their_colour() -> None:
+    png = render_usage_chart(_report((5, 4, 100.0), (20, 1, 25.0)))
+    assert png is not None and not _is(png, OWN_BAR).any()
 
 
 def test_no_chart_before_any_usage() -> None:

@@ -28,8 +28,8 @@ from bot.observability.discord_requests import discord_trace
 from bot.observability.health import CheckResult, gateway_result
 from bot.observability.metrics import BotMetrics
 from bot.owner.guild_settings import GuildSettingsService
-from bot.owner.quotas import Quotas
-from bot.storage.base import Store
+from bot.owner.quotas import Prices, Quotas
+from bot.storage.base import StorageUnavailable, Store
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +145,11 @@ class AnimateBot(commands.AutoShardedBot):
         # COG_URLS: the bot's own GPUs first (Replicate, if set, as the overflow).
         self.cog = CogSetup(settings, session, self.predictions, self.metrics)
         self.guild_settings = GuildSettingsService(store, settings.guild_defaults())
-        price = settings.cog_price_per_gpu_second if settings.cog_urls else None
-        self.quotas = Quotas(
-            store,
-            self.guild_settings,
-            price_per_second=settings.price_per_gpu_second if price is None else price,
+        # Each job is priced by where it ran (its stored prediction id says which).
+        prices = Prices(
+            replicate=settings.price_per_gpu_second, own=settings.cog_price_per_gpu_second
         )
+        self.quotas = Quotas(store, self.guild_settings, prices=prices)
         self.scheduler = Scheduler(
             store,
             self.cog.backend,
@@ -302,6 +301,10 @@ class AnimateBot(commands.AutoShardedBot):
             text = "You are not allowed to do that here."
         elif isinstance(error, app_commands.CommandOnCooldown):
             text = f"Slow down: try again in {error.retry_after:.0f} seconds."
+        elif isinstance(original, StorageUnavailable):
+            # Nothing was stored, so nothing waits: the member asks again once it answers.
+            log.warning("interaction refused: %s", original)
+            text = "The bot's database is not answering right now; try again in a minute."
         else:
             log.error("interaction failed", exc_info=original)
             text = "Something went wrong on the bot's side; please try again."

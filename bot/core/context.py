@@ -14,8 +14,8 @@ from bot.core.pushes import PushInbox
 from bot.core.reporter import JobReporter
 from bot.core.signals import JobSignals
 from bot.core.status import StatusPublisher
+from bot.core.store_outage import JobSteps
 from bot.observability.metrics import BotMetrics
-from bot.storage.base import Store
 
 Clock = Callable[[], float]
 
@@ -25,7 +25,7 @@ class JobContext:
     """The collaborators the runner, the follower and the delivery share (one per scheduler)."""
 
     backend: BudgetedBackend  # the Backend, each request counted against the API budget
-    store: Store
+    store: JobSteps  # a running job's reads and writes, which wait out an outage
     status: StatusPublisher
     outcomes: JobOutcomes
     signals: JobSignals

@@ -11,8 +11,9 @@ from bot.backends.base import PredictionAPIError
 from bot.core.jobs import Job, JobStatus
 from bot.core.reporter import JobReporter
 from bot.core.status import StatusPublisher
+from bot.core.store_outage import JobSteps
 from bot.observability.metrics import BotMetrics
-from bot.storage.base import InvalidTransition, Store
+from bot.storage.base import InvalidTransition
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class JobOutcomes:
 
     def __init__(
         self,
-        store: Store,
+        store: JobSteps,
         status: StatusPublisher,
         reporter: Callable[[], JobReporter],
         metrics: BotMetrics,

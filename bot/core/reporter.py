@@ -19,6 +19,7 @@ class Stage(StrEnum):
     RENDERING = "rendering"
     UPLOADING = "uploading"
     UNAVAILABLE = "unavailable"
+    STORE_UNAVAILABLE = "store_unavailable"  # the bot's own database is not answering
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from bot.core.reporter import CancelOutcome, JobReporter, JobStatusUpdate, Queue
 from bot.core.runner import JobRunner
 from bot.core.signals import JobSignals
 from bot.core.status import StatusPublisher
+from bot.core.store_outage import PatientStore
 from bot.observability.logs import bind_job
 from bot.observability.metrics import BotMetrics
 from bot.storage.base import Store
@@ -101,10 +102,11 @@ class Scheduler:
         self.planner = planner or PollPlanner(
             history, wall_clock=wall_clock, pushes=lambda: backend.features.pushes
         )
-        self._outcomes = JobOutcomes(store, self.status, self._require_reporter, self.metrics)
+        self.patient = patient = PatientStore(store, self.status, clock=clock, sleep=sleep)
+        self._outcomes = JobOutcomes(patient, self.status, self._require_reporter, self.metrics)
         ctx = JobContext(
             backend=BudgetedBackend(backend, self.budgets.api),
-            store=store,
+            store=patient,
             status=self.status,
             outcomes=self._outcomes,
             signals=self.signals,
@@ -242,7 +244,7 @@ class Scheduler:
             self._announce_if_waiting(job_id)
             return
         try:
-            job = await self._store.set_request_message(job_id, message_id)
+            job = await self.patient.set_request_message(job_id, message_id)
             self.queue.update(job)
             # Only now may it start: released before the write, another job's end could
             # launch it with no message id, and it would post a second status message.

@@ -92,6 +92,12 @@ class StatusPublisher:
         """Say that the animation service cannot be reached just now."""
         self.publish(job_id, JobStatusUpdate(Stage.UNAVAILABLE))
 
+    def show_store_unavailable(self, job_id: int) -> JobStatusUpdate | None:
+        """Say that the bot's database is not answering; return what was shown before."""
+        before = self._last_status.get(job_id)
+        self.publish(job_id, JobStatusUpdate(Stage.STORE_UNAVAILABLE))
+        return before
+
     def show_uploading(self, job_id: int) -> None:
         """Say that the result is being fetched and posted."""
         self._relay.publish(job_id, JobStatusUpdate(Stage.UPLOADING))

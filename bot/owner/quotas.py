@@ -1,4 +1,10 @@
-"""Who may queue what today: bans, daily requests per member, each server's GPU budget."""
+"""Who may queue what today: bans, daily requests per member, each server's GPU budget.
+
+GPU seconds are priced per backend kind: Replicate's at PRICE_PER_GPU_SECOND, the bot's own
+Cog servers' at COG_PRICE_PER_GPU_SECOND. The daily budget protects money, so it counts the
+seconds that cost some: Replicate's always (it bills them whatever the estimate says), the own
+GPUs' only when they are given a price above 0.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from dataclasses import dataclass
 
 from bot.core.limits import GuildLimits, QueueFull
 from bot.owner.guild_settings import GuildSettingsService
-from bot.storage.base import Store
+from bot.storage.base import GpuSeconds, Store
 
 DAY = 86_400.0
 USAGE_DAYS = 30
@@ -22,12 +28,38 @@ def day_start(now: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class Prices:
+    """Dollars per GPU second on each kind of backend."""
+
+    replicate: float
+    own: float = 0.0
+
+    def cost(self, gpu: GpuSeconds) -> float:
+        """The estimated cost of some GPU seconds, in dollars."""
+        return gpu.replicate * self.replicate + gpu.own * self.own
+
+    @property
+    def own_is_free(self) -> bool:
+        """True when the own GPUs' seconds cost nothing, so the daily budget skips them."""
+        return self.own == 0
+
+    def budgeted(self, gpu: GpuSeconds) -> float:
+        """The seconds a daily budget counts: those that cost money."""
+        return gpu.replicate + (0.0 if self.own_is_free else gpu.own)
+
+
+@dataclass(frozen=True, slots=True)
 class DayUsage:
     """One UTC day of a server's spending."""
 
     day_start: float
     predictions: int
-    gpu_seconds: float
+    gpu: GpuSeconds
+
+    @property
+    def gpu_seconds(self) -> float:
+        """GPU seconds on every backend."""
+        return self.gpu.total
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,18 +68,23 @@ class MemberUsage:
 
     member_id: int
     predictions: int
-    gpu_seconds: float
+    gpu: GpuSeconds
+
+    @property
+    def gpu_seconds(self) -> float:
+        """GPU seconds on every backend."""
+        return self.gpu.total
 
 
 @dataclass(frozen=True, slots=True)
 class UsageReport:
-    """A server's spending over the last days, with the price used to estimate its cost."""
+    """A server's spending over the last days, with the prices used to estimate its cost."""
 
     since: float
     days: tuple[DayUsage, ...]
     members: tuple[MemberUsage, ...]
-    price_per_second: float
-    today_gpu_seconds: float
+    prices: Prices
+    today: GpuSeconds
     daily_budget: float  # 0: no limit
 
     @property
@@ -56,9 +93,29 @@ class UsageReport:
         return sum(day.predictions for day in self.days)
 
     @property
+    def gpu(self) -> GpuSeconds:
+        """GPU seconds in the whole period, per backend kind."""
+        return sum((day.gpu for day in self.days), GpuSeconds())
+
+    @property
     def gpu_seconds(self) -> float:
-        """GPU seconds in the whole period."""
-        return sum(day.gpu_seconds for day in self.days)
+        """GPU seconds in the whole period, on every backend."""
+        return self.gpu.total
+
+    @property
+    def today_gpu_seconds(self) -> float:
+        """GPU seconds today, on every backend."""
+        return self.today.total
+
+    @property
+    def today_budgeted(self) -> float:
+        """Today's GPU seconds that count toward the daily budget."""
+        return self.prices.budgeted(self.today)
+
+    @property
+    def uses_own_gpus(self) -> bool:
+        """True when some of the period's work ran on the bot's own GPUs."""
+        return self.gpu.own > 0 or self.today.own > 0
 
 
 class Quotas:
@@ -69,12 +126,12 @@ class Quotas:
         store: Store,
         settings: GuildSettingsService,
         *,
-        price_per_second: float,
+        prices: Prices,
         clock: Clock = time.time,
     ) -> None:
         self._store = store
         self._settings = settings
-        self._price = price_per_second
+        self._prices = prices
         self._clock = clock
 
     def limits(self, guild_id: int) -> GuildLimits:
@@ -92,7 +149,7 @@ class Quotas:
         today = day_start(self._clock())
         tomorrow = int(today + DAY)
         if settings.daily_gpu_seconds:
-            used = await self._store.gpu_seconds_since(guild_id, today)
+            used = self._prices.budgeted(await self._store.gpu_seconds_since(guild_id, today))
             if used >= settings.daily_gpu_seconds:
                 raise QueueFull(
                     f"This server has used its {settings.daily_gpu_seconds:g} GPU seconds for "
@@ -127,7 +184,7 @@ class Quotas:
             since=since,
             days=tuple(DayUsage(day * DAY, count, gpu) for day, count, gpu in by_day),
             members=tuple(MemberUsage(member, count, gpu) for member, count, gpu in by_member),
-            price_per_second=self._price,
-            today_gpu_seconds=await self._store.gpu_seconds_since(guild_id, today),
+            prices=self._prices,
+            today=await self._store.gpu_seconds_since(guild_id, today),
             daily_budget=self._settings.get(guild_id).daily_gpu_seconds,
         )

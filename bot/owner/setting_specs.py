@@ -162,7 +162,7 @@ SETTINGS: dict[str, SettingSpec] = {
         ),
         SettingSpec(
             "daily_gpu_seconds",
-            "GPU seconds per day for the server (UTC)",
+            "Paid GPU seconds per day for the server (UTC)",
             _number(0, MAX_DAILY_GPU_SECONDS, "The daily GPU seconds (0: no limit)"),
             _show_limit("seconds"),
         ),

@@ -1,5 +1,9 @@
 """The /animate-usage chart: GPU seconds per day as bars, the daily budget, requests per day.
 
+With work on the bot's own GPUs, each bar stacks them on Replicate's (paid) seconds: the paid
+part stands on the axis, where the budget line, which counts only paid seconds unless the own
+GPUs have a price, reads against it.
+
 Drawn with matplotlib's Agg backend (no display) on a figure of its own, in a worker thread:
 a render takes a few hundred milliseconds of CPU that the event loop must not wait through.
 The card has its own opaque background, so it reads the same in Discord's dark and light
@@ -22,7 +26,8 @@ WIDTH_PX, HEIGHT_PX, DPI = 960, 480, 120
 BACKGROUND = "#2b2d31"  # Discord's embed grey: a card that sits well on either theme
 TEXT = "#e3e5e8"
 GRID = "#4e5058"
-BAR = "#5865f2"  # blurple
+BAR = "#5865f2"  # blurple: Replicate (every bar, without own GPUs)
+OWN_BAR = "#eb459e"  # fuchsia: the bot's own GPUs, stacked on top
 BUDGET = "#f0b232"  # amber
 REQUESTS = "#57f287"  # green
 
@@ -32,27 +37,43 @@ def render_usage_chart(report: UsageReport, *, days: int = USAGE_DAYS) -> bytes 
     if report.predictions == 0:
         return None
     first_day = int(report.since // DAY)
-    gpu = [0.0] * days
+    paid = [0.0] * days
+    own = [0.0] * days
     requests = [0] * days
     for day in report.days:
         index = int(day.day_start // DAY) - first_day
         if 0 <= index < days:
-            gpu[index] = day.gpu_seconds
+            paid[index] = day.gpu.replicate
+            own[index] = day.gpu.own
             requests[index] = day.predictions
     positions = list(range(days))
+    split = report.uses_own_gpus
 
     figure = Figure(figsize=(WIDTH_PX / DPI, HEIGHT_PX / DPI), dpi=DPI, facecolor=BACKGROUND)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     axes.set_facecolor(BACKGROUND)
-    axes.bar(positions, gpu, width=0.7, color=BAR, label="GPU seconds", zorder=2)
+    label = "GPU seconds on Replicate" if split else "GPU seconds"
+    axes.bar(positions, paid, width=0.7, color=BAR, label=label, zorder=2)
+    if split:
+        axes.bar(
+            positions,
+            own,
+            bottom=paid,
+            width=0.7,
+            color=OWN_BAR,
+            label="GPU seconds on own GPUs",
+            zorder=2,
+        )
+    gpu = [p + o for p, o in zip(paid, own, strict=True)]
     if report.daily_budget:
+        counted = " on Replicate" if split and report.prices.own_is_free else ""
         axes.axhline(
             report.daily_budget,
             color=BUDGET,
             linestyle="--",
             linewidth=1.5,
-            label=f"daily budget ({report.daily_budget:g} s)",
+            label=f"daily budget ({report.daily_budget:g} s{counted})",
             zorder=3,
         )
     axes.set_ylim(0, max(*gpu, report.daily_budget) * 1.15 or 1)
@@ -88,7 +109,7 @@ def render_usage_chart(report: UsageReport, *, days: int = USAGE_DAYS) -> bytes 
         handles[1] + more[1],
         loc="lower left",
         bbox_to_anchor=(0.0, 1.01),
-        ncols=3,
+        ncols=4 if split else 3,
         fontsize=8,
         frameon=False,
         labelcolor=TEXT,

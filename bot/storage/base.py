@@ -188,9 +188,7 @@ class UsageRecords(Protocol):
         """Sum the GPU seconds of a server's requests made since `since`, per backend kind."""
         ...
 
-    async def usage_by_day(
-        self, guild_id: int, since: float
-    ) -> list[tuple[int, int, GpuSeconds]]:
+    async def usage_by_day(self, guild_id: int, since: float) -> list[tuple[int, int, GpuSeconds]]:
         """Return (UTC day number, predictions, GPU seconds) per day since `since`."""
         ...
 

@@ -17,6 +17,20 @@ JOB_COLUMNS = (
 MAX_JOB_ID = 2**63 - 1
 UNFINISHED = tuple(s.value for s in JobStatus if not s.is_final)
 
+# Usage, the same SQL in both stores. GPU seconds of a job: its last run, plus runs made again
+# after their output expired (all counted on the backend of the last prediction).
+GPU_SECONDS = "(COALESCE(predict_time, 0) + earlier_predict_time)"
+BILLED = "(predict_time IS NOT NULL OR earlier_predict_time > 0)"
+# Predictions on the bot's own Cog servers are stored as `cog:<server>:<id>` (the constant
+# `bot.backends.cog.ids.PREFIX`, which a test compares); any other id ran on Replicate.
+COG_PREFIX = "cog:"
+ON_OWN_GPU = f"(substr(COALESCE(prediction_id, ''), 1, {len(COG_PREFIX)}) = '{COG_PREFIX}')"
+# Two columns: (Replicate seconds, own GPUs' seconds), summed over the selected jobs.
+SPLIT_GPU_SECONDS = (
+    f"COALESCE(SUM(CASE WHEN {ON_OWN_GPU} THEN 0 ELSE {GPU_SECONDS} END), 0), "
+    f"COALESCE(SUM(CASE WHEN {ON_OWN_GPU} THEN {GPU_SECONDS} ELSE 0 END), 0)"
+)
+
 
 def job_from_row(row: Iterable[Any]) -> Job:
     """Build a Job from a row in `JOB_COLUMNS` order."""

@@ -15,7 +15,8 @@ import yarl
 from asyncpg.pool import PoolConnectionProxy
 
 from bot.core.eta import Timing
-from bot.storage.base import SchemaTooNew, StorageUnavailable
+from bot.storage.base import GpuSeconds, SchemaTooNew, StorageUnavailable
+from bot.storage.job_rows import BILLED, GPU_SECONDS, SPLIT_GPU_SECONDS
 from bot.storage.postgres_jobs import (
     UNAVAILABLE_ERRORS,
     Clock,
@@ -34,9 +35,6 @@ POOL_SIZE = 10
 # Two processes starting at once must not both migrate: the first holds this lock (taken per
 # schema, inside each migration's transaction) and the second then finds nothing to do.
 MIGRATION_LOCK_CLASS = 0x616E696D
-# GPU seconds of a job: its last run, plus runs made again after their output expired.
-_GPU_SECONDS = "COALESCE(predict_time, 0) + earlier_predict_time"
-_BILLED = "(predict_time IS NOT NULL OR earlier_predict_time > 0)"
 
 
 def url_problem(url: str) -> str | None:
@@ -240,37 +238,38 @@ class PostgresStore(PostgresJobRecords):
         )
         return int(row[0]) if row else 0
 
-    async def gpu_seconds_since(self, guild_id: int, since: float) -> float:
-        """Sum the GPU seconds of a server's requests made since `since`."""
+    async def gpu_seconds_since(self, guild_id: int, since: float) -> GpuSeconds:
+        """Sum the GPU seconds of a server's requests made since `since`, per backend kind."""
         row = await self._fetchrow(
-            f"SELECT COALESCE(SUM({_GPU_SECONDS}), 0) FROM jobs "
-            "WHERE guild_id = $1 AND created_at >= $2",
+            f"SELECT {SPLIT_GPU_SECONDS} FROM jobs WHERE guild_id = $1 AND created_at >= $2",
             guild_id,
             since,
         )
-        return float(row[0]) if row else 0.0
+        return GpuSeconds(float(row[0]), float(row[1])) if row else GpuSeconds()
 
-    async def usage_by_day(self, guild_id: int, since: float) -> list[tuple[int, int, float]]:
+    async def usage_by_day(self, guild_id: int, since: float) -> list[tuple[int, int, GpuSeconds]]:
         """Return (UTC day number, predictions, GPU seconds) per day since `since`."""
         rows = await self._fetch(
-            f"SELECT FLOOR(created_at / 86400)::bigint AS day, COUNT(*), SUM({_GPU_SECONDS}) "
-            f"FROM jobs WHERE guild_id = $1 AND created_at >= $2 AND {_BILLED} "
-            "GROUP BY day ORDER BY day",
+            "SELECT FLOOR(created_at / 86400)::bigint AS day, COUNT(*), "
+            f"{SPLIT_GPU_SECONDS} FROM jobs WHERE guild_id = $1 AND created_at >= $2 "
+            f"AND {BILLED} GROUP BY day ORDER BY day",
             guild_id,
             since,
         )
-        return [(int(d), int(n), float(g)) for d, n, g in rows]
+        return [(int(d), int(n), GpuSeconds(float(r), float(o))) for d, n, r, o in rows]
 
-    async def usage_by_member(self, guild_id: int, since: float) -> list[tuple[int, int, float]]:
-        """Return (member id, predictions, GPU seconds) since `since`, biggest spender first."""
+    async def usage_by_member(
+        self, guild_id: int, since: float
+    ) -> list[tuple[int, int, GpuSeconds]]:
+        """Return (member id, predictions, GPU seconds) since `since`, most GPU seconds first."""
         rows = await self._fetch(
-            f"SELECT requester_id, COUNT(*), SUM({_GPU_SECONDS}) AS gpu FROM jobs "
-            f"WHERE guild_id = $1 AND created_at >= $2 AND {_BILLED} "
-            "GROUP BY requester_id ORDER BY gpu DESC, requester_id",
+            f"SELECT requester_id, COUNT(*), {SPLIT_GPU_SECONDS} FROM jobs "
+            f"WHERE guild_id = $1 AND created_at >= $2 AND {BILLED} "
+            f"GROUP BY requester_id ORDER BY SUM({GPU_SECONDS}) DESC, requester_id",
             guild_id,
             since,
         )
-        return [(int(m), int(n), float(g)) for m, n, g in rows]
+        return [(int(m), int(n), GpuSeconds(float(r), float(o))) for m, n, r, o in rows]
 
 
 async def _version(connection: PoolConnectionProxy) -> int:

@@ -11,9 +11,9 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from bot.core.jobs import GenerationRequest, Job, JobStatus
-from bot.core.redaction import scrub
 from bot.storage.base import InvalidTransition, StorageUnavailable
 from bot.storage.job_rows import JOB_COLUMNS, MAX_JOB_ID, UNFINISHED, job_from_row
+from bot.storage.job_transitions import Increment, JobTransitions, KeepPredictTime
 
 Clock = Callable[[], float]
 
@@ -35,15 +35,7 @@ UNAVAILABLE_ERRORS = (
 ACQUIRE_TIMEOUT_SECONDS = 10.0
 
 
-class _Increment:
-    """A column change that adds one to the stored value."""
-
-
-class _KeepPredictTime:
-    """A column change that adds the stored predict_time (the GPU time already paid for)."""
-
-
-class PostgresJobRecords:
+class PostgresJobRecords(JobTransitions):
     """Every job and every change of its state; all SQL here is parameterised."""
 
     def __init__(self, pool: asyncpg.Pool, *, clock: Clock = time.time) -> None:
@@ -127,104 +119,6 @@ class PostgresJobRecords:
         )
         return [job_from_row(row) for row in rows]
 
-    async def set_request_message(self, job_id: int, message_id: int) -> Job:
-        """Remember the message that shows the request's status; its token is no longer needed."""
-        return await self._update(
-            job_id, None, request_message_id=message_id, interaction_token=None
-        )
-
-    async def mark_submitted(self, job_id: int) -> Job:
-        """Queued -> submitted: written before the create request is sent."""
-        return await self._update(
-            job_id, (JobStatus.QUEUED,), status=JobStatus.SUBMITTED, submitted_at=self._clock()
-        )
-
-    async def mark_running(self, job_id: int, prediction_id: str) -> Job:
-        """Submitted -> running: the API accepted the prediction."""
-        return await self._update(
-            job_id,
-            (JobStatus.SUBMITTED, JobStatus.RUNNING),
-            status=JobStatus.RUNNING,
-            prediction_id=prediction_id,
-            started_at=self._clock(),
-        )
-
-    async def mark_delivering(
-        self, job_id: int, *, predict_time: float | None, model_version: str | None = None
-    ) -> Job:
-        """Running -> delivering: the prediction succeeded and the result is being posted."""
-        return await self._update(
-            job_id,
-            (JobStatus.RUNNING, JobStatus.DELIVERING),
-            status=JobStatus.DELIVERING,
-            predict_time=predict_time,
-            model_version=model_version,
-        )
-
-    async def mark_rerun(self, job_id: int) -> Job:
-        """Running or delivering -> submitted again: the output expired before it was posted."""
-        return await self._update(
-            job_id,
-            (JobStatus.RUNNING, JobStatus.DELIVERING),
-            status=JobStatus.SUBMITTED,
-            prediction_id=None,
-            # The first run was billed too: keep its GPU time for the usage figures.
-            earlier_predict_time=_KeepPredictTime(),
-            predict_time=None,
-            submitted_at=self._clock(),
-            started_at=None,
-            reruns=_Increment(),
-        )
-
-    async def mark_done(self, job_id: int, *, result_message_id: int) -> Job:
-        """Delivering -> done: the result message exists."""
-        return await self._update(
-            job_id,
-            (JobStatus.DELIVERING,),
-            status=JobStatus.DONE,
-            result_message_id=result_message_id,
-            completed_at=self._clock(),
-            interaction_token=None,
-        )
-
-    async def mark_failed(
-        self, job_id: int, error: str, *, predict_time: float | None = None
-    ) -> Job:
-        """Any unfinished state -> failed, with the reason shown to the requester.
-
-        `predict_time` is the GPU time a failed prediction was still billed for. The reason
-        may quote the API or an exception: it is stored with credentials masked.
-        """
-        billed = {} if predict_time is None else {"predict_time": predict_time}
-        return await self._update(
-            job_id,
-            tuple(JobStatus(s) for s in UNFINISHED),
-            status=JobStatus.FAILED,
-            error=scrub(error),
-            completed_at=self._clock(),
-            interaction_token=None,
-            **billed,
-        )
-
-    async def mark_canceled(
-        self, job_id: int, reason: str | None = None, *, predict_time: float | None = None
-    ) -> Job:
-        """A pending state -> canceled (with the GPU time billed before it stopped, if any)."""
-        billed = {} if predict_time is None else {"predict_time": predict_time}
-        return await self._update(
-            job_id,
-            (JobStatus.QUEUED, JobStatus.SUBMITTED, JobStatus.RUNNING),
-            status=JobStatus.CANCELED,
-            error=None if reason is None else scrub(reason),
-            completed_at=self._clock(),
-            interaction_token=None,
-            **billed,
-        )
-
-    async def mark_deleted(self, job_id: int) -> Job:
-        """Record that the result message was deleted."""
-        return await self._update(job_id, None, deleted=True)
-
     async def job_for_prediction(self, prediction_id: str) -> int | None:
         """Return the id of the job that owns a prediction, if any."""
         row = await self._fetchrow("SELECT id FROM jobs WHERE prediction_id = $1", prediction_id)
@@ -271,9 +165,9 @@ class PostgresJobRecords:
         params: list[Any] = [job_id]
         assignments = []
         for name, value in changes.items():
-            if isinstance(value, _Increment):
+            if isinstance(value, Increment):
                 assignments.append(f"{name} = {name} + 1")
-            elif isinstance(value, _KeepPredictTime):
+            elif isinstance(value, KeepPredictTime):
                 # The right-hand side reads the row as it was before this UPDATE.
                 assignments.append(f"{name} = {name} + COALESCE(predict_time, 0)")
             else:

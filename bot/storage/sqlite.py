@@ -9,7 +9,8 @@ from pathlib import Path
 import aiosqlite
 
 from bot.core.eta import Timing
-from bot.storage.base import SchemaTooNew
+from bot.storage.base import GpuSeconds, SchemaTooNew
+from bot.storage.job_rows import BILLED, GPU_SECONDS, SPLIT_GPU_SECONDS
 from bot.storage.sqlite_jobs import Clock, SQLiteJobRecords
 from bot.storage.sqlite_migrations import MIGRATIONS
 
@@ -17,9 +18,6 @@ log = logging.getLogger(__name__)
 aiosqlite_log = logging.getLogger("aiosqlite")
 
 TIMINGS_KEPT = 100  # per model and step count; estimates read far fewer
-# GPU seconds of a job: its last run, plus runs made again after their output expired.
-_GPU_SECONDS = "COALESCE(predict_time, 0) + earlier_predict_time"
-_BILLED = "(predict_time IS NOT NULL OR earlier_predict_time > 0)"
 
 
 class SQLiteStore(SQLiteJobRecords):
@@ -173,34 +171,35 @@ class SQLiteStore(SQLiteJobRecords):
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
-    async def gpu_seconds_since(self, guild_id: int, since: float) -> float:
-        """Sum the GPU seconds of a server's requests made since `since`."""
+    async def gpu_seconds_since(self, guild_id: int, since: float) -> GpuSeconds:
+        """Sum the GPU seconds of a server's requests made since `since`, per backend kind."""
         async with self._db.execute(
-            f"SELECT COALESCE(SUM({_GPU_SECONDS}), 0) FROM jobs "
-            "WHERE guild_id = ? AND created_at >= ?",
+            f"SELECT {SPLIT_GPU_SECONDS} FROM jobs WHERE guild_id = ? AND created_at >= ?",
             (guild_id, since),
         ) as cursor:
             row = await cursor.fetchone()
-        return float(row[0]) if row else 0.0
+        return GpuSeconds(float(row[0]), float(row[1])) if row else GpuSeconds()
 
-    async def usage_by_day(self, guild_id: int, since: float) -> list[tuple[int, int, float]]:
+    async def usage_by_day(self, guild_id: int, since: float) -> list[tuple[int, int, GpuSeconds]]:
         """Return (UTC day number, predictions, GPU seconds) per day since `since`."""
         async with self._db.execute(
-            f"SELECT CAST(created_at / 86400 AS INTEGER) AS day, COUNT(*), SUM({_GPU_SECONDS}) "
-            f"FROM jobs WHERE guild_id = ? AND created_at >= ? AND {_BILLED} "
+            "SELECT CAST(created_at / 86400 AS INTEGER) AS day, COUNT(*), "
+            f"{SPLIT_GPU_SECONDS} FROM jobs WHERE guild_id = ? AND created_at >= ? AND {BILLED} "
             "GROUP BY day ORDER BY day",
             (guild_id, since),
         ) as cursor:
             rows = await cursor.fetchall()
-        return [(int(d), int(n), float(g)) for d, n, g in rows]
+        return [(int(d), int(n), GpuSeconds(float(r), float(o))) for d, n, r, o in rows]
 
-    async def usage_by_member(self, guild_id: int, since: float) -> list[tuple[int, int, float]]:
-        """Return (member id, predictions, GPU seconds) since `since`, biggest spender first."""
+    async def usage_by_member(
+        self, guild_id: int, since: float
+    ) -> list[tuple[int, int, GpuSeconds]]:
+        """Return (member id, predictions, GPU seconds) since `since`, most GPU seconds first."""
         async with self._db.execute(
-            f"SELECT requester_id, COUNT(*), SUM({_GPU_SECONDS}) AS gpu FROM jobs "
-            f"WHERE guild_id = ? AND created_at >= ? AND {_BILLED} "
-            "GROUP BY requester_id ORDER BY gpu DESC, requester_id",
+            f"SELECT requester_id, COUNT(*), {SPLIT_GPU_SECONDS} FROM jobs "
+            f"WHERE guild_id = ? AND created_at >= ? AND {BILLED} "
+            f"GROUP BY requester_id ORDER BY SUM({GPU_SECONDS}) DESC, requester_id",
             (guild_id, since),
         ) as cursor:
             rows = await cursor.fetchall()
-        return [(int(m), int(n), float(g)) for m, n, g in rows]
+        return [(int(m), int(n), GpuSeconds(float(r), float(o))) for m, n, r, o in rows]

@@ -9,25 +9,17 @@ from typing import Any
 import aiosqlite
 
 from bot.core.jobs import GenerationRequest, Job, JobStatus
-from bot.core.redaction import scrub
 from bot.storage.base import InvalidTransition
 from bot.storage.job_rows import JOB_COLUMNS as _COLUMNS
 from bot.storage.job_rows import MAX_JOB_ID as MAX_ROWID
 from bot.storage.job_rows import UNFINISHED as _UNFINISHED
 from bot.storage.job_rows import job_from_row as _job_from_row
+from bot.storage.job_transitions import Increment, JobTransitions, KeepPredictTime
 
 Clock = Callable[[], float]
 
 
-class _Increment:
-    """A column change that adds one to the stored value."""
-
-
-class _KeepPredictTime:
-    """A column change that adds the stored predict_time (the GPU time already paid for)."""
-
-
-class SQLiteJobRecords:
+class SQLiteJobRecords(JobTransitions):
     """Every job and every change of its state; all SQL here is parameterised."""
 
     def __init__(self, db: aiosqlite.Connection, *, clock: Clock = time.time) -> None:
@@ -94,104 +86,6 @@ class SQLiteJobRecords:
             rows = await cursor.fetchall()
         return [_job_from_row(row) for row in rows]
 
-    async def set_request_message(self, job_id: int, message_id: int) -> Job:
-        """Remember the message that shows the request's status; its token is no longer needed."""
-        return await self._update(
-            job_id, None, request_message_id=message_id, interaction_token=None
-        )
-
-    async def mark_submitted(self, job_id: int) -> Job:
-        """Queued -> submitted: written before the create request is sent."""
-        return await self._update(
-            job_id, (JobStatus.QUEUED,), status=JobStatus.SUBMITTED, submitted_at=self._clock()
-        )
-
-    async def mark_running(self, job_id: int, prediction_id: str) -> Job:
-        """Submitted -> running: the API accepted the prediction."""
-        return await self._update(
-            job_id,
-            (JobStatus.SUBMITTED, JobStatus.RUNNING),
-            status=JobStatus.RUNNING,
-            prediction_id=prediction_id,
-            started_at=self._clock(),
-        )
-
-    async def mark_delivering(
-        self, job_id: int, *, predict_time: float | None, model_version: str | None = None
-    ) -> Job:
-        """Running -> delivering: the prediction succeeded and the result is being posted."""
-        return await self._update(
-            job_id,
-            (JobStatus.RUNNING, JobStatus.DELIVERING),
-            status=JobStatus.DELIVERING,
-            predict_time=predict_time,
-            model_version=model_version,
-        )
-
-    async def mark_rerun(self, job_id: int) -> Job:
-        """Running or delivering -> submitted again: the output expired before it was posted."""
-        return await self._update(
-            job_id,
-            (JobStatus.RUNNING, JobStatus.DELIVERING),
-            status=JobStatus.SUBMITTED,
-            prediction_id=None,
-            # The first run was billed too: keep its GPU time for the usage figures.
-            earlier_predict_time=_KeepPredictTime(),
-            predict_time=None,
-            submitted_at=self._clock(),
-            started_at=None,
-            reruns=_Increment(),
-        )
-
-    async def mark_done(self, job_id: int, *, result_message_id: int) -> Job:
-        """Delivering -> done: the result message exists."""
-        return await self._update(
-            job_id,
-            (JobStatus.DELIVERING,),
-            status=JobStatus.DONE,
-            result_message_id=result_message_id,
-            completed_at=self._clock(),
-            interaction_token=None,
-        )
-
-    async def mark_failed(
-        self, job_id: int, error: str, *, predict_time: float | None = None
-    ) -> Job:
-        """Any unfinished state -> failed, with the reason shown to the requester.
-
-        `predict_time` is the GPU time a failed prediction was still billed for. The reason
-        may quote the API or an exception: it is stored with credentials masked.
-        """
-        billed = {} if predict_time is None else {"predict_time": predict_time}
-        return await self._update(
-            job_id,
-            tuple(JobStatus(s) for s in _UNFINISHED),
-            status=JobStatus.FAILED,
-            error=scrub(error),
-            completed_at=self._clock(),
-            interaction_token=None,
-            **billed,
-        )
-
-    async def mark_canceled(
-        self, job_id: int, reason: str | None = None, *, predict_time: float | None = None
-    ) -> Job:
-        """A pending state -> canceled (with the GPU time billed before it stopped, if any)."""
-        billed = {} if predict_time is None else {"predict_time": predict_time}
-        return await self._update(
-            job_id,
-            (JobStatus.QUEUED, JobStatus.SUBMITTED, JobStatus.RUNNING),
-            status=JobStatus.CANCELED,
-            error=None if reason is None else scrub(reason),
-            completed_at=self._clock(),
-            interaction_token=None,
-            **billed,
-        )
-
-    async def mark_deleted(self, job_id: int) -> Job:
-        """Record that the result message was deleted."""
-        return await self._update(job_id, None, deleted=1)
-
     async def job_for_prediction(self, prediction_id: str) -> int | None:
         """Return the id of the job that owns a prediction, if any."""
         async with self._db.execute(
@@ -238,7 +132,7 @@ class SQLiteJobRecords:
         params: list[Any] = [
             value.value if isinstance(value, JobStatus) else value
             for value in changes.values()
-            if not isinstance(value, _Increment | _KeepPredictTime)
+            if not isinstance(value, Increment | KeepPredictTime)
         ]
         sql = f"UPDATE jobs SET {assignments} WHERE id = ?"
         params.append(job_id)
@@ -260,8 +154,8 @@ class SQLiteJobRecords:
 
 def _assignment(name: str, value: object) -> str:
     """One `column = ...` of an UPDATE; SQLite reads the old row on the right-hand side."""
-    if isinstance(value, _Increment):
+    if isinstance(value, Increment):
         return f"{name} = {name} + 1"
-    if isinstance(value, _KeepPredictTime):
+    if isinstance(value, KeepPredictTime):
         return f"{name} = {name} + COALESCE(predict_time, 0)"
     return f"{name} = ?"

@@ -126,6 +126,11 @@ def stage_line(update: JobStatusUpdate) -> str:
                 "⚠️ The animation service is unavailable right now; your request is waiting"
                 f"{place} and will continue by itself."
             )
+        case Stage.STORE_UNAVAILABLE:
+            return (
+                "⚠️ The bot's database is not answering; your request is safe and will go on "
+                "when it is back."
+            )
 
 
 QUEUE_EMPTY_TEXT = (
@@ -150,6 +155,8 @@ def short_stage(update: JobStatusUpdate) -> str:
             return "uploading"
         case Stage.UNAVAILABLE:
             return "waiting for the animation service"
+        case Stage.STORE_UNAVAILABLE:
+            return "waiting for the bot's database"
 
 
 def queue_text(

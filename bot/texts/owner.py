@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 from bot.core.jobs import Job, JobStatus
 from bot.owner.guild_settings import GuildSettings
-from bot.owner.quotas import UsageReport
+from bot.owner.quotas import Prices, UsageReport
 from bot.owner.setting_specs import LIST_SETTINGS, SETTINGS
+from bot.storage.base import GpuSeconds
 from bot.texts.member import CONTENT_LIMIT, DESCRIPTION_LIMIT, quote, shorten
 
 CHANGED_MARK = " ✱"
@@ -82,41 +83,90 @@ def _day(unix: float) -> str:
     return datetime.fromtimestamp(unix, tz=UTC).strftime("%Y-%m-%d")
 
 
-def _cost(seconds: float, price: float) -> str:
+def _cost(dollars: float) -> str:
     """An estimated cost in dollars."""
-    return f"${seconds * price:,.2f}"
+    return f"${dollars:,.2f}"
+
+
+def _spent(gpu: GpuSeconds, prices: Prices, *, split: bool, row: bool = False) -> str:
+    """GPU seconds and their estimated cost; per backend kind when `split`.
+
+    A `row` of the per-day or per-member lists is terse (the first lines say what is free),
+    so that 30 days and 15 members fit in one embed.
+    """
+    if not split:
+        return f"{gpu.total:,.1f} s · {_cost(prices.cost(gpu))}"
+    replicate_cost = _cost(gpu.replicate * prices.replicate)
+    own_cost = "" if prices.own_is_free else _cost(gpu.own * prices.own)
+    if row:
+        own = f"own {gpu.own:,.1f} s" + (f" {own_cost}" if own_cost else "")
+        return f"Replicate {gpu.replicate:,.1f} s {replicate_cost} · {own}"
+    own = f"≈ {own_cost}" if own_cost else "(free)"
+    return f"Replicate {gpu.replicate:,.1f} s ≈ {replicate_cost} · own GPUs {gpu.own:,.1f} s {own}"
+
+
+def _price_note(prices: Prices, *, split: bool) -> str:
+    """How the cost is estimated, for the report's first line."""
+    note = f"cost estimated at ${prices.replicate:g} per GPU second"
+    if not split:
+        return note
+    own = "nothing" if prices.own_is_free else f"${prices.own:g}"
+    return f"{note} on Replicate and {own} on your own GPUs"
+
+
+def _today_text(report: UsageReport, *, split: bool) -> str:
+    """Today's GPU seconds against the daily budget (which counts only paid seconds)."""
+    today, budget = report.today, report.daily_budget
+    if not budget:
+        if not split:
+            return f"Today: {today.total:,.1f} GPU seconds (no daily budget)."
+        spent = _spent(today, report.prices, split=True)
+        return f"Today: {today.total:,.1f} GPU seconds ({spent}; no daily budget)."
+    of_budget = (
+        f"{report.today_budgeted:,.1f} of the {budget:g} GPU seconds the server may use per day"
+    )
+    if not split:
+        return f"Today: {of_budget}."
+    spent = _spent(today, report.prices, split=True)
+    if report.prices.own_is_free:
+        return f"Today: {spent}. The daily budget counts only paid seconds: {of_budget}."
+    return f"Today: {of_budget} ({spent})."
 
 
 def usage_text(report: UsageReport) -> str:
-    """A server's spending: totals, today against the budget, per day, per member."""
-    price = report.price_per_second
+    """A server's spending: totals, today against the budget, per day, per member.
+
+    With work on the bot's own GPUs in the period, every figure is split by backend kind.
+    """
+    prices, split = report.prices, report.uses_own_gpus
+    gpu = report.gpu
+    total = (
+        f"Total: {report.predictions} prediction{'' if report.predictions == 1 else 's'} · "
+        f"{gpu.total:,.1f} GPU seconds · "
+        f"≈ {_cost(prices.cost(gpu))}"
+    )
+    if split:
+        total += f": {_spent(gpu, prices, split=True)}"
     lines = [
         f"**Since {_day(report.since)}** (days are UTC; GPU time as the prediction API "
-        f"reports it; cost estimated at ${price:g} per GPU second)",
-        f"Total: {report.predictions} predictions · {report.gpu_seconds:,.1f} GPU seconds · "
-        f"≈ {_cost(report.gpu_seconds, price)}",
+        f"reports it; {_price_note(prices, split=split)})",
+        total,
+        _today_text(report, split=split),
     ]
-    if report.daily_budget:
-        lines.append(
-            f"Today: {report.today_gpu_seconds:,.1f} of the {report.daily_budget:g} GPU seconds "
-            "the server may use per day."
-        )
-    else:
-        lines.append(f"Today: {report.today_gpu_seconds:,.1f} GPU seconds (no daily budget).")
     if not report.days:
         lines.append("No predictions in this period.")
         return "\n".join(lines)
     lines.append("\n**Per day**")
     lines += [
-        f"{_day(day.day_start)} · {day.predictions} · {day.gpu_seconds:,.1f} s · "
-        f"{_cost(day.gpu_seconds, price)}"
+        f"{_day(day.day_start)} · {day.predictions} · "
+        f"{_spent(day.gpu, prices, split=split, row=True)}"
         for day in reversed(report.days)
     ]
     lines.append("\n**Per member**")
     for member in report.members[:MEMBERS_SHOWN]:
         lines.append(
-            f"<@{member.member_id}> · {member.predictions} · {member.gpu_seconds:,.1f} s · "
-            f"{_cost(member.gpu_seconds, price)}"
+            f"<@{member.member_id}> · {member.predictions} · "
+            f"{_spent(member.gpu, prices, split=split, row=True)}"
         )
     if len(report.members) > MEMBERS_SHOWN:
         lines.append(f"…and {len(report.members) - MEMBERS_SHOWN} more members.")

@@ -1,4 +1,5 @@
-"""End to end on the bot's own GPU: /animate, the status line and /animate-queue say where it runs.
+"""End to end on the bot's own GPU: /animate, the status line, /animate-queue and
+/animate-usage say where it ran.
 
 The real bot with COG_URLS naming a real Cog server (PyPI `cog`) and no Replicate token; its
 callbacks and the metrics endpoints share the one listener of WEBHOOK_LISTEN_PORT.
@@ -16,8 +17,11 @@ from tests.cog_servers import SAMPLE, CogServerProcess, start_all
 from tests.e2e.conftest import ALICE, CHANNEL_A, GUILD_A, World
 from tests.e2e.harness import BotProcess
 from tests.e2e.test_cog_crash_recovery import cog_environment
-from tests.fakes.discord import FakeDiscord, FakeInteraction
+from tests.fakes.discord import DEFAULT_MEMBER_PERMISSIONS, FakeDiscord, FakeInteraction
 from tests.fakes.predictions import FakePredictionAPI
+
+OWNER = 900_000_000_000_000_010
+MANAGE_GUILD = 1 << 5
 
 
 async def queue_view(world: World) -> str:
@@ -38,6 +42,9 @@ async def gpu_world(tmp_path: Path) -> AsyncIterator[World]:
     await api.start()
     discord.add_guild(GUILD_A, name="Alpha", channel_ids=[CHANNEL_A])
     discord.add_member(GUILD_A, ALICE, name="alice")
+    discord.add_member(
+        GUILD_A, OWNER, name="owner", permissions=DEFAULT_MEMBER_PERMISSIONS | MANAGE_GUILD
+    )
     env = cog_environment(discord, api, [gpu], tmp_path / "state", webhooks=True)
     env.update(METRICS_LISTEN_HOST="127.0.0.1", METRICS_LISTEN_PORT=env["WEBHOOK_LISTEN_PORT"])
     bot = BotProcess(env, tmp_path)
@@ -72,3 +79,14 @@ async def test_a_request_runs_on_the_named_gpu_and_says_so(gpu_world: World) -> 
     fields = {field["name"]: field["value"] for field in result.embeds[0]["fields"]}
     assert fields["Seed"] == "3" and "Note" not in fields
     assert world.api.creates == 0
+    await world.job_reaches("done")
+    # The GPU time is the own GPU's, free at the default COG_PRICE_PER_GPU_SECOND.
+    usage: FakeInteraction = await world.discord.invoke_command(
+        "animate-usage", {}, guild_id=GUILD_A, channel_id=CHANNEL_A, user_id=OWNER
+    )
+    original = await world.discord.wait_for(lambda: usage.original)
+    text = str(original.embeds[0]["description"])
+    assert "Total: 1 prediction · " in text, text
+    # The server sleeps 8 s per prediction: what it reports as predict_time.
+    assert "· ≈ $0.00: Replicate 0.0 s ≈ $0.00 · own GPUs 8." in text, text
+    assert f"<@{ALICE}> · 1 · Replicate 0.0 s $0.00 · own 8." in text, text

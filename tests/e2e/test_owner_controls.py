@@ -229,18 +229,36 @@ async def test_channels_blocked_patterns_spoilers_and_age_restriction(world: Wor
     )
 
 
-async def test_the_daily_gpu_budget_stops_new_requests(world: World) -> None:
-    _owner(world)
-    await world.result_for(await world.request_message(await world.animate("warm-up")))
-    # Usage already recorded today: 300 GPU seconds (as if made earlier by another member).
+def _used_earlier(world: World, seconds: float, prediction_id: str) -> None:
+    """Record a request of Bob's made today that ran for `seconds` as `prediction_id`."""
     with contextlib.closing(sqlite3.connect(world.bot.env["DATABASE_PATH"])) as db:
         db.execute(
             "INSERT INTO jobs (guild_id, channel_id, requester_id, input_json, seed, status, "
-            "predict_time, created_at, updated_at) VALUES (?, ?, ?, ?, 1, 'done', 300, ?, ?)",
-            (GUILD_A, CHANNEL_A, BOB, json.dumps({"prompt": "x", "seed": 1}), time.time(), 0),
+            "prediction_id, predict_time, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, 1, 'done', ?, ?, ?, ?)",
+            (
+                GUILD_A,
+                CHANNEL_A,
+                BOB,
+                json.dumps({"prompt": "x", "seed": 1}),
+                prediction_id,
+                seconds,
+                time.time(),
+                0,
+            ),
         )
         db.commit()
+
+
+async def test_the_daily_gpu_budget_stops_new_requests(world: World) -> None:
+    _owner(world)
+    await world.result_for(await world.request_message(await world.animate("warm-up")))
     await config(world, "set", {"setting": "daily_gpu_seconds", "value": "300"})
+    # 400 s on the bot's own GPU (free at the default COG_PRICE_PER_GPU_SECOND): not counted.
+    _used_earlier(world, 400, "cog:gpu-a:job-90-r0")
+    await world.result_for(await world.request_message(await world.animate("free", user=ALICE)))
+    # 300 s on Replicate (as if made earlier by another member): the paid budget is spent.
+    _used_earlier(world, 300, "replicate-prediction-91")
     text = await refused(world, await world.animate("one more", user=ALICE))
     assert text.startswith("This server has used its 300 GPU seconds for today, so nothing more")
     assert "(midnight UTC)" in text
@@ -255,9 +273,12 @@ async def test_the_daily_gpu_budget_stops_new_requests(world: World) -> None:
         ),
         world,
     )
-    assert "Total: 2 predictions · 300." in usage
+    assert "Total: 4 predictions · 70" in usage
+    assert "$0.000725 per GPU second on Replicate and nothing on your own GPUs)" in usage
+    assert "· own GPUs 400.0 s (free)\nToday: Replicate 30" in usage
+    assert "The daily budget counts only paid seconds: 30" in usage
     assert "of the 300 GPU seconds the server may use per day" in usage
-    assert f"<@{BOB}> · 1 · 300.0 s · $0.22" in usage  # 300 s at $0.000725
+    assert f"<@{BOB}> · 2 · Replicate 300.0 s $0.22 · own 400.0 s\n" in usage  # at $0.000725
     denied = await _reply(
         await world.discord.invoke_command(
             "animate-usage", {}, guild_id=GUILD_A, channel_id=CHANNEL_A, user_id=BOB

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import itertools
@@ -515,6 +516,11 @@ class FakeDiscord(LocalServer):
         self._closed_dms: set[int] = set()
         self._upload_limits: dict[int, int] = {}
         self._faults: list[_Fault] = []
+        # Discord's global limit: requests a second per bot token (50 on Discord; None: off).
+        # Interaction callbacks and webhooks are not bound by it, as on Discord.
+        self.global_limit: int | None = None
+        self.global_429s = 0
+        self._bot_request_times: collections.deque[float] = collections.deque()
         self._sessions: dict[str, _Session] = {}
         self._latest: _Session | None = None  # the session identified last
         self._connections: set[_Connection] = set()
@@ -1408,9 +1414,35 @@ class FakeDiscord(LocalServer):
                     continue
                 if needs_auth and req.raw.headers.get("Authorization") != f"Bot {self.token}":
                     return _error(401, "401: Unauthorized")
+                if needs_auth and (throttled := self._over_global_limit()) is not None:
+                    return throttled
                 return await handler(req, match)
         self.unknown_routes.append(req.record)
         return _error(404, "404: Not Found")
+
+    def _over_global_limit(self) -> web.Response | None:
+        """A global 429 if this bot request is one too many for the last second, else None."""
+        if self.global_limit is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        times = self._bot_request_times
+        while times and times[0] <= now - 1.0:
+            times.popleft()
+        if len(times) < self.global_limit:
+            times.append(now)
+            return None
+        self.global_429s += 1
+        retry_after = round(max(0.001, times[0] + 1.0 - now), 3)
+        return _json_response(
+            {"message": "You are being rate limited.", "retry_after": retry_after, "global": True},
+            status=429,
+            headers={
+                "Retry-After": str(retry_after),
+                "X-RateLimit-Global": "true",
+                "X-RateLimit-Scope": "global",
+                "Via": "1.1 google",
+            },
+        )
 
     async def _parse_request(self, request: web.Request, path: str) -> _Request:
         """Parse the JSON or multipart body of a request."""
