@@ -134,6 +134,29 @@ async def test_cut_before_running_is_stored_waits_with_a_note_and_delivers_once(
     assert shown[notes(reporter, job.id)[-1] + 1 :], "the note stayed after the database returned"
 
 
+async def test_a_bot_stopped_while_a_job_waits_resumes_it_once_the_database_is_back(
+    db: RelayedStore,
+    client: PredictionClient,
+    prediction_api: FakePredictionAPI,
+    reporter: RecordingReporter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gate = asyncio.Event()
+    prediction_api.next_behaviours.append(Behaviour(hold=gate))
+    async with started_scheduler(db.store, client, reporter) as scheduler:
+        job = await submit(scheduler, reporter=reporter)
+        await prediction_api.wait_for(lambda: prediction_api.latest.status == "processing")
+        await db.relay.cut()
+        gate.set()
+        await reporter.wait_for(lambda: notes(reporter, job.id))
+    # Stopped while it waited: still `submitted`, though its prediction ended (and was paid).
+    assert await db.status(job.id) is JobStatus.SUBMITTED
+    await db.relay.start()
+    async with started_scheduler(db.store, client, reporter) as scheduler:
+        await finished(scheduler)  # found its prediction in the API's list, not made again
+    await assert_delivered_once(db, reporter, prediction_api, job.id, caplog)
+
+
 async def test_cut_before_delivering_is_stored_waits_with_a_note_and_delivers_once(
     db: RelayedStore,
     http: aiohttp.ClientSession,

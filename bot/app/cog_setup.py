@@ -48,6 +48,7 @@ class CogSetup:
             uploads_dir=settings.database_path.parent / "cog-uploads",
             health_interval=settings.cog_health_check_seconds,
             hold_timeout=settings.prediction_timeout_seconds + 60,
+            max_bytes=settings.max_download_bytes,
             metrics=metrics,
         )
         if settings.cog_callback_url is not None:

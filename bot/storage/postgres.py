@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 TIMINGS_KEPT = 100  # per model and step count; estimates read far fewer
 CONNECT_TIMEOUT_SECONDS = 10.0
+COMMAND_TIMEOUT_SECONDS = 30.0
 POOL_SIZE = 10
 # Two processes starting at once must not both migrate: the first holds this lock (taken per
 # schema, inside each migration's transaction) and the second then finds nothing to do.
@@ -68,6 +69,9 @@ async def create_pool(url: str, *, size: int = POOL_SIZE) -> asyncpg.Pool:
         min_size=0,
         max_size=size,
         timeout=CONNECT_TIMEOUT_SECONDS,
+        # A server gone silent (no reset, no close) would hold a call until TCP gives up; a
+        # timed-out write that did commit is read back by the job's retry (store_outage).
+        command_timeout=COMMAND_TIMEOUT_SECONDS,
     )
     try:
         await pool

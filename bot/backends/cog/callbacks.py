@@ -3,26 +3,37 @@
 Cog signs neither, so each prediction's webhook path carries its own secret token, and an
 upload must name (in `X-Prediction-Id`) the server id of a prediction the bot placed, which
 carries a keyed hash. Anything else, or anything for a prediction that has ended, answers 404
-with nothing acted on or stored. Bodies are read in chunks against the download cap (a
-`completed` webhook holds the whole `data:` URI, far above aiohttp's 1 MiB default).
+before a byte of its body is read, and the connection is closed. Bodies are read in chunks
+against the download cap (a `completed` webhook holds the whole `data:` URI, far above
+aiohttp's 1 MiB default); a Content-Length over it is refused at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import yarl
 from aiohttp import web
 
+from bot.backends.cog.outputs import data_answer_limit
 from bot.backends.cog.pool import CogPool
 
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _CHUNK = 256 * 1024
+_WRITE_BATCH = 4 * 1024 * 1024  # bytes gathered before one write in a thread
+_PARSE_IN_THREAD = 8 * 1024 * 1024  # a body this big is parsed off the event loop
+FILES_PER_PREDICTION = 4  # the model makes one MP4; a few more leave room, not a disk
 
 
 class TooLarge(Exception):
@@ -37,8 +48,8 @@ class CogCallbacks:
         self._base = callback_url.rstrip("/")
         self._prefix = yarl.URL(self._base).path.rstrip("/")
         self._max_bytes = max_bytes
-        # A data: URI is 4/3 of the file, plus the logs and the rest of the prediction.
-        self._max_webhook = max_bytes * 4 // 3 + 4 * 1024 * 1024
+        self._max_webhook = data_answer_limit(max_bytes)
+        self._uploading: Counter[str] = Counter()  # token -> uploads being received
         # Served by start() when no other listener takes the routes (share them with routes()).
         self.app = web.Application()
         self.app.add_routes(self.routes())
@@ -70,10 +81,18 @@ class CogCallbacks:
     async def webhook(self, request: web.Request) -> web.Response:
         """Take a prediction's progress or end, if the token is a running prediction's."""
         token = request.match_info["token"]
+        if not self._pool.expects_webhook(token):
+            return _refuse(404, "unknown")
+        if _declared_over(request, self._max_webhook):
+            return _refuse(413, "too large")
         try:
-            body = json.loads(await _read(request, self._max_webhook))
+            raw = b"".join([chunk async for chunk in _chunks(request, self._max_webhook)])
+            if len(raw) > _PARSE_IN_THREAD:
+                body = await asyncio.to_thread(json.loads, raw)
+            else:
+                body = json.loads(raw)
         except TooLarge:
-            return web.Response(status=413, text="too large\n")
+            return _refuse(413, "too large")
         except ValueError:
             return web.Response(status=400, text="not JSON\n")
         if not self._pool.take_webhook(token, body):
@@ -82,41 +101,84 @@ class CogCallbacks:
 
     async def upload(self, request: web.Request) -> web.Response:
         """Store an output file for a running prediction of ours and say where it lives."""
-        tracked = self._pool.upload_target(request.headers.get("X-Prediction-Id", ""))
+        server_id = request.headers.get("X-Prediction-Id", "")
+        tracked = self._pool.upload_target(server_id)
         if tracked is None:
-            return web.Response(status=404, text="unknown\n")
+            return _refuse(404, "unknown")
+        if len(tracked.files) + self._uploading[tracked.token] >= FILES_PER_PREDICTION:
+            return _refuse(429, "too many files")
+        if _declared_over(request, self._max_bytes):
+            return _refuse(413, "too large")
         name = _UNSAFE.sub("_", Path(request.match_info["name"]).name).lstrip(".")[:100]
         folder = self._pool.uploads_dir / tracked.token
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / (name or "output")
+        # A leading dot: never the name of a finished upload (those are stripped of it).
+        partial = folder / f".{uuid.uuid4().hex}.part"
+        self._uploading[tracked.token] += 1
         try:
-            await _stream_to(request, path, self._max_bytes)
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+            await _stream_to(request, partial, self._max_bytes)
+            if self._pool.upload_target(server_id) is not tracked:
+                return _refuse(404, "ended")  # it ended (or was lost) while this arrived
+            await asyncio.to_thread(partial.replace, path)
         except TooLarge:
-            path.unlink(missing_ok=True)
-            return web.Response(status=413, text="too large\n")
+            return _refuse(413, "too large")
+        except (aiohttp.ClientError, ConnectionResetError) as exc:
+            log.warning("an upload for %s broke off: %s", tracked.state.id, exc)
+            raise
+        finally:
+            self._uploading[tracked.token] -= 1
+            if not self._uploading[tracked.token]:
+                del self._uploading[tracked.token]
+            await asyncio.to_thread(_discard_partial, partial, folder)
         url = f"{self._base}/uploads/{tracked.token}/{path.name}"
         tracked.files[url] = path
         return web.Response(status=201, headers={"Location": url}, text="stored\n")
 
 
-async def _read(request: web.Request, limit: int) -> bytes:
-    """The whole body, refusing more than `limit` bytes."""
-    chunks: list[bytes] = []
+def _refuse(status: int, text: str) -> web.Response:
+    """A refusal after which the connection closes, so an unread body is not waited for."""
+    response = web.Response(status=status, text=f"{text}\n")
+    response.force_close()
+    return response
+
+
+def _declared_over(request: web.Request, limit: int) -> bool:
+    """True if the request says its body is longer than `limit`."""
+    length = request.content_length
+    return length is not None and length > limit
+
+
+async def _chunks(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    """The body as it arrives, refusing more than `limit` bytes."""
     size = 0
     async for chunk in request.content.iter_chunked(_CHUNK):
         size += len(chunk)
         if size > limit:
             raise TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
 
 
 async def _stream_to(request: web.Request, path: Path, limit: int) -> None:
-    """Write the body to a file as it arrives, refusing more than `limit` bytes."""
-    size = 0
-    with path.open("wb") as file:
-        async for chunk in request.content.iter_chunked(_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge
-            file.write(chunk)
+    """Write the body to a file as it arrives (the writes in a thread), within `limit`."""
+    file = await asyncio.to_thread(path.open, "wb")
+    try:
+        batch: list[bytes] = []
+        gathered = 0
+        async for chunk in _chunks(request, limit):
+            batch.append(chunk)
+            gathered += len(chunk)
+            if gathered >= _WRITE_BATCH:
+                await asyncio.to_thread(file.write, b"".join(batch))
+                batch, gathered = [], 0
+        if batch:
+            await asyncio.to_thread(file.write, b"".join(batch))
+    finally:
+        await asyncio.to_thread(file.close)
+
+
+def _discard_partial(partial: Path, folder: Path) -> None:
+    """Remove an upload that did not finish, and its folder if nothing else is in it."""
+    partial.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # refused while not empty: another file of the prediction is there

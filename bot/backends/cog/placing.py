@@ -2,8 +2,10 @@
 
 202 (or 200, the answer of a PUT re-sent while it runs) places it; 409 means the server is
 busy with another prediction, 503 that it is not set up: either way another server is tried.
-Any other refusal is the input's fault and fails the job. An answer lost on the way is asked
-for again by the same PUT, which, while the prediction runs, answers its state.
+400 and 422 are the input's fault and fail the job. Any other answer (a redirect, 404 or 405
+from a wrong URL or an old cog) is the server's: it is refused and another is tried. An answer
+lost on the way is asked for again by the same PUT, which, while the prediction runs, answers
+its state.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from bot.backends.cog.servers import Answer, CogHTTP, CogServer, error_detail
 from bot.backends.cog.tracking import Tracked
 
 log = logging.getLogger(__name__)
+
+INPUT_REFUSED = frozenset({400, 422})  # the server read the input and would not run it
 
 
 async def put_with_webhook(
@@ -52,4 +56,16 @@ def read_placement(server: CogServer, tracked: Tracked, answer: Answer) -> Predi
         if answer.status == 503:
             server.health = "STARTING"  # setup is not done: no work until a check says READY
         return None
-    raise PredictionAPIError(error_detail(answer), status=answer.status)
+    if answer.status in INPUT_REFUSED:
+        raise PredictionAPIError(error_detail(answer), status=answer.status)
+    refuse_server(server, answer)
+    return None
+
+
+def refuse_server(server: CogServer, answer: Answer) -> None:
+    """Give no more work to a server that answers a create as no Cog server of ours would."""
+    server.refused = (
+        f"it answered {answer.status} to a prediction; "
+        "check its URL in COG_URLS and that it runs cog 0.23 or later"
+    )
+    log.error("Cog server %s is refused: %s", server.describe(), server.refused)

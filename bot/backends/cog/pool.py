@@ -62,6 +62,7 @@ class CogPool:
         health_interval: float = 2.0,
         request_timeout: float = 10.0,
         hold_timeout: float = 1860.0,
+        max_bytes: int = 100 * 1024 * 1024,
         metrics: BotMetrics | None = None,
     ) -> None:
         self.servers = [CogServer(name, url.rstrip("/")) for name, url in servers]
@@ -69,7 +70,7 @@ class CogPool:
         self._naming = Naming(secret)
         self.callback_url = callback_url.rstrip("/") if callback_url else None
         self.uploads_dir = uploads_dir
-        self._http = CogHTTP(session, timeout=request_timeout, metrics=metrics)
+        self._http = CogHTTP(session, timeout=request_timeout, max_bytes=max_bytes, metrics=metrics)
         self._running: dict[str, Tracked] = {}  # our id -> a prediction that has not ended
         self._by_token: dict[str, Tracked] = {}
         self._by_server_id: dict[str, Tracked] = {}
@@ -241,6 +242,11 @@ class CogPool:
             self._push(state)
         return True
 
+    def expects_webhook(self, token: str) -> bool:
+        """True if the token is a running prediction's that reports by webhook."""
+        tracked = self._by_token.get(token)
+        return tracked is not None and not tracked.held
+
     def upload_target(self, server_id: str) -> Tracked | None:
         """The running prediction an upload is for, if it is ours."""
         tracked = self._by_server_id.get(server_id)
@@ -294,7 +300,7 @@ class CogPool:
             return _lost(prediction_id, reason)  # its held request ended with the bot
         await self.health.check(server)
         if not server.usable:
-            return _lost(prediction_id, f"its GPU server is {server.health}")
+            return _lost(prediction_id, server.unavailable())
         found = await self._reattach(server, prediction_id, attempt.api_input)
         return found if found is not None else _lost(prediction_id, reason)
 

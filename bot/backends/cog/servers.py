@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from bot.backends.cog.outputs import data_answer_limit
 from bot.observability.metrics import BotMetrics
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,12 @@ MODEL_INPUTS = ("prompt", "n_prompt", "path", "motion_module", "steps", "guidanc
 USABLE = frozenset({"READY", "BUSY"})
 BROKEN = frozenset({"SETUP_FAILED", "DEFUNCT", "UNHEALTHY"})
 UNREACHABLE = "UNREACHABLE"
+SMALL_ANSWER = 1024 * 1024  # a health check, a schema or a cancel: never a data: output
+_CHUNK = 256 * 1024
+
+
+class AnswerTooLarge(aiohttp.ClientPayloadError):
+    """A server's answer was longer than its kind of request allows (read as no answer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +74,18 @@ class CogServer:
         """Idle and not being sent a create by another job."""
         return self.idle and not self.claimed
 
+    def unavailable(self) -> str:
+        """Why it cannot run a prediction now, in words a member may read."""
+        if self.refused is not None:
+            return "its GPU server was taken out of use"
+        if self.health == UNREACHABLE:
+            return "its GPU server does not answer"
+        if self.health in BROKEN:
+            return "its GPU server is broken"
+        if self.health in USABLE:
+            return "its GPU server is busy"
+        return "its GPU server is not ready yet"  # STARTING, or not yet checked
+
     def describe(self) -> str:
         """Its name and address, for the log and `animate-bot check`."""
         return f"{self.name} ({self.base_url})"
@@ -80,10 +99,12 @@ class CogHTTP:
         session: aiohttp.ClientSession,
         *,
         timeout: float = 10.0,
+        max_bytes: int = 100 * 1024 * 1024,
         metrics: BotMetrics | None = None,
     ) -> None:
         self._session = session
         self._timeout = timeout
+        self._max_data_answer = data_answer_limit(max_bytes)
         self._metrics = metrics if metrics is not None else BotMetrics()
 
     async def health(self, server: CogServer, *, timeout: float | None = None) -> Answer:
@@ -140,6 +161,8 @@ class CogHTTP:
         """One request, no retries (the pool decides what a failure means); aiohttp errors."""
         client_timeout = aiohttp.ClientTimeout(total=timeout or self._timeout)
         kind = _request_kind(path)
+        # Only a create's answer (a held POST's end, a re-sent PUT's state) carries outputs.
+        limit = self._max_data_answer if kind == "create" else SMALL_ANSWER
         try:
             async with self._session.request(
                 method,
@@ -149,7 +172,17 @@ class CogHTTP:
                 timeout=client_timeout,
                 allow_redirects=False,
             ) as response:
-                raw = await response.read()
+                raw = await _read_within(response, limit)
+        except AnswerTooLarge:
+            log.warning(
+                "Cog server %s: its answer to %s %s is over %d bytes: refused",
+                server.name,
+                method,
+                path,
+                limit,
+            )
+            self._metrics.api_request(kind, None, backend=server.name)
+            raise
         except (aiohttp.ClientError, TimeoutError):
             self._metrics.api_request(kind, None, backend=server.name)
             raise
@@ -159,6 +192,20 @@ class CogHTTP:
         except ValueError:
             parsed = None
         return Answer(response.status, parsed)
+
+
+async def _read_within(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The answer's body; AnswerTooLarge past `limit` bytes (said or sent)."""
+    if response.content_length is not None and response.content_length > limit:
+        raise AnswerTooLarge(f"answer over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise AnswerTooLarge(f"answer over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _request_kind(path: str) -> str:
@@ -189,7 +236,23 @@ def error_detail(answer: Answer) -> str:
     if isinstance(body, dict):
         for key in ("detail", "error"):
             value = body.get(key)
-            if value:
-                text = value if isinstance(value, str) else json.dumps(value)
+            text = _input_problems(value) if isinstance(value, list) else value
+            if text and isinstance(text, str):
                 return " ".join(text.split())[:300]
     return f"The GPU server answered {answer.status}."
+
+
+def _input_problems(details: list[object]) -> str | None:
+    """Validation errors (`[{"loc": [..., "steps"], "msg": ...}]`) as one sentence."""
+    problems: list[str] = []
+    for detail in details:
+        if not isinstance(detail, dict):
+            continue
+        loc, msg = detail.get("loc"), detail.get("msg")
+        if not isinstance(msg, str) or not msg.strip():
+            continue
+        name = loc[-1] if isinstance(loc, list) and loc else None
+        problems.append(f"{name}: {msg.strip()}" if name is not None else msg.strip())
+    if not problems:
+        return None
+    return f"{'; '.join(problems)}."

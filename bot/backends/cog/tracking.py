@@ -18,6 +18,7 @@ from typing import Any
 
 from bot.backends.base import Prediction
 from bot.backends.cog.ids import CogPredictionId
+from bot.backends.cog.outputs import discard_uploads
 
 ENDED_KEPT = 200  # ended predictions remembered for their jobs to read (and post) them
 STATUSES = frozenset({"starting", "processing", "succeeded", "failed", "canceled"})
@@ -129,8 +130,7 @@ class EndedPredictions:
         self._ended.move_to_end(tracked.state.id)
         while len(self._ended) > self._keep:
             _, oldest = self._ended.popitem(last=False)
-            for path in oldest.files.values():
-                path.unlink(missing_ok=True)
+            discard_uploads(oldest.files.values())
 
     def get(self, prediction_id: str) -> Tracked | None:
         """An ended prediction, if it is still remembered."""
