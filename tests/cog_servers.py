@@ -80,6 +80,7 @@ class CogServerProcess:
             "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
             "COG_TEST_SECONDS": str(self.seconds),
             "COG_TEST_SAMPLE": str(SAMPLE),
+            "COG_TEST_OUTPUT": str(self.log_path.with_suffix("")),  # a folder beside its log
         }
         if self.spans is not None:
             env["COG_TEST_SPANS"] = str(self.spans)

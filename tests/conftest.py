@@ -85,6 +85,38 @@ STORE_FACTORIES: dict[str, StoreFactory] = {
     "postgres": _postgres_store,
 }
 
+# A pair factory opens one database twice: the store under test, and a second store of its
+# own (own connections) on the same data, which sees only what the first has committed.
+StorePairFactory = Callable[[Path, StoreClock], AbstractAsyncContextManager[tuple[Store, Store]]]
+
+
+@asynccontextmanager
+async def _sqlite_pair(folder: Path, clock: StoreClock) -> AsyncIterator[tuple[Store, Store]]:
+    path = folder / "contract.sqlite3"
+    async with opened_store(path, clock=clock) as store, opened_store(path) as reader:
+        yield store, reader
+
+
+@asynccontextmanager
+async def _postgres_pair(_folder: Path, clock: StoreClock) -> AsyncIterator[tuple[Store, Store]]:
+    async with fresh_schema() as url:
+        pool = await create_pool(url, size=2)
+        try:
+            reader_pool = await create_pool(url, size=1)
+            try:
+                store = await PostgresStore.open(pool, clock=clock)
+                yield store, await PostgresStore.open(reader_pool)
+            finally:
+                await reader_pool.close()
+        finally:
+            await pool.close()
+
+
+STORE_PAIR_FACTORIES: dict[str, StorePairFactory] = {
+    "sqlite": _sqlite_pair,
+    "postgres": _postgres_pair,
+}
+
 AnyStore = TypeVar("AnyStore", bound=Store)
 
 # A registered secret and two bearer tokens, in the reasons end_with_secret_reasons() stores.
@@ -126,6 +158,15 @@ async def any_store(
     """Each Store implementation in turn, empty and migrated, on `store_clock`."""
     async with STORE_FACTORIES[request.param](tmp_path, store_clock) as store:
         yield store
+
+
+@pytest.fixture(params=sorted(STORE_PAIR_FACTORIES))
+async def any_store_and_reader(
+    request: pytest.FixtureRequest, tmp_path: Path, store_clock: StoreClock
+) -> AsyncIterator[tuple[Store, Store]]:
+    """Each Store implementation in turn, with a second store reading the same database."""
+    async with STORE_PAIR_FACTORIES[request.param](tmp_path, store_clock) as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from bench.figures import peak
 from bot.core.budgets import (
     EDIT_PATIENCE,
     ApiUse,
@@ -19,18 +20,6 @@ from bot.core.reporter import JobStatusUpdate, Stage
 from bot.core.status import edit_kind
 from tests.fakes.predictions import ManualClock
 from tests.test_relay import FakeTime, settle_loop
-
-
-def peak(times: list[float], period: float) -> int:
-    """The most events within any window of `period` seconds."""
-    times = sorted(times)
-    start = 0
-    best = 0
-    for end, moment in enumerate(times):
-        while times[start] <= moment - period + 1e-9:  # float sums of the clock's steps
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def test_a_sliding_window_forgets_what_is_older_than_its_period() -> None:
@@ -192,3 +181,67 @@ async def test_the_relay_under_load_stays_in_budget_and_shows_the_latest_state()
     assert max(stale[EditKind.POSITION]) < max(stale[EditKind.PROGRESS])
     assert max(stale[EditKind.PROGRESS]) <= EDIT_PATIENCE + 5.0 + 1.0
     await settle_loop()
+
+
+async def test_progress_ticks_are_paced_to_what_discord_can_show_for_every_running_job() -> None:
+    clock = ManualClock(0.0)
+    budget = LocalDiscordBudget(40, clock=clock.time)
+    # Half of 40 a second for ticks: 200 running jobs get one each 10 s, 50 one each 2.5 s.
+    assert budget.progress_interval(200) == pytest.approx(10.0)
+    assert budget.progress_interval(50) == pytest.approx(2.5)
+    # Results (room left for them twice) and changes of stage go first: 15 a second of them
+    # lately leave 34 - 15 = 19 a second of the room an aged edit has, so 200 jobs' ticks slow.
+    for second in range(10):
+        clock.now = float(second)
+        for _ in range(5):
+            await budget.note()
+        for _ in range(5):
+            assert await budget.try_edit(EditKind.STAGE, waited=0.0)
+            await budget.sending()
+    assert budget.progress_interval(200) == pytest.approx(200 / 19)
+    clock.now = 20.0  # a quiet spell: the pace is the share's again
+    assert budget.progress_interval(200) == pytest.approx(10.0)
+
+
+async def test_among_aged_edits_running_jobs_go_first_then_the_longest_waiting() -> None:
+    time = FakeTime()
+    budget = LocalDiscordBudget(40, clock=time.clock)
+    sent: list[int] = []
+
+    async def send(key: int, value: JobStatusUpdate) -> None:
+        sent.append(key)
+
+    relay: StatusRelay[int, JobStatusUpdate] = StatusRelay(
+        send,
+        interval=0.0,
+        clock=time.clock,
+        sleep=time.sleep,
+        budget=budget,
+        kind_of=edit_kind,
+        aged_first=lambda update: update.stage is not Stage.QUEUED,
+    )
+    shown = {key: JobStatusUpdate(Stage.QUEUED, position=9) for key in range(1, 5)}
+    shown[10] = shown[11] = JobStatusUpdate(Stage.SAMPLING, step=1, total=25)
+    for key, update in shown.items():
+        relay.prime(key, update)
+
+    async def busy(seconds: float) -> None:
+        """Keep every second full of results, so no edit may go until it has aged."""
+        for _ in range(int(seconds * 2)):
+            for _ in range(40):
+                await budget.note()
+            await time.advance(0.5)
+
+    for key in (1, 2):
+        relay.publish(key, JobStatusUpdate(Stage.QUEUED, position=8))  # places, oldest
+    await busy(1.0)
+    relay.publish(10, JobStatusUpdate(Stage.SAMPLING, step=5, total=25))  # a tick
+    await busy(1.0)
+    for key in (4, 3):
+        relay.publish(key, JobStatusUpdate(Stage.QUEUED, position=8, eta=60))  # estimates
+    relay.publish(11, JobStatusUpdate(Stage.SAMPLING, step=6, total=25, eta=30))
+    await busy(EDIT_PATIENCE)
+    assert sent == []
+    await time.advance(1.0)  # room again, and every edit has aged
+    assert sent == [10, 11, 1, 2, 4, 3]
+    await relay.close()

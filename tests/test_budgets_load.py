@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
+from bench.figures import peak
+from bench.rig import ScaledTime
 from bot.backends.replicate import PredictionClient
 from bot.core.budgets import ApiUse, Budgets, LocalApiBudget, LocalDiscordBudget
 from bot.core.limits import SchedulerLimits
@@ -16,38 +15,18 @@ from bot.core.scheduler import Scheduler
 from bot.storage.sqlite import SQLiteStore
 from tests.fakes.predictions import Behaviour, FakePredictionAPI, request_kind
 from tests.scheduling import RecordingReporter, submit
-from tests.test_budgets import peak
 
 SCALE = 0.01  # a 20 s prediction takes 0.2 s
 JOBS = 20
 BUDGET = 120  # API requests a minute, besides creates
 
 
-@dataclass
-class ScaledClock:
-    """The fake's timeline in unscaled seconds, for the scheduler's clocks and sleeps."""
-
-    epoch: float
-    mono0: float
-
-    def monotonic(self) -> float:
-        """Unscaled seconds since the fake started."""
-        return (time.monotonic() - self.mono0) / SCALE
-
-    def wall(self) -> float:
-        """Unix seconds on the fake's timeline."""
-        return self.epoch + self.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep `seconds` of unscaled time."""
-        await asyncio.sleep(max(0.0, seconds) * SCALE)
-
-
 async def test_progress_polls_thin_out_so_the_api_budget_holds_and_results_are_prompt(
     tmp_path: Path,
 ) -> None:
     async with FakePredictionAPI(time_scale=SCALE) as api, aiohttp.ClientSession() as http:
-        clock = ScaledClock(api._epoch, api._mono0)  # pyright: ignore[reportPrivateUsage]
+        epoch, mono0 = api.timeline
+        clock = ScaledTime(SCALE, origin=mono0, wall_origin=epoch)
         api.behaviour_for = lambda _data: Behaviour(
             queue_time=1.0, step_time=(20.0 - 1.6) / 25, frame_time=0.1
         )
@@ -82,9 +61,7 @@ async def test_progress_polls_thin_out_so_the_api_budget_holds_and_results_are_p
             await scheduler.stop()
             await store.close()
     others = [
-        (r.time - clock.mono0) / SCALE
-        for r in api.requests
-        if request_kind(r.method, r.path) != "create"
+        (r.time - mono0) / SCALE for r in api.requests if request_kind(r.method, r.path) != "create"
     ]
     assert peak(others, 60.0) <= BUDGET
     # Each job alone would read its bar three times (at 5, 10 and 15 s); twenty of them share

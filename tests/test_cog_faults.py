@@ -5,6 +5,7 @@ Each test starts servers of its own (they are killed or restarted, or started di
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,16 @@ def sampling(reporter: RecordingReporter, job: Job) -> bool:
     return any(job_id == job.id and u.stage is Stage.SAMPLING for job_id, u in reporter.statuses)
 
 
+async def placed_on(store: SQLiteStore, job: Job, timeout: float = 15) -> str:
+    """The job's prediction id once stored (no event tells of it: the store is read again)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            stored = await store.get(job.id)
+            if stored is not None and stored.prediction_id is not None:
+                return stored.prediction_id
+            await asyncio.sleep(0.02)
+
+
 @pytest.mark.parametrize("callbacks", [True, False], ids=["webhooks", "held-requests"])
 async def test_a_server_killed_mid_prediction_has_its_job_run_again_elsewhere(
     http: aiohttp.ClientSession, store: SQLiteStore, tmp_path: Path, callbacks: bool
@@ -53,12 +64,8 @@ async def test_a_server_killed_mid_prediction_has_its_job_run_again_elsewhere(
             scheduler_on(store, pool.pool, pool.pool, reporter, tmp_path) as scheduler,
         ):
             job = await submit(scheduler, seed=4242)
-            first = await store.get(job.id)
-            while first is None or first.prediction_id is None:
-                await reporter.wait_for(lambda: reporter.statuses, timeout=10)
-                first = await store.get(job.id)
-            doomed = server_of(first.prediction_id)
-            pair[0 if doomed == "gpu-a" else 1].kill()
+            doomed = server_of(await placed_on(store, job))
+            await asyncio.to_thread(pair[0 if doomed == "gpu-a" else 1].kill)
             await reporter.wait_for(lambda: reporter.delivered, timeout=30)
             await scheduler.wait_idle()
     assert len(reporter.delivered) == 1 and reporter.files == [SAMPLE.read_bytes()]
@@ -80,7 +87,7 @@ async def test_a_restarted_server_that_forgot_its_prediction_runs_it_again(
         ):
             job = await submit(scheduler, seed=77)
             await reporter.wait_for(lambda: sampling(reporter, job), timeout=15)
-            server.restart()
+            await asyncio.to_thread(server.restart)
             await reporter.wait_for(lambda: reporter.delivered, timeout=30)
     [(delivered, result)] = reporter.delivered
     assert delivered.reruns == 1 and server_of(result.prediction_id) == "gpu-a"
@@ -183,7 +190,7 @@ async def test_a_server_whose_setup_failed_is_reported_and_gets_no_work(
     broken.start()
     try:
         with servers(good):
-            broken.wait_ready(status="SETUP_FAILED")
+            await asyncio.to_thread(broken.wait_ready, status="SETUP_FAILED")
             probe = await probe_server(http, broken.url)
             assert not probe.ok and probe.detail.startswith("SETUP_FAILED")
             async with (

@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from bot.backends.base import PredictionAPIError
 from bot.backends.cog.ids import CogPredictionId, Naming, derive_secret, parse, server_of
+from bot.backends.cog.servers import Answer, CogServer, error_detail
 from bot.core.jobs import GenerationRequest, Job, JobStatus
+from bot.core.outcomes import api_refusal
 from bot.core.reporter import JobResult, JobStatusUpdate, QueueEntry, Stage
 from bot.media import Upload
 from bot.texts.member import LOST_RERUN_NOTE, RERUN_NOTE, queue_text, result_card, status_text
@@ -59,3 +62,31 @@ def test_ids_name_the_server_and_hashes_cannot_be_made_without_the_secret() -> N
     assert server_id.startswith("job-7-r0-") and server_id == ours.server_id(prediction)
     assert server_id != theirs.server_id(prediction)
     assert ours.token(server_id) != theirs.token(server_id) and len(ours.token(server_id)) == 32
+
+
+def test_a_refusal_lists_each_bad_input_in_a_sentence_not_json() -> None:
+    cog_422 = {
+        "detail": [
+            {"loc": ["body", "input", "steps"], "msg": "500 is greater than the maximum of 100"},
+            {"loc": ["body", "input", "guidance_scale"], "msg": "must be at least 1"},
+        ]
+    }
+    text = api_refusal(PredictionAPIError(error_detail(Answer(422, cog_422)), status=422))
+    assert text == (
+        "The animation service refused the request: steps: 500 is greater than the maximum "
+        "of 100; guidance_scale: must be at least 1."
+    )
+    assert error_detail(Answer(409, {"error": "At capacity"})) == "At capacity"
+    assert error_detail(Answer(500, {"detail": [{"x": 1}]})) == "The GPU server answered 500."
+
+
+def test_a_servers_health_reaches_members_as_words() -> None:
+    words = {}
+    for health in ("UNREACHABLE", "STARTING", "UNKNOWN", "SETUP_FAILED", "DEFUNCT"):
+        words[health] = CogServer("gpu-a", "http://10.0.0.5:5000", health=health).unavailable()
+    assert words["UNREACHABLE"] == "its GPU server does not answer"
+    assert words["STARTING"] == words["UNKNOWN"] == "its GPU server is not ready yet"
+    assert words["SETUP_FAILED"] == words["DEFUNCT"] == "its GPU server is broken"
+    refused = CogServer("gpu-a", "http://h:1", health="READY", refused="another model")
+    assert refused.unavailable() == "its GPU server was taken out of use"
+    assert not any(health in text for text in words.values() for health in words)

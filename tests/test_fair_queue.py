@@ -385,3 +385,41 @@ def test_guilds_waiting_lists_servers_with_queued_jobs_only() -> None:
     assert sorted(queue.guilds_waiting()) == [1, 2]
     assert queue.next_to_start() == a  # now running, nothing queued in server 1
     assert list(queue.guilds_waiting()) == [2]
+
+
+def test_a_job_promised_the_one_free_slot_keeps_it_until_it_starts() -> None:
+    queue = FairQueue(running_total=1, limits=lambda _guild: GuildLimits(1, 3))
+    first, second = job(1), job(2)
+    queue.add(first, held=True)
+    queue.add(second, held=True)
+    # Two answers written at once: the first is told it is starting, so the second is not.
+    assert queue.promise_start(first.id)
+    assert not queue.promise_start(second.id)
+    queue.release(second.id)
+    assert queue.next_to_start() is None  # the slot is the first's, though it is still held
+    assert queue.promise_start(first.id)  # asked again, the promise stands
+    queue.release(first.id)
+    assert queue.next_to_start() == first
+    queue.finish(first.id)
+    assert queue.promise_start(second.id) and queue.next_to_start() == second
+
+
+def test_a_promise_is_cleared_when_its_job_leaves_the_queue() -> None:
+    queue = FairQueue(running_total=1, limits=lambda _guild: GuildLimits(1, 3))
+    first, second = job(1), job(2)
+    queue.add(first, held=True)
+    queue.add(second)
+    assert queue.promise_start(first.id)
+    assert queue.next_to_start() is None
+    assert queue.remove(first.id) == first
+    assert queue.next_to_start() == second
+
+
+def test_a_promise_counts_against_its_servers_running_limit() -> None:
+    queue = FairQueue(running_total=5, limits=lambda _guild: GuildLimits(1, 3))
+    head, behind = job(1), job(1)
+    queue.add(head, held=True)
+    queue.add(behind)
+    assert queue.promise_start(head.id)
+    assert not queue.promise_start(behind.id)
+    assert queue.next_to_start() is None  # server 1's one slot is promised

@@ -265,6 +265,27 @@ async def test_a_canceled_conversion_kills_ffmpeg(large_video: Path, tmp_path: P
     assert _ffmpeg_children() == []
 
 
+async def test_a_canceled_fit_is_observed_as_canceled_not_failed(
+    large_video: Path, tmp_path: Path
+) -> None:
+    await media.probe(large_video)
+    observed: list[tuple[str, str]] = []
+    task = asyncio.create_task(
+        media.fit_to_limit(
+            large_video, 4096, tmp_path, fmt="gif", observe=lambda f, o, _s: observed.append((f, o))
+        )
+    )
+    for _ in range(200):  # wait until FFmpeg is running
+        await asyncio.sleep(0.01)
+        if _ffmpeg_children():
+            break
+    assert _ffmpeg_children()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert observed == [("gif", "canceled")]
+
+
 # Upload ----------------------------------------------------------------------------------------
 
 

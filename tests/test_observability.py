@@ -7,21 +7,25 @@ import base64
 import io
 import json
 import logging
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from bot.app import healthcheck
 from bot.app.settings import Settings, SettingsError, load_settings
 from bot.backends.base import Prediction
 from bot.backends.webhooks import SigningKey, WebhookReceiver, WebhookVerifier
 from bot.core import redaction
+from bot.core.budgets import DeferralCountingBudget, EditKind, LocalDiscordBudget
 from bot.core.relay import StatusRelay
 from bot.observability.discord_requests import request_kind
-from bot.observability.health import CheckResult, HealthReport, gateway_result
+from bot.observability.health import PROBE_TIMEOUT, CheckResult, HealthReport, gateway_result
 from bot.observability.logs import JsonFormatter, bind_job, bind_prediction
 from bot.observability.metrics import BotMetrics, status_class
 from bot.observability.server import MonitoringEndpoints
@@ -154,6 +158,23 @@ async def test_a_health_report_times_out_catches_errors_and_caches_briefly() -> 
     assert calls == 2
 
 
+async def test_a_failing_check_tells_its_error_with_secrets_masked() -> None:
+    secret = "r8_health-secret-value"
+
+    async def leaky() -> CheckResult:
+        """Fail with credentials in the message, as a refused HTTP call may."""
+        raise ConnectionError(f"refused token {secret}; Authorization: Bearer abc123xyz")
+
+    redaction.register_secret(secret)
+    try:
+        results = await HealthReport({"leaky": leaky}, mask=redaction.redact).results()
+    finally:
+        redaction.forget_secrets()
+    detail = results["leaky"].detail
+    assert detail.startswith("ConnectionError: refused token ") and redaction.MASK in detail
+    assert secret not in detail and "abc123xyz" not in detail
+
+
 def test_the_gateway_is_well_only_with_every_shard_of_this_process_connected() -> None:
     assert not gateway_result(None, []).ok
     assert gateway_result([0, 1], [0, 1]).ok
@@ -193,6 +214,25 @@ async def test_json_lines_carry_the_ids_bound_in_their_task_and_mask_secrets() -
     assert {"time", "level", "logger", "message"} <= third.keys()
 
 
+def test_a_lone_surrogate_still_gives_one_json_line_per_record() -> None:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)  # as stderr is
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("tests.json_surrogate")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    odd = "a\ud800b Leuchtturm — 灯台 🌊"
+    try:
+        logger.info("prompt %s", odd)
+        logger.info("after")
+    finally:
+        logger.removeHandler(handler)
+    first, second = (json.loads(line) for line in raw.getvalue().decode().splitlines())
+    assert first["message"] == f"prompt {odd}" and second["message"] == "after"
+
+
 def test_monitoring_settings_default_off_and_refuse_an_unknown_log_format(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -210,7 +250,7 @@ def test_monitoring_settings_default_off_and_refuse_an_unknown_log_format(
         load_settings(env_file=None)
 
 
-async def test_status_edits_replaced_or_settled_unsent_count_as_shed() -> None:
+async def test_status_edits_dropped_unsent_count_as_coalesced_or_settled() -> None:
     metrics = BotMetrics()
     release = asyncio.Event()
     sent: list[str] = []
@@ -223,7 +263,7 @@ async def test_status_edits_replaced_or_settled_unsent_count_as_shed() -> None:
         await release.wait()
 
     relay: StatusRelay[int, str] = StatusRelay(send, interval=0)
-    relay.on_shed = lambda: metrics.status_edit("shed")
+    relay.on_shed = metrics.status_edit  # as the scheduler wires it
     relay.publish(1, "queued")
     await arrived["queued"].wait()
     relay.publish(1, "10%")  # waits behind the send in flight...
@@ -236,13 +276,33 @@ async def test_status_edits_replaced_or_settled_unsent_count_as_shed() -> None:
     await relay.settle(1)  # a final word: 40% is never shown
     await relay.close()
     text = metrics.render()[0]
-    assert b'animatebot_status_edits_total{result="shed"} 3.0' in text
+    assert b'animatebot_status_edits_total{result="coalesced"} 2.0' in text
+    assert b'animatebot_status_edits_total{result="settled"} 1.0' in text
+
+
+async def test_edits_the_discord_budget_holds_back_are_counted_by_kind() -> None:
+    metrics = BotMetrics()
+    local = LocalDiscordBudget(1, clock=lambda: 0.0)  # room for one edit in the second
+    budget = DeferralCountingBudget(local, metrics.status_edit_deferred)
+    assert await budget.try_edit(EditKind.STAGE, waited=0)
+    await budget.sending()
+    assert not await budget.try_edit(EditKind.PROGRESS, waited=0)
+    assert not await budget.try_edit(EditKind.STAGE, waited=0)
+    assert not await budget.try_edit(EditKind.STAGE, waited=0)
+    text = metrics.render()[0]
+    assert b'animatebot_status_edits_deferred_total{kind="stage"} 2.0' in text
+    assert b'animatebot_status_edits_deferred_total{kind="progress"} 1.0' in text
+    assert local.refused[EditKind.STAGE] == 2
 
 
 def test_the_container_healthcheck_asks_healthz_with_the_standard_library() -> None:
     dockerfile = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text()
     assert 'CMD ["python", "-m", "bot.app.healthcheck"]' in dockerfile
     assert "curl" not in dockerfile
+    # The bot answers a slow check within its time-out, before the asker and Docker give up.
+    docker_timeout = re.search(r"HEALTHCHECK .*--timeout=(\d+)s", dockerfile)
+    assert docker_timeout is not None
+    assert PROBE_TIMEOUT + 1 < healthcheck.TIMEOUT_SECONDS < float(docker_timeout.group(1))
 
 
 async def test_a_task_started_by_a_job_does_not_borrow_its_ids() -> None:
@@ -276,7 +336,6 @@ async def test_a_task_started_by_a_job_does_not_borrow_its_ids() -> None:
 
 
 def test_the_monitoring_compose_file_wires_the_bot_prometheus_and_the_dashboard() -> None:
-    yaml = pytest.importorskip("yaml")
     root = Path(__file__).resolve().parent.parent
     compose = yaml.safe_load((root / "docker-compose.monitoring.yml").read_text())
     services = compose["services"]

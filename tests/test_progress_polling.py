@@ -153,6 +153,25 @@ async def test_a_prediction_foretold_to_end_within_the_interval_is_held_to_its_e
     assert rig.api.requests[-2].header("Prefer") == "wait=7"  # 6 s foretold, and a margin
 
 
+@pytest.mark.parametrize("fault", ["a 429 asking for 25 s", "five 503s"])
+async def test_a_failing_progress_poll_is_skipped_and_the_result_comes_as_quickly(
+    rig: Rig, fault: str
+) -> None:
+    # A progress read is one attempt: it neither retries nor waits out the 429's Retry-After
+    # (25 s, within what the client would sleep), so the poll aimed at the end comes on time.
+    if fault.startswith("a 429"):
+        headers = {"Retry-After": "25"}
+        rig.api.inject("GET", r"/v1/predictions/[^/]+", status=429, headers=headers)
+    else:
+        rig.api.inject("GET", r"/v1/predictions/[^/]+", status=503, times=5)
+    kinds, lag, _ = await rig.run(seed=1, run_time=20.0)
+    assert 0 <= lag < 1.0, lag
+    if fault.startswith("a 429"):
+        assert kinds.count("poll") == 5, kinds  # the throttled read was not sent again
+        sampling = {u.step for _, u in rig.reporter.shown_at if u.stage is Stage.SAMPLING}
+        assert len(sampling) >= 2  # the next progress read moved the bar
+
+
 async def test_without_progress_polls_the_create_holds_the_full_minute(tmp_path: Path) -> None:
     clock = ManualClock()
     async with FakePredictionAPI(clock=clock) as api, aiohttp.ClientSession() as http:
@@ -199,6 +218,33 @@ async def test_the_first_status_is_the_state_at_that_moment(
         hold.set()
         await reporter.wait_for(lambda: len(reporter.delivered) == 2)
     assert not [u for job, u in reporter.statuses if job == first.id and u.stage is Stage.QUEUED]
+
+
+async def test_of_two_jobs_waiting_for_one_free_slot_only_one_is_told_it_is_starting(
+    store: SQLiteStore, client: PredictionClient, prediction_api: FakePredictionAPI
+) -> None:
+    hold = asyncio.Event()
+    prediction_api.next_behaviours.extend([Behaviour(hold=hold), Behaviour(hold=hold)])
+    reporter = RecordingReporter()
+    async with started_scheduler(store, client, reporter, running_total=1) as scheduler:
+        # Two quick /animate in two servers: both accepted before either's message is recorded.
+        a, _ = await scheduler.submit(
+            guild_id=1, channel_id=10, requester_id=1, request=request(prompt="a")
+        )
+        b, _ = await scheduler.submit(
+            guild_id=2, channel_id=20, requester_id=2, request=request(prompt="b")
+        )
+        shown_a, shown_b = scheduler.queued_status(a.id), scheduler.queued_status(b.id)
+        assert shown_a is not None and shown_a.stage is Stage.STARTING
+        assert shown_b == JobStatusUpdate(Stage.QUEUED, position=1)
+        # The second's message is recorded first: the slot stays the first's all the same.
+        await scheduler.attach_message(b.id, 222, shown=shown_b)
+        await scheduler.attach_message(a.id, 111, shown=shown_a)
+        hold.set()
+        await reporter.wait_for(lambda: len(reporter.delivered) == 2)
+    assert not [u for job, u in reporter.statuses if job == a.id and u.stage is Stage.QUEUED]
+    first_create = prediction_api.requests[0].json
+    assert isinstance(first_create, dict) and first_create["input"]["prompt"] == "a"
 
 
 async def test_with_pushes_or_progress_off_the_create_is_the_backends_own_choice(

@@ -187,6 +187,26 @@ async def test_settle_drops_what_is_waiting_and_waits_for_the_send_in_flight() -
     await statuses.close()
 
 
+async def test_a_settled_key_takes_no_edit_over_its_final_message_until_forgotten() -> None:
+    time, recorder = FakeTime(), Recorder()
+    statuses = relay(recorder, time)
+    statuses.publish(1, "running")
+    await settle_loop()
+    await statuses.settle(1)
+    await statuses.settle(2)  # settled before anything was published for it
+    recorder.sent.append((1, "final"))  # the final message, written by other means
+    statuses.publish(1, "late")  # e.g. a store outage's note, restored after the final word
+    statuses.publish(2, "late")
+    await time.advance(60)
+    assert recorder.sent == [(1, "running"), (1, "final")]
+    # Forgotten (the job left the queues), the key is a new one: a rerun is shown again.
+    statuses.forget(1)
+    statuses.publish(1, "again")
+    await time.advance(60)
+    assert recorder.sent[-1] == (1, "again")
+    await statuses.close()
+
+
 async def test_a_failed_send_is_logged_and_the_key_goes_on() -> None:
     time, recorder = FakeTime(), Recorder(fail_on={"bad"})
     statuses = relay(recorder, time)

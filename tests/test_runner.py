@@ -135,6 +135,9 @@ class FakeBackend:
         held.state = self._state(held, step)
         return held.state
 
+    async def get_once(self, prediction_id: str, *, timeout: float) -> Prediction:
+        return await self.get(prediction_id)
+
     async def find(
         self,
         api_input: Mapping[str, Any],

@@ -15,6 +15,7 @@ import pytest
 from bot.core.eta import Timing
 from bot.core.jobs import GenerationRequest
 from bot.core.redaction import MASK
+from bot.storage import sqlite as sqlite_store
 from bot.storage.base import SchemaTooNew
 from bot.storage.sqlite import TIMINGS_KEPT, SQLiteStore
 from bot.storage.sqlite_migrations import MIGRATIONS
@@ -115,14 +116,19 @@ async def test_probe_write_leaves_no_row_in_the_file(opened: SQLiteStore, path: 
         assert db.execute("SELECT COUNT(*) FROM timings").fetchone()[0] == 0
 
 
-async def test_probe_write_fails_on_a_database_that_refuses_writes(opened: SQLiteStore) -> None:
-    db = opened._db  # pyright: ignore[reportPrivateUsage]
-    # query_only makes SQLite refuse writes as a read-only file would, even for root.
-    await db.execute("PRAGMA query_only = ON")
-    with pytest.raises(sqlite3.OperationalError, match="readonly"):
-        await opened.probe_write()
-    await db.execute("PRAGMA query_only = OFF")
+async def test_probe_write_fails_while_another_writer_holds_the_file(
+    opened: SQLiteStore, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "PROBE_BUSY_TIMEOUT", 0.05)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")  # a stuck writer: nothing else can write the file
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await opened.probe_write()
+        other.execute("ROLLBACK")
     await opened.probe_write()  # no transaction was left open by the failure
+    await opened.record_timing(Timing("toon", 25, 1.0, 2.0))
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM timings").fetchone()[0] == 1
 
 
 async def test_a_second_job_with_the_same_prediction_is_an_integrity_error(

@@ -7,6 +7,7 @@ database does on its own (files, migrations, its error types) lives in its own m
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -780,3 +781,45 @@ async def test_probe_write_leaves_nothing_behind(any_store: Store) -> None:
     await any_store.record_timing(Timing(TOON, 25, 1.0, 2.0))
     assert [j.id for j in await any_store.unfinished()] == [job_id]
     assert await any_store.recent_timings(per_key=10) == [Timing(TOON, 25, 1.0, 2.0)]
+
+
+async def test_a_probe_beside_transitions_rolls_back_only_itself(
+    any_store_and_reader: tuple[Store, Store],
+) -> None:
+    store, reader = any_store_and_reader
+    job_ids = [await _add(store) for _ in range(20)]
+    # Each step runs every job's transition at once with probes in between, as /healthz does
+    # while jobs move on; a probe sharing a transaction with a transition would undo it.
+    steps: list[tuple[JobStatus, Callable[[int], Awaitable[Job]]]] = [
+        (JobStatus.SUBMITTED, store.mark_submitted),
+        (JobStatus.RUNNING, lambda job_id: store.mark_running(job_id, f"p{job_id}")),
+        (JobStatus.DELIVERING, lambda job_id: store.mark_delivering(job_id, predict_time=1.0)),
+    ]
+    for status, transition in steps:
+        calls: list[Awaitable[object]] = []
+        for job_id in job_ids:
+            calls += [store.probe_write(), transition(job_id)]
+        await asyncio.gather(*calls)
+        for job_id in job_ids:
+            job = await reader.get(job_id)
+            assert job is not None and job.status is status, (job_id, job)
+    assert await reader.recent_timings(per_key=10) == []
+
+
+@pytest.mark.parametrize("yields", [0, 1, 2, 3, 5, 8])
+async def test_a_cancelled_probe_leaves_later_writes_committed(
+    any_store_and_reader: tuple[Store, Store], yields: int
+) -> None:
+    store, reader = any_store_and_reader
+    probe = asyncio.create_task(store.probe_write())
+    for _ in range(yields):  # cancel it at a different point of its work each time
+        await asyncio.sleep(0)
+    probe.cancel()
+    (outcome,) = await asyncio.gather(probe, return_exceptions=True)
+    assert outcome is None or isinstance(outcome, asyncio.CancelledError), outcome
+    job_id = await _add(store)
+    await store.mark_submitted(job_id)
+    job = await reader.get(job_id)
+    assert job is not None and job.status is JobStatus.SUBMITTED
+    await store.probe_write()  # and the next probe works
+    assert await reader.recent_timings(per_key=10) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -18,6 +19,7 @@ from bot.owner.usage_chart import (
     BAR,
     HEIGHT_PX,
     OWN_BAR,
+    RENDER_THREAD_NAME,
     WIDTH_PX,
     render_usage_chart,
     usage_chart,
@@ -166,3 +168,11 @@ async def test_the_chart_is_drawn_without_blocking_the_event_loop() -> None:
     assert png is not None and len(_bars(png)) == 29  # day 0 used 0 GPU seconds
     # The loop kept running all along: at least one tick in every 20 ms of the render.
     assert ticks >= took / 0.02, (ticks, took)
+
+
+async def test_charts_are_drawn_on_one_thread_of_their_own_not_the_default_pool() -> None:
+    report = _report((5, 4, 100.0), budget=150)
+    pngs = await asyncio.gather(*(usage_chart(report) for _ in range(3)))
+    assert all(png is not None for png in pngs)
+    drawing = [t for t in threading.enumerate() if t.name.startswith(RENDER_THREAD_NAME)]
+    assert len(drawing) == 1  # one worker, reused by every render

@@ -8,11 +8,14 @@ one of their own at WEBHOOK_LISTEN_HOST and WEBHOOK_LISTEN_PORT.
 
 from __future__ import annotations
 
+import logging
+
 import aiohttp
 
 from bot.app.settings import Settings
 from bot.backends.base import Backend
 from bot.backends.cog.callbacks import CogCallbacks
+from bot.backends.cog.config import unreachable_callbacks
 from bot.backends.cog.ids import derive_secret
 from bot.backends.cog.pool import CogPool
 from bot.backends.cog.routing import RoutingBackend
@@ -20,6 +23,8 @@ from bot.backends.replicate import PredictionClient
 from bot.backends.webhooks import WebhookReceiver
 from bot.core.scheduler import Scheduler
 from bot.observability.metrics import BotMetrics
+
+log = logging.getLogger(__name__)
 
 
 class CogSetup:
@@ -52,6 +57,14 @@ class CogSetup:
             metrics=metrics,
         )
         if settings.cog_callback_url is not None:
+            far = unreachable_callbacks(settings.cog_callback_url, settings.cog_urls)
+            if far:
+                log.warning(
+                    "COG_CALLBACK_URL %s is this machine's loopback address, which the Cog "
+                    "server(s) %s on other machines cannot reach: give an address they can",
+                    settings.cog_callback_url,
+                    ", ".join(far),
+                )
             self.callbacks = CogCallbacks(
                 self.pool,
                 callback_url=settings.cog_callback_url,

@@ -11,7 +11,9 @@ import sys
 import urllib.error
 import urllib.request
 
-TIMEOUT_SECONDS = 4.0
+# Longer than the bot gives its own checks (5 s, bot.observability.health.PROBE_TIMEOUT), so a
+# slow check is reported by the bot, and shorter than the Dockerfile's HEALTHCHECK --timeout.
+TIMEOUT_SECONDS = 8.0
 
 
 def main() -> int:

@@ -47,7 +47,8 @@ class Monitoring:
         self._store = store
         self._session = session
         self.health = HealthReport(
-            {"gateway": gateway, "database": self._database, "backend": self._replicate}
+            {"gateway": gateway, "database": self._database, "backend": self._replicate},
+            mask=redact,
         )
         # Readiness only reads flags: nothing to cache.
         self.ready = HealthReport(

@@ -224,7 +224,7 @@ class Settings(BaseSettings):
 
     @field_validator("public_webhook_url", "cog_callback_url", mode="before")
     @classmethod
-    def _webhook_url(cls, value: object) -> object:
+    def _webhook_url(cls, value: object, info: ValidationInfo) -> object:
         """Accept an absolute http(s) URL; empty means no webhooks."""
         if not isinstance(value, str):
             return value
@@ -234,6 +234,8 @@ class Settings(BaseSettings):
         url = yarl.URL(value)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError("must be an absolute http:// or https:// URL")
+        if info.field_name == "cog_callback_url" and (url.query_string or url.fragment):
+            raise ValueError("must have no ?query or #fragment (the bot appends paths to it)")
         return value
 
     @field_validator("metrics_listen_port", mode="before")
@@ -303,6 +305,11 @@ def load_settings(env_file: str | Path | None = ".env") -> Settings:
     if settings.replicate_api_token is None and not settings.cog_urls:
         # Worded as for any missing setting; README says COG_URLS can take its place.
         raise SettingsError("REPLICATE_API_TOKEN is not set: put it in the environment or in .env")
+    if settings.overflow_after_seconds is not None and settings.replicate_api_token is None:
+        raise SettingsError(
+            "OVERFLOW_AFTER_SECONDS is invalid: it sends jobs to Replicate, so it needs "
+            "REPLICATE_API_TOKEN (leave it empty to run every job on COG_URLS)"
+        )
     return settings
 
 

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
 
@@ -180,6 +180,13 @@ class Backend(Protocol):
         """Read a prediction's current state."""
         ...
 
+    async def get_once(self, prediction_id: str, *, timeout: float) -> Prediction:
+        """Read a prediction's state in one attempt of at most `timeout` seconds, or raise.
+
+        For a read that may be skipped (a progress poll): it never retries nor waits out a 429.
+        """
+        ...
+
     async def find(
         self,
         api_input: Mapping[str, Any],
@@ -196,4 +203,16 @@ class Backend(Protocol):
 
     async def download_to(self, url: str, dest: Path, *, max_bytes: int) -> int:
         """Fetch an output into `dest` within the size cap and return its size."""
+        ...
+
+
+@runtime_checkable
+class PartlyFree(Protocol):
+    """A backend some of whose requests go to the bot's own GPUs, outside the API budget."""
+
+    def unmetered(self, reference: str | None) -> bool:
+        """True if a request about this prediction id or output URL costs no API budget.
+
+        None asks about a create sent now; "" about a search.
+        """
         ...

@@ -159,6 +159,12 @@ class PredictionClient:
         data = await self._request("GET", self._prediction_url(prediction_id))
         return Prediction.from_json(data)
 
+    async def get_once(self, prediction_id: str, *, timeout: float) -> Prediction:
+        """Fetch a prediction in one attempt within `timeout` seconds; raise on any failure."""
+        bound = max(0.1, min(timeout, self._request_timeout))
+        url = self._prediction_url(prediction_id)
+        return Prediction.from_json(await self._request("GET", url, timeout=bound, attempts=1))
+
     async def cancel(self, prediction_id: str) -> Prediction:
         """Ask the API to cancel a prediction; cancelling twice is harmless."""
         data = await self._request("POST", self._prediction_url(prediction_id) + "/cancel")
@@ -222,6 +228,7 @@ class PredictionClient:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         idempotent: bool = True,
+        attempts: int | None = None,
     ) -> Any:
         """Send one API call with retries that never risk a second paid prediction."""
         if yarl.URL(url).origin() != self._origin:
@@ -230,7 +237,8 @@ class PredictionClient:
         all_headers = {"Authorization": f"Bearer {self._token}", **(headers or {})}
         client_timeout = aiohttp.ClientTimeout(total=timeout or self._request_timeout)
         last_error: PredictionAPIError | None = None
-        for attempt in range(self._max_attempts):
+        tries = attempts or self._max_attempts
+        for attempt in range(tries):
             try:
                 async with self._session.request(
                     method,
@@ -286,7 +294,7 @@ class PredictionClient:
                             # A long wait belongs to the caller, where Cancel can cut it short.
                             error.retry_after = retry_after
                             raise error
-                        if attempt + 1 < self._max_attempts:
+                        if attempt + 1 < tries:
                             delay = (
                                 retry_after if retry_after is not None else self._backoff(attempt)
                             )
@@ -304,7 +312,7 @@ class PredictionClient:
                         )
                     else:
                         raise error
-            if attempt + 1 < self._max_attempts:
+            if attempt + 1 < tries:
                 await self._sleep(self._backoff(attempt))
         assert last_error is not None
         raise last_error

@@ -29,6 +29,8 @@ DISCORD_PER_SECOND = 40  # below Discord's 50 a second per bot, for the bot's ot
 # An edit that has waited this long goes out as if it changed the stage: shedding delays the
 # lesser edits, it never starves them.
 EDIT_PATIENCE = 10.0
+# Progress ticks are paced to the room the last this many seconds left them.
+PACE_WINDOW = 10.0
 
 
 class ApiUse(StrEnum):
@@ -196,6 +198,10 @@ class DiscordBudget(Protocol):
         """Seconds until a refused edit is worth asking for again."""
         ...
 
+    def progress_interval(self, running: int) -> float:
+        """Seconds between one job's progress edits so that `running` jobs fit their share."""
+        ...
+
 
 class LocalDiscordBudget:
     """A Discord budget for one process: a sliding second, with a share per kind of edit."""
@@ -204,6 +210,9 @@ class LocalDiscordBudget:
         self.per_second = per_second
         self._window = SlidingWindow(1.0, clock)
         self._notes = SlidingWindow(1.0, clock)  # the requests never delayed, of the last second
+        # What goes before progress ticks, of the last PACE_WINDOW: results (counted twice,
+        # as edits leave room for them twice) and changes of stage.
+        self._ahead = SlidingWindow(PACE_WINDOW, clock)
         # Edits let go but not yet sent: counted, so a busy moment cannot bunch them together.
         self._held = 0
         self.sent: Counter[str] = Counter()  # "noted" and each EditKind's name
@@ -213,6 +222,8 @@ class LocalDiscordBudget:
         """Count a request that is never delayed (an acknowledgement, a result)."""
         self._window.add()
         self._notes.add()
+        self._ahead.add()
+        self._ahead.add()
         self.sent["noted"] += 1
 
     async def try_edit(self, kind: EditKind, waited: float) -> bool:
@@ -224,6 +235,8 @@ class LocalDiscordBudget:
             return False
         self._held += 1
         self.sent[kind.name] += 1
+        if kind is EditKind.STAGE:
+            self._ahead.add()
         return True
 
     async def sending(self) -> None:
@@ -236,9 +249,51 @@ class LocalDiscordBudget:
         # At least a tenth of a second: thousands of waiting edits must not spin the loop.
         return max(0.1, self._window.room_in(self._limit(EditKind.PROGRESS)))
 
+    def progress_interval(self, running: int) -> float:
+        """Seconds between one job's progress edits so that `running` jobs fit their share.
+
+        Their share, and no more than what results and changes of stage lately left of the
+        room an edit that waited out the patience has: ticks are what is shed first.
+        """
+        jobs = max(1, running)
+        share = self.per_second * EDIT_SHARES[EditKind.PROGRESS]
+        left = self.per_second * EDIT_SHARES[EditKind.STAGE] - self._ahead.count() / PACE_WINDOW
+        return max(jobs / share, jobs / max(1.0, left))
+
     def _limit(self, kind: EditKind) -> int:
         """How full the second may be for an edit of this kind to go."""
         return max(1, math.floor(self.per_second * EDIT_SHARES[kind]))
+
+
+class DeferralCountingBudget:
+    """A Discord budget that tells `on_deferred` the kind of each status edit it holds back."""
+
+    def __init__(self, inner: DiscordBudget, on_deferred: Callable[[str], None]) -> None:
+        self.inner = inner
+        self._on_deferred = on_deferred
+
+    async def note(self) -> None:
+        """Count a request that is never delayed (an acknowledgement, a result)."""
+        await self.inner.note()
+
+    async def try_edit(self, kind: EditKind, waited: float) -> bool:
+        """Hold room for a status edit and return True if it may go now; count a refusal."""
+        allowed = await self.inner.try_edit(kind, waited)
+        if not allowed:
+            self._on_deferred(kind.name.lower())
+        return allowed
+
+    async def sending(self) -> None:
+        """Spend the room held for an edit: it is being sent now."""
+        await self.inner.sending()
+
+    def retry_in(self) -> float:
+        """Seconds until a refused edit is worth asking for again."""
+        return self.inner.retry_in()
+
+    def progress_interval(self, running: int) -> float:
+        """Seconds between one job's progress edits so that `running` jobs fit their share."""
+        return self.inner.progress_interval(running)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,9 @@ class FairQueue:
         self._running_by_guild: dict[int, set[int]] = defaultdict(set)
         # Queued jobs that may not start yet (their status message is not recorded).
         self._held: set[int] = set()
+        # Queued jobs told they are starting, in that order: each keeps a slot (counted as
+        # running) until it starts or leaves, so no other job takes it and unsays the promise.
+        self._promised: dict[int, None] = {}
 
     # Adding and removing ---------------------------------------------------------------
 
@@ -61,6 +64,7 @@ class FairQueue:
         del queue[index]
         self._queued_in.pop(job_id, None)
         self._held.discard(job_id)
+        self._promised.pop(job_id, None)
         if not queue and job.guild_id in self._rotation:
             self._rotation.remove(job.guild_id)
         return job
@@ -82,6 +86,13 @@ class FairQueue:
             return None
         if has_capacity is not None and not has_capacity(self.starting_count):
             return None
+        # A job told it is starting goes first; a promise is cleared when its job leaves.
+        promised = next((job_id for job_id in self._promised if job_id not in self._held), None)
+        if promised is not None and (job := self.remove(promised)) is not None:
+            self.mark_running(job)
+            return job
+        if not self._free_slot(has_capacity):
+            return None
         for _ in range(len(self._rotation)):
             guild_id = self._rotation[0]
             self._rotation.rotate(-1)
@@ -89,7 +100,8 @@ class FairQueue:
             if (
                 queue
                 and queue[0].id not in self._held
-                and len(self._running_by_guild[guild_id]) < self._limits(guild_id).running
+                and queue[0].id not in self._promised
+                and self._occupied(guild_id) < self._limits(guild_id).running
             ):
                 job = queue.popleft()
                 self._queued_in.pop(job.id, None)
@@ -139,22 +151,37 @@ class FairQueue:
         """The job if it is running."""
         return self._running.get(job_id)
 
-    def starts_when_released(
-        self, job_id: int, has_capacity: Callable[[int], bool] | None = None
-    ) -> bool:
-        """True if a queued job would start the moment nothing held it back."""
+    def promise_start(self, job_id: int, has_capacity: Callable[[int], bool] | None = None) -> bool:
+        """True if a queued job will start the moment nothing holds it back.
+
+        A True is kept: the job holds a free slot until it starts or leaves the queue.
+        """
+        if job_id in self._promised:
+            return True
         guild_id = self._queued_in.get(job_id)
-        if guild_id is None or len(self._running) >= self._running_total:
-            return False
-        if has_capacity is not None and not has_capacity(self.starting_count):
+        if guild_id is None or not self._free_slot(has_capacity):
             return False
         queue = self._queues[guild_id]
         # A free slot means no other startable job waits: each one starts as a slot frees.
-        return (
-            bool(queue)
+        if (
+            queue
             and queue[0].id == job_id
-            and len(self._running_by_guild[guild_id]) < self._limits(guild_id).running
-        )
+            and self._occupied(guild_id) < self._limits(guild_id).running
+        ):
+            self._promised[job_id] = None
+            return True
+        return False
+
+    def _free_slot(self, has_capacity: Callable[[int], bool] | None) -> bool:
+        """True if a job nobody was promised could start now, promised ones counted in."""
+        if len(self._running) + len(self._promised) >= self._running_total:
+            return False
+        return has_capacity is None or has_capacity(self.starting_count + len(self._promised))
+
+    def _occupied(self, guild_id: int) -> int:
+        """A server's running jobs and those promised to start."""
+        promised = sum(1 for job_id in self._promised if self._queued_in.get(job_id) == guild_id)
+        return len(self._running_by_guild[guild_id]) + promised
 
     def position(self, job_id: int) -> int | None:
         """A queued job's place in its server's queue (1 = next), or None."""

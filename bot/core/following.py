@@ -83,14 +83,14 @@ class PredictionFollower:
                 if gap < aimed and not self._signals.cancel_wanted(job.id):
                     try:
                         fresh = await self._backend.get_progress(
-                            job.prediction_id, len(self._following)
+                            job.prediction_id, len(self._following), timeout=aimed - gap
                         )
                         # None: no room in the budget; the bar waits, the aimed poll does not.
                         prediction = fresh or prediction
-                        continue
                     except PredictionAPIError as exc:
-                        # Read again as an aimed poll, which knows how to wait out an outage.
+                        # Skipped: the aimed poll, which waits out an outage, comes on time.
                         log.info("job %s: progress poll failed: %s", job.id, exc.detail)
+                    continue
             else:
                 prediction = self._take_pushed(job, None)
                 if prediction is not None:
@@ -109,7 +109,10 @@ class PredictionFollower:
         features = self._backend.features
         if seconds <= 0 or features.pushes or not features.polling:
             return math.inf  # off, or progress comes pushed
-        return self._backend.budget.progress_interval(len(self._following), seconds)
+        running = len(self._following)
+        # As often as both budgets carry: a tick Discord cannot show is not worth reading.
+        api = self._backend.budget.progress_interval(running, seconds)
+        return max(api, self._status.progress_interval(running))
 
     async def _past_deadline(self, job: Job, prediction: Prediction, waited: float) -> bool:
         """Stop a prediction stuck waiting for a GPU or running too long; True if it was."""

@@ -2,8 +2,10 @@
 
 `BudgetedBackend` wraps the Backend: every request that ends a job (or creates one) waits for
 room only if the API budget is spent, and a progress poll is skipped when there is none.
-`MeteredReporter` wraps the JobReporter: results and final messages are counted, never delayed
-(status edits were counted by the relay, which sheds them when Discord's budget is short).
+Requests a backend sends to the bot's own GPUs (`PartlyFree`) are not counted: the budget is
+the prediction API's. `MeteredReporter` wraps the JobReporter: results and final messages are
+counted, never delayed (status edits were counted by the relay, which sheds them when
+Discord's budget is short).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bot.backends.base import Backend, BackendFeatures, Prediction
+from bot.backends.base import Backend, BackendFeatures, PartlyFree, Prediction
 from bot.core.budgets import ApiBudget, ApiUse, DiscordBudget
 from bot.core.jobs import Job
 from bot.core.reporter import JobReporter, JobResult, JobStatusUpdate
@@ -38,22 +40,25 @@ class BudgetedBackend:
         self, api_input: Mapping[str, Any], *, wait: bool | float | None = None
     ) -> Prediction:
         """Start a prediction within the create budget."""
-        await self.budget.spend(ApiUse.CREATE)
+        await self._spend(ApiUse.CREATE, None)
         return await self.inner.create(api_input, wait=wait)
 
     async def get(self, prediction_id: str) -> Prediction:
         """Read a prediction for its end (an aimed poll): it always goes."""
-        await self.budget.spend(ApiUse.ENDING)
+        await self._spend(ApiUse.ENDING, prediction_id)
         return await self.inner.get(prediction_id)
 
-    async def get_progress(self, prediction_id: str, running: int) -> Prediction | None:
+    async def get_progress(
+        self, prediction_id: str, running: int, *, timeout: float
+    ) -> Prediction | None:
         """Read a prediction for its progress only; None if the budget has no room for it.
 
-        `running`: how many jobs are being followed (each may end, and spend, soon).
+        `running`: how many jobs are being followed (each may end, and spend, soon). One
+        attempt within `timeout` (the time left before the aimed poll): it must not delay it.
         """
-        if not await self.budget.try_progress(running):
+        if not self._free(prediction_id) and not await self.budget.try_progress(running):
             return None
-        return await self.inner.get(prediction_id)
+        return await self.inner.get_once(prediction_id, timeout=timeout)
 
     async def find(
         self,
@@ -63,18 +68,27 @@ class BudgetedBackend:
         accept: Callable[[Prediction], Awaitable[bool]] | None = None,
     ) -> Prediction | None:
         """Search for a prediction a crash left (counted as one request per search)."""
-        await self.budget.spend(ApiUse.ENDING)
+        await self._spend(ApiUse.ENDING, "")
         return await self.inner.find(api_input, created_after=created_after, accept=accept)
 
     async def cancel(self, prediction_id: str) -> Prediction:
         """Ask for a prediction to stop: it always goes."""
-        await self.budget.spend(ApiUse.ENDING)
+        await self._spend(ApiUse.ENDING, prediction_id)
         return await self.inner.cancel(prediction_id)
 
     async def download_to(self, url: str, dest: Path, *, max_bytes: int) -> int:
         """Fetch an output: it always goes."""
-        await self.budget.spend(ApiUse.ENDING)
+        await self._spend(ApiUse.ENDING, url)
         return await self.inner.download_to(url, dest, max_bytes=max_bytes)
+
+    async def _spend(self, use: ApiUse, reference: str | None) -> None:
+        """Count a request against the budget, unless it goes to the bot's own GPUs."""
+        if not self._free(reference):
+            await self.budget.spend(use)
+
+    def _free(self, reference: str | None) -> bool:
+        """True if the request about `reference` (None: a create) costs no API budget."""
+        return isinstance(self.inner, PartlyFree) and self.inner.unmetered(reference)
 
 
 class MeteredReporter:

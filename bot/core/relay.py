@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from bot.core.budgets import EDIT_PATIENCE, DiscordBudget, EditKind
 
@@ -62,6 +62,7 @@ class StatusRelay(Generic[K, V]):
         concurrency: int = 32,
         budget: DiscordBudget | None = None,
         kind_of: Callable[[V | None, V], EditKind] | None = None,
+        aged_first: Callable[[V], bool] | None = None,
     ) -> None:
         self._send = send
         # Sends wait for room in Discord's budget, the lesser kinds of edit first (kind_of
@@ -70,9 +71,13 @@ class StatusRelay(Generic[K, V]):
         self._kind_of = kind_of
         # Told of each value shown and how long the message lagged behind it (benchmarks).
         self.observer: Callable[[K, V, float], None] | None = None
-        # Told of each value dropped unsent: replaced by a newer one, or settled (metrics).
-        self.on_shed: Callable[[], None] | None = None
+        # Told of each value dropped unsent (metrics): "coalesced" when a newer one replaced
+        # it, "settled" when the final message came first.
+        self.on_shed: Callable[[Literal["coalesced", "settled"]], None] | None = None
         self._interval = interval
+        # Among edits that waited out the patience, those it says go first (running jobs'
+        # edits, ahead of deep queue places), then the longest waiting.
+        self._aged_first = aged_first
         self._clock = clock
         self._sleep = sleep
         # Room for many: one server's burst of edits, slowed by its channel's rate limit,
@@ -83,6 +88,8 @@ class StatusRelay(Generic[K, V]):
         # (and one for edits that waited out the patience, after changes of stage), each in
         # the order its lanes came due. A lane closed meanwhile is dropped when reached.
         self._ready: list[deque[tuple[K, _Lane[V]]]] = [deque() for _ in range(len(_PLACES) + 1)]
+        # The aged edits (place AGED; `_ready[AGED]` stays empty): (rank, since, tie, key, lane).
+        self._aged: list[tuple[int, float, int, K, _Lane[V]]] = []
         # (due time, tie-breaker, key, lane): a lane settled meanwhile is skipped when popped.
         self._due: list[tuple[float, int, K, _Lane[V]]] = []
         self._order = itertools.count()
@@ -107,7 +114,7 @@ class StatusRelay(Generic[K, V]):
         if lane.pending is None:
             lane.pending_since = self._clock()
         elif self.on_shed is not None:
-            self.on_shed()
+            self.on_shed("coalesced")
         lane.pending = value
         if not lane.scheduled and lane.task is None:
             self._schedule(key, lane)
@@ -126,16 +133,24 @@ class StatusRelay(Generic[K, V]):
             lane.pending = None
 
     async def settle(self, key: K) -> None:
-        """Drop unsent values for a key and wait for a send in flight, before a final message."""
-        lane = self._lanes.pop(key, None)
+        """Drop unsent values for a key and wait for a send in flight, before a final message.
+
+        The key stays closed until it is forgotten: a later value must not edit over the
+        final message.
+        """
+        lane = self._lanes.get(key)
         if lane is None:
-            return
+            lane = self._lanes[key] = _Lane()
         lane.closed = True
         if lane.pending is not None and self.on_shed is not None:
-            self.on_shed()
+            self.on_shed("settled")
         lane.pending = None
         if lane.task is not None:
             await asyncio.wait({lane.task})
+
+    def forget(self, key: K) -> None:
+        """Drop a key whose messages are done with (a settled key stays closed until then)."""
+        self._lanes.pop(key, None)
 
     async def close(self) -> None:
         """Stop every lane and accept nothing more."""
@@ -148,6 +163,7 @@ class StatusRelay(Generic[K, V]):
         self._due.clear()
         for queue in self._ready:
             queue.clear()
+        self._aged.clear()
 
     def waiting(self) -> int:
         """Return how many keys have a value waiting to be sent."""
@@ -164,7 +180,7 @@ class StatusRelay(Generic[K, V]):
 
     async def _drain(self) -> None:
         """Start each due send, sleeping until the next one is due; end when none is left."""
-        while self._due or self._sending or any(self._ready):
+        while self._due or self._sending or self._aged or any(self._ready):
             self._wake.clear()
             now = self._clock()
             self._take_due(now)
@@ -192,7 +208,29 @@ class StatusRelay(Generic[K, V]):
     def _queue(self, key: K, lane: _Lane[V], place: int) -> None:
         """Make a lane wait in a ready queue (voiding any entry it has in another)."""
         lane.place = place
-        self._ready[place].append((key, lane))
+        if place == AGED:
+            pending = lane.pending
+            first = (
+                self._aged_first is not None and pending is not None and self._aged_first(pending)
+            )
+            rank = 0 if first else 1
+            heapq.heappush(self._aged, (rank, lane.pending_since, next(self._order), key, lane))
+        else:
+            self._ready[place].append((key, lane))
+
+    def _head(self, place: int) -> tuple[K, _Lane[V]] | None:
+        """The lane first in a ready queue, if any."""
+        if place == AGED:
+            return (self._aged[0][3], self._aged[0][4]) if self._aged else None
+        queue = self._ready[place]
+        return queue[0] if queue else None
+
+    def _pop(self, place: int) -> None:
+        """Take the first lane out of a ready queue."""
+        if place == AGED:
+            heapq.heappop(self._aged)
+        else:
+            self._ready[place].popleft()
 
     async def _start_ready(self, now: float) -> bool:
         """Start ready sends, most important first; True if the budget stopped them.
@@ -200,27 +238,27 @@ class StatusRelay(Generic[K, V]):
         An edit refused stops the pass: the lesser kinds have smaller shares of the budget.
         """
         self._promote_aged(now)
-        for place, queue in enumerate(self._ready):
-            while queue and len(self._sending) < self._concurrency:
-                key, lane = queue[0]
+        for place in range(len(self._ready)):
+            while (head := self._head(place)) and len(self._sending) < self._concurrency:
+                key, lane = head
                 if lane.place != place:
-                    queue.popleft()  # void: the lane waits in another queue now
+                    self._pop(place)  # void: the lane waits in another queue now
                     continue
                 if lane.closed or lane.pending is None:
-                    queue.popleft()
+                    self._pop(place)
                     lane.scheduled, lane.place = False, None
                     continue
                 kind = self._kind(lane)
                 if place != AGED and place != _PLACES[kind]:
                     # Coalesced meanwhile into a change of another kind: wait in its queue.
-                    queue.popleft()
+                    self._pop(place)
                     self._queue(key, lane, _PLACES[kind])
                     continue
                 if self._budget is not None and not await self._budget.try_edit(
                     kind, now - lane.pending_since
                 ):
                     return True
-                queue.popleft()
+                self._pop(place)
                 lane.scheduled, lane.place = False, None
                 self._start(key, lane)
         return False

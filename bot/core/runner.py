@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 MAX_RERUNS = 2  # an expired output is made again at most this often
 MAX_LOST_RERUNS = 3  # a prediction its server lost is run again at most this often
-CAPACITY_RETRY_SECONDS = 0.5  # every GPU busy: look for a free one this often
+# Every GPU busy: a freed one wakes the job (capacity_freed); this is the fallback.
+CAPACITY_RETRY_SECONDS = 5.0
 
 
 class _KeyedLocks:
@@ -283,7 +284,7 @@ class JobRunner:
                     )
                     return None
                 self._signals.clear_unless_canceling(job.id)  # a stale wake-up must not spin
-                await self._signals.pause(CAPACITY_RETRY_SECONDS, job.id)
+                await self._signals.pause_for_capacity(CAPACITY_RETRY_SECONDS, job.id)
                 continue
             except CreateOutcomeUnknown as exc:
                 log.warning("job %s: create outcome unknown: %s", job.id, exc.detail)

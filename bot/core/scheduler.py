@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bot.backends.base import Backend, Prediction
 from bot.core.announcing import WaitingAnnouncer
-from bot.core.budgets import Budgets
+from bot.core.budgets import Budgets, DeferralCountingBudget
 from bot.core.context import JobContext
 from bot.core.delivery import ResultDelivery
 from bot.core.eta import SAMPLES_PER_KEY, TimingHistory
@@ -93,10 +93,10 @@ class Scheduler:
             clock=clock,
             wall_clock=wall_clock,
             sleep=sleep,
-            budget=self.budgets.discord,
+            budget=DeferralCountingBudget(self.budgets.discord, self.metrics.status_edit_deferred),
             has_capacity=backend.has_capacity,
         )
-        self.status.relay.on_shed = lambda: self.metrics.status_edit("shed")
+        self.status.relay.on_shed = self.metrics.status_edit
         self.signals = JobSignals(sleep)
         self.pushes = PushInbox(self.signals.wake)
         self.planner = planner or PollPlanner(
@@ -318,7 +318,8 @@ class Scheduler:
         return GuildLimits(self._limits.running_per_guild, self._limits.queued_per_member)
 
     def capacity_changed(self) -> None:
-        """The backend may have room for another job (a GPU server freed)."""
+        """The backend may have room for another job (a GPU server freed): wake who waits."""
+        self.signals.capacity_freed()
         self._dispatch()
 
     def limits_changed(self, guild_id: int) -> None:

@@ -1,4 +1,4 @@
-"""What can interrupt a job's wait: a Cancel press, or a pushed prediction state."""
+"""What can interrupt a job's wait: a Cancel press, a pushed prediction state, or a freed GPU."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ class JobSignals:
         self._sleep = sleep
         self._cancel_wanted: set[int] = set()
         self._wakeups: dict[int, asyncio.Event] = {}
+        self._waiting_for_capacity: set[int] = set()
 
     def cancel_wanted(self, job_id: int) -> bool:
         """True if someone pressed Cancel on this job."""
@@ -56,6 +57,19 @@ class JobSignals:
             sleeper.cancel()
             waiter.cancel()
         return event.is_set()
+
+    async def pause_for_capacity(self, seconds: float, job_id: int) -> bool:
+        """Pause like `pause`, waking early too when the backend may have room."""
+        self._waiting_for_capacity.add(job_id)
+        try:
+            return await self.pause(seconds, job_id)
+        finally:
+            self._waiting_for_capacity.discard(job_id)
+
+    def capacity_freed(self) -> None:
+        """Wake every job waiting for the backend to have room (one of them may start)."""
+        for job_id in list(self._waiting_for_capacity):
+            self.wake(job_id)
 
     def forget(self, job_id: int) -> None:
         """Drop a finished job's signals."""

@@ -29,6 +29,9 @@ Send = Callable[[int, JobStatusUpdate], Awaitable[None]]
 # Queued jobs re-estimated per turn of the event loop when many servers' queues go stale at
 # once (a measured run, an outage): 10,000 in one go would stall the loop for a second.
 REFRESH_CHUNK = 256
+# Places shown on every move; a job further back is edited once it has moved a fifth of the
+# way (place 50 after 10 moves): a start in a long queue must not edit every message in it.
+SHOWN_PLACES = 5
 
 
 class StatusPublisher:
@@ -58,8 +61,15 @@ class StatusPublisher:
         self._clock = clock
         self._wall = wall_clock
         self._sleep = sleep
+        self._budget = budget
         self._relay: StatusRelay[int, JobStatusUpdate] = StatusRelay(
-            send, interval=interval, clock=clock, sleep=sleep, budget=budget, kind_of=edit_kind
+            send,
+            interval=interval,
+            clock=clock,
+            sleep=sleep,
+            budget=budget,
+            kind_of=edit_kind,
+            aged_first=lambda update: update.stage is not Stage.QUEUED,
         )
         self._last_status: dict[int, JobStatusUpdate] = {}
         # Guilds whose queues wait for the refresher: True to show what changed, False to only
@@ -150,6 +160,17 @@ class StatusPublisher:
             seconds_left=seconds_left,
         )
 
+    def progress_interval(self, running: int | None = None) -> float:
+        """Seconds between one running job's progress edits that Discord's budget carries.
+
+        `running`: how many jobs share it (by default, those running now). The follower
+        polls no more often than this: a tick read but never shown is a request wasted.
+        """
+        if self._budget is None:
+            return self._interval
+        count = self._queue.running_count if running is None else running
+        return max(self._interval, self._budget.progress_interval(count))
+
     def ran(self, job_id: int) -> None:
         """The job's prediction ended: its expected finish no longer applies."""
         self._expected.pop(job_id, None)
@@ -159,6 +180,7 @@ class StatusPublisher:
         self._last_status.pop(job_id, None)
         self._expected.pop(job_id, None)
         self._shown_eta.pop(job_id, None)
+        self._relay.forget(job_id)
 
     async def settle(self, job_id: int) -> None:
         """Drop a job's unsent edits and wait for one in flight, before its final message."""
@@ -184,11 +206,20 @@ class StatusPublisher:
         show = self._refreshing.pop(guild_id, False) or stale or show
         queue = self._queue.queued(guild_id)
         for job, status in zip(queue, self.waiting_statuses(guild_id), strict=True):
-            if show:
-                self.publish(job.id, status)
-            else:
+            if not show:
                 self._last_status[job.id] = status
                 self._relay.prime(job.id, status)
+            elif self._worth_an_edit(job.id, status):
+                self.publish(job.id, status)
+
+    def _worth_an_edit(self, job_id: int, status: JobStatusUpdate) -> bool:
+        """False for a small move of a place far back in the queue (see SHOWN_PLACES)."""
+        last = self._last_status.get(job_id)
+        if last is None or last.stage is not status.stage or last.position is None:
+            return True
+        if status.position is None or status.position <= SHOWN_PLACES:
+            return True
+        return abs(last.position - status.position) >= max(1, last.position // 5)
 
     def mark_stale(self, *, show: bool = True) -> None:
         """Have the refresher re-estimate every guild's queue soon; repeats coalesce."""
@@ -278,7 +309,7 @@ class StatusPublisher:
             )
             for index, (job, finish) in enumerate(zip(queue, finishes, strict=True))
         ]
-        if queue and self._queue.starts_when_released(queue[0].id, self._has_capacity):
+        if queue and self._queue.promise_start(queue[0].id, self._has_capacity):
             # It starts the moment it is let go: its first status is the state it will be in,
             # not a `Queued` that the next edit takes back.
             head = queue[0]

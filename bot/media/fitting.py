@@ -23,7 +23,7 @@ from bot.media.ffmpeg import VideoInfo, _file_size, probe, to_gif, to_mp4
 log = logging.getLogger(__name__)
 
 OutputFormat = Literal["mp4", "gif"]
-# Told of each conversion: format, outcome (fitted, too_big, failed) and seconds taken.
+# Told of each conversion: format, outcome (fitted, too_big, failed, canceled), seconds taken.
 ConversionObserver = Callable[[str, str, float], None]
 
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's per-file limit on a server without boosts
@@ -96,7 +96,7 @@ async def fit_to_limit(
     MP4 lowers the bitrate first and shrinks the picture only once the bitrate would be too
     thin for it; GIF drops to 128 colours, then shrinks. Failed attempts are deleted. Only an
     actual conversion takes a slot of `conversions`: a file posted as it is waits for none.
-    `observe` hears of each conversion: its format, outcome (fitted, too_big, failed), time.
+    `observe` hears of each conversion: format, outcome (fitted, too_big, failed, canceled), time.
     """
     source = Path(src)
     _extension(fmt)
@@ -111,6 +111,10 @@ async def fit_to_limit(
             fitted = await fit(source, info, limit_bytes, Path(workdir))
             outcome = "too_big" if fitted is None else "fitted"
             return fitted
+        except asyncio.CancelledError:
+            # The job was stopped or the bot is shutting down: FFmpeg did not fail.
+            outcome = "canceled"
+            raise
         finally:
             if observe is not None:
                 observe(fmt, outcome, time.monotonic() - started)

@@ -50,8 +50,12 @@ class HealthReport:
         cache_seconds: float = CACHE_SECONDS,
         timeout: float = PROBE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        mask: Callable[[str], str] = str,
     ) -> None:
         self._checks = dict(checks)
+        # The body is served unauthenticated: an error's text may carry a token or a URL's
+        # credentials, which the caller's `mask` hides (this layer knows no secrets).
+        self._mask = mask
         self._cache_seconds = cache_seconds
         self._timeout = timeout
         self._clock = clock
@@ -82,7 +86,7 @@ class HealthReport:
         except TimeoutError:
             return CheckResult(False, f"no answer within {self._timeout:g} s")
         except Exception as exc:  # the report must say what broke, whatever it was
-            return CheckResult(False, f"{type(exc).__name__}: {exc}"[:200])
+            return CheckResult(False, self._mask(f"{type(exc).__name__}: {exc}")[:200])
 
 
 def summary(results: Mapping[str, CheckResult]) -> tuple[bool, dict[str, object]]:

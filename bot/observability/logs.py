@@ -87,4 +87,6 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = record.stack_info
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        # ASCII only: a lone surrogate (from a decoded filename or a member's odd text) stays an
+        # escape instead of making the stream's UTF-8 encoder fail and print a traceback.
+        return json.dumps(entry, ensure_ascii=True, default=str)

@@ -19,7 +19,10 @@ PREFIX = "animatebot"
 DEFAULT_BACKEND = "replicate"
 
 Outcome = Literal["done", "failed", "canceled"]
-EditResult = Literal["sent", "failed", "shed"]
+# An edit's fate: sent, failed, or dropped unsent because a newer value replaced it while it
+# waited ("coalesced": the usual case while a send is in flight) or because the job's final
+# message came first ("settled"). Edits the Discord budget held back are counted apart.
+EditResult = Literal["sent", "failed", "coalesced", "settled"]
 
 QUEUE_WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 RUN_TIME_BUCKETS = (5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200)
@@ -136,8 +139,14 @@ class BotMetrics:
         )
         self.status_edits = Counter(
             f"{PREFIX}_status_edits",
-            "Status message edits: sent, failed, or shed (replaced or dropped unsent).",
+            "Status message edits: sent, failed, or dropped unsent (coalesced, settled).",
             ["result"],
+            registry=reg,
+        )
+        self.status_edits_deferred = Counter(
+            f"{PREFIX}_status_edits_deferred",
+            "Times Discord's request budget held a status edit back to try later, by kind.",
+            ["kind"],
             registry=reg,
         )
         self.conversions = Counter(
@@ -210,8 +219,12 @@ class BotMetrics:
             self.discord_rate_limits.labels(kind=kind).inc()
 
     def status_edit(self, result: EditResult) -> None:
-        """Count one status edit sent, failed or shed."""
+        """Count one status edit sent, failed or dropped unsent."""
         self.status_edits.labels(result=result).inc()
+
+    def status_edit_deferred(self, kind: str) -> None:
+        """Count one status edit the Discord budget refused for now (`kind`: stage, eta...)."""
+        self.status_edits_deferred.labels(kind=kind).inc()
 
     @contextlib.contextmanager
     def counting_edit(self) -> Iterator[None]:
@@ -224,7 +237,7 @@ class BotMetrics:
         self.status_edit("sent")
 
     def conversion(self, fmt: str, outcome: str, seconds: float) -> None:
-        """Count one output's conversion (`outcome`: fitted, too_big, failed) and its time."""
+        """Count one conversion (`outcome`: fitted, too_big, failed, canceled) and its time."""
         self.conversions.labels(format=fmt, outcome=outcome).inc()
         self.conversion_time.labels(format=fmt).observe(max(0.0, seconds))
 

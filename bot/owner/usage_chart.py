@@ -6,6 +6,8 @@ GPUs have a price, reads against it.
 
 Drawn with matplotlib's Agg backend (no display) on a figure of its own, in a worker thread:
 a render takes a few hundred milliseconds of CPU that the event loop must not wait through.
+The thread is the chart's own: on the default pool a burst of renders would hold up the
+DNS lookups aiohttp runs there.
 The card has its own opaque background, so it reads the same in Discord's dark and light
 themes.
 """
@@ -13,7 +15,9 @@ themes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -30,6 +34,7 @@ BAR = "#5865f2"  # blurple: Replicate (every bar, without own GPUs)
 OWN_BAR = "#eb459e"  # fuchsia: the bot's own GPUs, stacked on top
 BUDGET = "#f0b232"  # amber
 REQUESTS = "#57f287"  # green
+RENDER_THREAD_NAME = "usage-chart"
 
 
 def render_usage_chart(report: UsageReport, *, days: int = USAGE_DAYS) -> bytes | None:
@@ -121,8 +126,17 @@ def render_usage_chart(report: UsageReport, *, days: int = USAGE_DAYS) -> bytes 
 
 
 async def usage_chart(report: UsageReport) -> bytes | None:
-    """Render the chart in a worker thread, leaving the event loop free meanwhile."""
-    return await asyncio.to_thread(render_usage_chart, report)
+    """Render the chart on the chart's own thread, leaving the event loop free meanwhile."""
+    return await asyncio.get_running_loop().run_in_executor(
+        _render_executor(), render_usage_chart, report
+    )
+
+
+@functools.cache  # made on first use, from the event loop's thread, then kept for good
+def _render_executor() -> ThreadPoolExecutor:
+    """The one worker thread that draws charts."""
+    # One worker: renders are CPU-bound, so more threads would only share the cores.
+    return ThreadPoolExecutor(1, thread_name_prefix=RENDER_THREAD_NAME)
 
 
 def _day_label(moment: float) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
 import time
 from pathlib import Path
 
@@ -18,10 +20,17 @@ log = logging.getLogger(__name__)
 aiosqlite_log = logging.getLogger("aiosqlite")
 
 TIMINGS_KEPT = 100  # per model and step count; estimates read far fewer
+# How long a write probe waits for the write lock: the bot's own writes hold it for
+# milliseconds, and the health check gives the whole probe 5 seconds.
+PROBE_BUSY_TIMEOUT = 1.0
 
 
 class SQLiteStore(SQLiteJobRecords):
     """The Store on one SQLite file (WAL), migrated on open; all SQL lives here, parameterised."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path, *, clock: Clock = time.time) -> None:
+        super().__init__(db, clock=clock)
+        self._path = path
 
     @classmethod
     async def open(cls, path: str | Path, *, clock: Clock = time.time) -> SQLiteStore:
@@ -39,7 +48,7 @@ class SQLiteStore(SQLiteJobRecords):
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
             await db.execute("PRAGMA busy_timeout = 5000")
-            store = cls(db, clock=clock)
+            store = cls(db, path, clock=clock)
             await store._migrate()
         except BaseException:
             await db.close()
@@ -58,15 +67,11 @@ class SQLiteStore(SQLiteJobRecords):
 
     async def probe_write(self) -> None:
         """Write a row inside a transaction and roll it back; raise if the file is not writable."""
-        # IMMEDIATE takes the write lock up front, so a read-only file or folder fails here.
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            await self._db.execute(
-                "INSERT INTO timings (model, steps, queue_wait, run_time, recorded_at) "
-                "VALUES ('probe', 0, 0, 0, 0)"
-            )
-        finally:
-            await self._db.execute("ROLLBACK")
+        # Its own connection, in a thread that always finishes and closes it: on the shared
+        # one a job's write landing between BEGIN and ROLLBACK would be rolled back with the
+        # probe, and a probe cancelled by the health check's time-out would leave the shared
+        # connection inside a transaction that never commits.
+        await asyncio.to_thread(_probe_write, self._path)
 
     async def _migrate(self) -> None:
         """Apply every migration newer than the file, each in its own transaction."""
@@ -203,3 +208,20 @@ class SQLiteStore(SQLiteJobRecords):
         ) as cursor:
             rows = await cursor.fetchall()
         return [(int(m), int(n), GpuSeconds(float(r), float(o))) for m, n, r, o in rows]
+
+
+def _probe_write(path: Path) -> None:
+    """Take the write lock on `path`, insert a row and roll it back, on a connection of its own."""
+    db = sqlite3.connect(path, timeout=PROBE_BUSY_TIMEOUT, isolation_level=None)
+    try:
+        # IMMEDIATE takes the write lock up front, so a read-only file or folder fails here.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "INSERT INTO timings (model, steps, queue_wait, run_time, recorded_at) "
+                "VALUES ('probe', 0, 0, 0, 0)"
+            )
+        finally:
+            db.execute("ROLLBACK")
+    finally:
+        db.close()

@@ -2,7 +2,8 @@
 
 The real Cog server from PyPI runs it in the tests (`COG_PREDICT_TYPE_STUB=predict.py:Predictor`).
 `COG_TEST_SECONDS` sets how long one prediction takes (the two progress bars share it),
-`COG_TEST_SAMPLE` which file it returns (the sample MP4 beside the tests by default), and
+`COG_TEST_SAMPLE` which file it returns (the sample MP4 beside the tests by default),
+`COG_TEST_OUTPUT` the folder of the one copy it returns (a temporary one by default), and
 `COG_TEST_SPANS` a file to which each prediction appends its start and end (for bench/);
 `COG_TEST_FAIL_SETUP` makes setup fail, as a server without its weights would.
 """
@@ -40,11 +41,16 @@ class Predictor(BaseRunner):
     """Takes animate-diff's inputs; prints its seed and two bars; returns the sample MP4."""
 
     def setup(self, weights: object = None) -> None:
-        """Nothing to load: the sample is read at each prediction."""
+        """Nothing to load: the sample is copied once, where each prediction returns it."""
         if os.environ.get("COG_TEST_FAIL_SETUP"):
             raise RuntimeError("the model's weights are missing")
         self.seconds = float(os.environ.get("COG_TEST_SECONDS", "0.3"))
         self.sample = Path(os.environ.get("COG_TEST_SAMPLE", str(SAMPLE)))
+        # One copy per server, not per prediction: the server reads it for the data: URI or
+        # the upload, and the copy is made again should the server delete it after.
+        folder = Path(os.environ.get("COG_TEST_OUTPUT") or tempfile.mkdtemp())
+        folder.mkdir(parents=True, exist_ok=True)
+        self.out = folder / "out.mp4"
 
     def run(
         self,
@@ -67,10 +73,10 @@ class Predictor(BaseRunner):
                 time.sleep(pause)
                 print(_bar(done, total), file=sys.stderr)
                 sys.stderr.flush()
-        out = Path(tempfile.mkdtemp()) / "out.mp4"
-        shutil.copyfile(self.sample, out)
+        if not self.out.exists():
+            shutil.copyfile(self.sample, self.out)
         spans = os.environ.get("COG_TEST_SPANS")
         if spans:
             with open(spans, "a") as file:
                 file.write(f"{began} {time.time()}\n")
-        return CogPath(out)
+        return CogPath(self.out)

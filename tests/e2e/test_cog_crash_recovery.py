@@ -49,7 +49,7 @@ def cog_environment(
     del env["REPLICATE_API_TOKEN"]
     env.update(
         COG_URLS=",".join(f"gpu-{n}={server.url}" for n, server in enumerate(gpus)),
-        COG_HEALTH_CHECK_SECONDS="0.2",
+        COG_HEALTH_CHECK_SECONDS="0.5",  # losses are judged by time, not by checks
         WEBHOOK_LISTEN_HOST="127.0.0.1",
         WEBHOOK_LISTEN_PORT=str(port),
     )

@@ -3,9 +3,11 @@
 Cog signs neither, so each prediction's webhook path carries its own secret token, and an
 upload must name (in `X-Prediction-Id`) the server id of a prediction the bot placed, which
 carries a keyed hash. Anything else, or anything for a prediction that has ended, answers 404
-before a byte of its body is read, and the connection is closed. Bodies are read in chunks
-against the download cap (a `completed` webhook holds the whole `data:` URI, far above
-aiohttp's 1 MiB default); a Content-Length over it is refused at once.
+before a byte of its body is read, and the connection is not kept (aiohttp discards, never
+buffers, what still arrives for a few seconds). Bodies are read in chunks against the
+download cap (a `completed` webhook holds the whole `data:` URI, far above aiohttp's 1 MiB
+default); a Content-Length over it is refused at once. A prediction may upload
+FILES_PER_PREDICTION files; each is written under a temporary name and renamed once whole.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 import aiohttp
 import yarl
@@ -116,23 +119,22 @@ class CogCallbacks:
         partial = folder / f".{uuid.uuid4().hex}.part"
         self._uploading[tracked.token] += 1
         try:
-            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
             await _stream_to(request, partial, self._max_bytes)
             if self._pool.upload_target(server_id) is not tracked:
                 return _refuse(404, "ended")  # it ended (or was lost) while this arrived
             await asyncio.to_thread(partial.replace, path)
+            url = f"{self._base}/uploads/{tracked.token}/{path.name}"
+            tracked.files[url] = path
         except TooLarge:
             return _refuse(413, "too large")
         except (aiohttp.ClientError, ConnectionResetError) as exc:
             log.warning("an upload for %s broke off: %s", tracked.state.id, exc)
-            raise
+            return _refuse(400, "broken off")  # nobody reads it: the sender has gone
         finally:
             self._uploading[tracked.token] -= 1
             if not self._uploading[tracked.token]:
                 del self._uploading[tracked.token]
             await asyncio.to_thread(_discard_partial, partial, folder)
-        url = f"{self._base}/uploads/{tracked.token}/{path.name}"
-        tracked.files[url] = path
         return web.Response(status=201, headers={"Location": url}, text="stored\n")
 
 
@@ -161,7 +163,7 @@ async def _chunks(request: web.Request, limit: int) -> AsyncIterator[bytes]:
 
 async def _stream_to(request: web.Request, path: Path, limit: int) -> None:
     """Write the body to a file as it arrives (the writes in a thread), within `limit`."""
-    file = await asyncio.to_thread(path.open, "wb")
+    file = await asyncio.to_thread(_create, path)
     try:
         batch: list[bytes] = []
         gathered = 0
@@ -175,6 +177,17 @@ async def _stream_to(request: web.Request, path: Path, limit: int) -> None:
             await asyncio.to_thread(file.write, b"".join(batch))
     finally:
         await asyncio.to_thread(file.close)
+
+
+def _create(path: Path) -> BinaryIO:
+    """Open a new file in its folder, making the folder (again, if an ended upload took it)."""
+    for _ in range(3):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return path.open("wb")
+        except FileNotFoundError:
+            continue  # another upload's refusal removed the empty folder in between
+    return path.open("wb")
 
 
 def _discard_partial(partial: Path, folder: Path) -> None:

@@ -1,21 +1,24 @@
 """Health checks of the pool's servers: which are up, set up and serving this model.
 
 A server that stops answering, or restarts (its `setup.started_at` changes), or sits idle
-while it should be running one of ours, has lost those predictions: the monitor says so and
-the pool has them run again elsewhere. SETUP_FAILED, DEFUNCT and UNHEALTHY servers are logged
-once per change and never sent work; a server whose schema lacks the model's inputs is
-refused for good, with one line in the log.
+while it should be running one of ours, has lost those predictions: the monitor says so (to
+losses.py) and the pool has them run again elsewhere. A server refusing connections is down
+after two checks; one that accepts them but does not answer (stalled, or a slow network) only
+after DOWN_AFTER_SECONDS. SETUP_FAILED, DEFUNCT and UNHEALTHY servers are logged once per
+change and never sent work; a server whose schema lacks the model's inputs is refused for
+good, with one line in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 
 import aiohttp
 
+from bot.backends.cog.losses import LossWatch
 from bot.backends.cog.servers import (
     BROKEN,
     UNREACHABLE,
@@ -28,8 +31,7 @@ from bot.backends.cog.servers import (
 log = logging.getLogger(__name__)
 
 DOWN_AFTER = 2  # checks in a row without an answer before a server is marked down
-
-LoseOn = Callable[[CogServer, str, float | None], None]  # server, reason, lost if placed before
+DOWN_AFTER_SECONDS = 10.0  # and, unless it refuses connections, this long without an answer
 
 
 class HealthMonitor:
@@ -41,16 +43,18 @@ class HealthMonitor:
         servers: Sequence[CogServer],
         *,
         interval: float,
-        lose: LoseOn,
-        observed: Callable[[CogServer, str], None],
+        losses: LossWatch,
         changed: Callable[[], None],
+        down_after: float = DOWN_AFTER_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._http = http
         self._servers = servers
         self._interval = interval
-        self._lose = lose
-        self._observed = observed  # the pool compares a status with what it placed there
+        self._losses = losses  # compares what a server says with what the pool placed there
         self._changed = changed
+        self._down_after = down_after
+        self._clock = clock
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -82,38 +86,51 @@ class HealthMonitor:
         """Read one server's health and act on what changed."""
         was_free = server.free
         timeout = max(1.0, min(10.0, 2 * self._interval))
+        asked = self._clock()
         try:
             answer = await self._http.health(server, timeout=timeout)
+        except aiohttp.ClientConnectorError as exc:
+            self._unanswered(server, f"{type(exc).__name__}", asked, refused=True)
+            return
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self._unanswered(server, f"{type(exc).__name__}")
+            self._unanswered(server, f"{type(exc).__name__}", asked, refused=False)
             return
         body = answer.body if isinstance(answer.body, dict) else {}
         status = str(body.get("status") or f"HTTP {answer.status}")
-        server.failures = 0
-        setup = body.get("setup") if isinstance(body.get("setup"), dict) else {}
+        server.failures, server.unanswered_since = 0, None
+        setup = body.get("setup")
         started = setup.get("started_at") if isinstance(setup, dict) else None
-        if server.setup_started is not None and started != server.setup_started:
-            log.warning("Cog server %s restarted: its predictions are lost", server.describe())
-            completed = setup.get("completed_at") if isinstance(setup, dict) else None
-            self._lose(server, "the GPU server restarted", _epoch(completed))
-        server.setup_started = started if isinstance(started, str) else None
+        # Only a Cog answer says which instance it is (a proxy's 502 or garbage does not).
+        if isinstance(started, str):
+            if server.setup_started is not None and started != server.setup_started:
+                log.warning("Cog server %s restarted: its predictions are lost", server.describe())
+                # Placed before its old instance last answered: the new one never had them.
+                self._losses.lose_on(server, "the GPU server restarted", server.answered_at)
+            self._losses.answered(server, started)
+            server.setup_started = started
+            server.answered_at = self._clock()
         self._set_health(server, status)
         if status in USABLE and not server.schema_checked:
             await self._check_schema(server)
         server.foreign_busy = status == "BUSY" and not server.running and not server.claimed
-        self._observed(server, status)
+        self._losses.observed(server, status)
         if server.free and not was_free:
             self._changed()
 
-    def _unanswered(self, server: CogServer, why: str) -> None:
-        """Count a check without an answer; mark the server down after a few."""
+    def _unanswered(self, server: CogServer, why: str, asked: float, *, refused: bool) -> None:
+        """Count a check without an answer; mark the server down after a few (or a while)."""
         server.failures += 1
+        if server.unanswered_since is None:
+            server.unanswered_since = asked
+        silent = self._clock() - server.unanswered_since
         if server.failures < DOWN_AFTER or server.health == UNREACHABLE:
             return
+        if not refused and silent < self._down_after:
+            return  # it takes connections: maybe only stalled, and still running ours
         log.warning("Cog server %s is down (%s)", server.describe(), why)
         server.health = UNREACHABLE
         server.foreign_busy = False
-        self._lose(server, "the GPU server stopped answering", None)
+        self._losses.lose_on(server, "the GPU server stopped answering", None)
 
     def _set_health(self, server: CogServer, status: str) -> None:
         """Record a status, logging each change once."""
@@ -151,18 +168,3 @@ def refusal(missing: Sequence[str]) -> str:
         f"it does not take this model's inputs (no {', '.join(missing)}); "
         "check that it runs lucataco/animate-diff"
     )
-
-
-def _epoch(value: object) -> float | None:
-    """Read a server's ISO 8601 time (nanoseconds allowed) as seconds since the epoch."""
-    if not isinstance(value, str):
-        return None
-    head, dot, rest = value.partition(".")
-    if dot:
-        digits = "".join(c for c in rest if c.isdigit())
-        zone = rest[len(digits) :]
-        value = f"{head}.{digits[:6]}{zone}"
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

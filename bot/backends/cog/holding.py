@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from enum import Enum
 
 import aiohttp
 
 from bot.backends.base import Prediction, PredictionAPIError
 from bot.backends.cog.servers import Answer, CogHTTP, CogServer, error_detail
-from bot.backends.cog.tracking import Tracked
+from bot.backends.cog.tracking import Tracked, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,14 @@ class HeldRequests:
         """Record the end of a prediction whose create has already returned."""
         if not tracked.accepted or task.cancelled():
             return  # the create reads the answer itself, or the pool already lost it
-        outcome, _ = task.result()
-        if outcome is not Held.ENDED:
+        outcome, answer = task.result()
+        if outcome is Held.REFUSED and answer is not None:
+            # A refusal of the input, only slower than the accept window: running it again
+            # elsewhere would be refused the same way.
+            tracked.state = replace(
+                tracked.state, status="failed", error=error_detail(answer), completed_at=timestamp()
+            )
+        elif outcome is not Held.ENDED:
             tracked.lose(
                 "the GPU server stopped answering"
                 if outcome in (Held.CUT_OFF, Held.UNREACHED)

@@ -11,6 +11,8 @@ its state.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import aiohttp
 
@@ -24,7 +26,12 @@ INPUT_REFUSED = frozenset({400, 422})  # the server read the input and would not
 
 
 async def put_with_webhook(
-    http: CogHTTP, server: CogServer, tracked: Tracked, webhook: str
+    http: CogHTTP,
+    server: CogServer,
+    tracked: Tracked,
+    webhook: str,
+    *,
+    abandon: Callable[[CogServer, str], None],
 ) -> Prediction | None:
     """PUT the prediction; its state once placed, None if this server cannot take it now."""
     for _ in range(2):
@@ -40,12 +47,17 @@ async def put_with_webhook(
             continue  # while it runs, the same PUT answers its state
         return read_placement(server, tracked, answer)
     server.failures += 1
+    abandon(server, tracked.server_id)  # it may have started: the job is placed elsewhere
     return None
 
 
 def read_placement(server: CogServer, tracked: Tracked, answer: Answer) -> Prediction | None:
     """Read a create's answer: placed, busy, not ready, or refused."""
     if answer.status in (200, 201, 202):
+        if not _same_input(answer.body, tracked.api_input):
+            log.warning("Cog server %s runs another client's %s", server.name, tracked.server_id)
+            server.foreign_busy = True
+            return None
         tracked.update(answer.body)
         tracked.accepted = True
         return tracked.state
@@ -69,3 +81,11 @@ def refuse_server(server: CogServer, answer: Answer) -> None:
         "check its URL in COG_URLS and that it runs cog 0.23 or later"
     )
     log.error("Cog server %s is refused: %s", server.describe(), server.refused)
+
+
+def _same_input(body: object, api_input: Mapping[str, Any]) -> bool:
+    """True unless the server echoes an input that differs from ours in what we sent."""
+    echoed = body.get("input") if isinstance(body, dict) else None
+    if not isinstance(echoed, dict):
+        return True  # nothing to compare (an answer without the input)
+    return all(echoed.get(name) == value for name, value in api_input.items())

@@ -33,12 +33,15 @@ from bot.backends.base import (
     PredictionNotFound,
     current_attempt,
 )
-from bot.backends.cog.health import HealthMonitor
+from bot.backends.cog.health import DOWN_AFTER_SECONDS, HealthMonitor
 from bot.backends.cog.holding import HeldRequests
 from bot.backends.cog.ids import CogPredictionId, Naming, clean_key, parse
+from bot.backends.cog.losses import FORGOTTEN_AFTER_SECONDS, LossWatch
 from bot.backends.cog.outputs import copy_upload, write_data_uri
 from bot.backends.cog.placing import put_with_webhook
+from bot.backends.cog.recovery import find_again, recover
 from bot.backends.cog.servers import CogHTTP, CogServer, error_detail
+from bot.backends.cog.spilling import Spiller
 from bot.backends.cog.tracking import EndedPredictions, Tracked
 from bot.observability.metrics import BotMetrics
 
@@ -63,6 +66,8 @@ class CogPool:
         request_timeout: float = 10.0,
         hold_timeout: float = 1860.0,
         max_bytes: int = 100 * 1024 * 1024,
+        down_after: float = DOWN_AFTER_SECONDS,
+        forgotten_after: float = FORGOTTEN_AFTER_SECONDS,
         metrics: BotMetrics | None = None,
     ) -> None:
         self.servers = [CogServer(name, url.rstrip("/")) for name, url in servers]
@@ -75,15 +80,24 @@ class CogPool:
         self._by_token: dict[str, Tracked] = {}
         self._by_server_id: dict[str, Tracked] = {}
         self._ended = EndedPredictions()
+        self._spiller = Spiller(uploads_dir, max_bytes=max_bytes)
         self._runs: deque[float] = deque(maxlen=RUNS_KEPT)  # GPU seconds of recent successes
         self._held = HeldRequests(self._http, timeout=hold_timeout, end=self._end)
+        self.losses = LossWatch(
+            self._http,
+            self._held,
+            running=self._running.values,
+            end=self._end,
+            callback_url=self.callback_url,
+            forgotten_after=forgotten_after,
+        )
         self.health = HealthMonitor(
             self._http,
             self.servers,
             interval=health_interval,
-            lose=self._lose_on,
-            observed=self._observed,
+            losses=self.losses,
             changed=self._capacity_changed,
+            down_after=down_after,
         )
         self.on_push: Callable[[Prediction], None] | None = None  # the scheduler's inbox
         self.on_capacity: Callable[[], None] | None = None  # a server freed: start a job
@@ -102,6 +116,8 @@ class CogPool:
         """Stop the health checks and drop the requests held open (their servers cancel them)."""
         await self.health.stop()
         await self._held.stop()
+        await self.losses.stop()
+        await self._spiller.stop()
 
     # The Backend seam ------------------------------------------------------------------
 
@@ -109,6 +125,10 @@ class CogPool:
     def features(self) -> BackendFeatures:
         """Read from the pool's own records (no request), each change pushed, found by id."""
         return BackendFeatures(polling=True, pushes=True, search=True)
+
+    def unmetered(self, reference: str | None) -> bool:
+        """Every request goes to the bot's own GPUs: none counts against the API budget."""
+        return True
 
     def has_capacity(self, starting: int) -> bool:
         """True if more servers are free than jobs are on their way to one.
@@ -160,7 +180,11 @@ class CogPool:
         parsed = parse(prediction_id)
         if parsed is None:
             raise PredictionNotFound("This is not a prediction of the GPU servers.", status=404)
-        return await self._recover(parsed)
+        return await recover(self, parsed)
+
+    async def get_once(self, prediction_id: str, *, timeout: float) -> Prediction:
+        """The prediction as last reported: its own records, so one read is the whole of it."""
+        return await self.get(prediction_id)
 
     async def find(
         self,
@@ -170,23 +194,7 @@ class CogPool:
         accept: Callable[[Prediction], Awaitable[bool]] | None = None,
     ) -> Prediction | None:
         """Find this run's prediction on a busy server by its id (its create's answer was lost)."""
-        attempt = current_attempt.get()
-        if attempt is None:
-            return None
-        key = clean_key(attempt.key)
-        for tracked in self._running.values():
-            if tracked.id.key == key:
-                return tracked.state
-        if self.callback_url is None:
-            return None  # a held request that was cut off ended its prediction with it
-        await self.health.check_all()
-        for server in self.servers:
-            # A server running nothing cannot have it, and a PUT there would start it.
-            if server.usable and server.health == "BUSY" and not server.running:
-                found = await self._reattach(server, CogPredictionId(server.name, key), api_input)
-                if found is not None and (accept is None or await accept(found)):
-                    return found
-        return None
+        return await find_again(self, api_input, accept=accept)
 
     async def cancel(self, prediction_id: str) -> Prediction:
         """Ask the prediction's server to stop it; its end comes as usual."""
@@ -233,9 +241,13 @@ class CogPool:
         tracked = self._by_token.get(token)
         if tracked is None or tracked.held:
             return False
+        if not isinstance(body, dict) or body.get("id") != tracked.server_id:
+            return False
+        tracked.heard = True
+        self.losses.heard_from(self._by_name[tracked.id.server])
         state = tracked.update(body)
         if state is None:
-            return isinstance(body, dict) and body.get("id") == tracked.server_id
+            return True
         if state.is_terminal:
             self._end(tracked)
         else:
@@ -262,7 +274,11 @@ class CogPool:
         tracked = self._track(prediction_id, api_input, server, held=self.callback_url is None)
         return await self._send(server, tracked, "placed on")
 
-    async def _reattach(
+    def running(self, prediction_id: str) -> Tracked | None:
+        """Our prediction of this id, if it runs."""
+        return self._running.get(prediction_id)
+
+    async def reattach(
         self, server: CogServer, prediction_id: CogPredictionId, api_input: Mapping[str, Any]
     ) -> Prediction | None:
         """The same PUT again: it answers a running prediction's state (or starts it anew)."""
@@ -270,6 +286,8 @@ class CogPool:
         if known is not None:
             return known.state  # already found (by another look-up while this one waited)
         tracked = self._track(prediction_id, api_input, server, held=False)
+        # Its webhooks may all have gone while the bot was away: a loss, not a bad callback URL.
+        tracked.heard = True
         return await self._send(server, tracked, "found again on")
 
     async def _send(self, server: CogServer, tracked: Tracked, done: str) -> Prediction | None:
@@ -279,7 +297,9 @@ class CogPool:
                 placed = await self._held.place(server, tracked)
             else:
                 webhook = f"{self.callback_url}/webhook/{tracked.token}"
-                placed = await put_with_webhook(self._http, server, tracked, webhook)
+                placed = await put_with_webhook(
+                    self._http, server, tracked, webhook, abandon=self.losses.abandon
+                )
         except BaseException:
             self._untrack(tracked)  # refused (bad input) or cancelled: the server stays free
             raise
@@ -288,21 +308,6 @@ class CogPool:
         else:
             log.info("prediction %s %s %s", tracked.state.id, done, server.describe())
         return placed
-
-    async def _recover(self, prediction_id: CogPredictionId) -> Prediction:
-        """Find a prediction from before a restart on its server, or report it lost."""
-        server = self._by_name.get(prediction_id.server)
-        attempt = current_attempt.get()
-        reason = "the bot restarted while the GPU server ran it"
-        if server is None:
-            return _lost(prediction_id, "its GPU server is no longer configured")
-        if self.callback_url is None or attempt is None:
-            return _lost(prediction_id, reason)  # its held request ended with the bot
-        await self.health.check(server)
-        if not server.usable:
-            return _lost(prediction_id, server.unavailable())
-        found = await self._reattach(server, prediction_id, attempt.api_input)
-        return found if found is not None else _lost(prediction_id, reason)
 
     def _track(
         self,
@@ -343,34 +348,18 @@ class CogPool:
 
     def _end(self, tracked: Tracked) -> None:
         """A prediction ended (or was lost): free its server, keep its state, tell its job."""
+        if tracked.ended:
+            return  # a held request's answer and a loss can both end it
+        tracked.ended = True
         self._untrack(tracked)
         self._ended.add(tracked)
+        self._spiller.spill(tracked)
         log.info("prediction %s ended: %s", tracked.state.id, tracked.state.status)
         if tracked.state.status == "succeeded" and tracked.state.predict_time is not None:
             self._runs.append(tracked.state.predict_time)
         if tracked.accepted:
             self._push(tracked.state)
         self._capacity_changed()
-
-    def _lose_on(self, server: CogServer, reason: str, placed_before: float | None) -> None:
-        """Every prediction of ours on a server that went down or restarted is lost."""
-        for tracked in [t for t in self._running.values() if t.id.server == server.name]:
-            if placed_before is None or tracked.placed_wall < placed_before:
-                log.warning("prediction %s lost: %s", tracked.state.id, reason)
-                tracked.lose(reason)
-                self._held.drop(tracked)
-                self._end(tracked)
-
-    def _observed(self, server: CogServer, status: str) -> None:
-        """A server idle twice while one of ours (with webhooks) runs there has forgotten it."""
-        for tracked in [t for t in self._running.values() if t.id.server == server.name]:
-            if tracked.held or not tracked.accepted:
-                continue
-            tracked.ready_checks = tracked.ready_checks + 1 if status == "READY" else 0
-            if tracked.ready_checks >= 2:
-                log.warning("prediction %s lost: its server forgot it", tracked.state.id)
-                tracked.lose("the GPU server forgot it")
-                self._end(tracked)
 
     def _time_left(self, server: CogServer, typical: float) -> float:
         """Seconds until a usable server should be free, from when its prediction was sent."""
@@ -390,10 +379,3 @@ class CogPool:
         """Tell the core a server may be free."""
         if self.on_capacity is not None:
             self.on_capacity()
-
-
-def _lost(prediction_id: CogPredictionId, reason: str) -> Prediction:
-    """The state of a prediction that cannot be found again (its output is gone with it)."""
-    return Prediction(
-        id=str(prediction_id), status="failed", error=reason, lost=True, data_removed=True
-    )

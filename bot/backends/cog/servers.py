@@ -54,6 +54,8 @@ class CogServer:
     schema_checked: bool = False
     setup_started: str | None = None  # changes when the server restarts
     failures: int = 0  # health checks in a row without an answer
+    unanswered_since: float | None = None  # the first of those checks (the bot's clock)
+    answered_at: float | None = None  # its last Cog answer (the bot's clock, never the GPU's)
     # Busy with a prediction that is not ours (a 409 or a BUSY check while we had none).
     foreign_busy: bool = False
     running: set[str] = field(default_factory=set)  # our prediction ids placed here

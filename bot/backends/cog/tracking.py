@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from bot.backends.cog.ids import CogPredictionId
 from bot.backends.cog.outputs import discard_uploads
 
 ENDED_KEPT = 200  # ended predictions remembered for their jobs to read (and post) them
+ENDED_TTL_SECONDS = 3600.0  # and for at most an hour, as Replicate keeps its outputs
 STATUSES = frozenset({"starting", "processing", "succeeded", "failed", "canceled"})
 _RANK = {"starting": 0, "processing": 1}
 
@@ -57,10 +58,14 @@ class Tracked:
     held: bool  # followed through a request held open (no callback URL), not webhooks
     state: Prediction
     placed_wall: float = field(default_factory=time.time)
+    placed_at: float = field(default_factory=time.monotonic)  # the bot's clock, never the GPU's
     files: dict[str, Path] = field(default_factory=dict)  # output URL -> the uploaded file
     hold: asyncio.Task[Any] | None = None
     accepted: bool = False  # the create returned: the end is the pool's to record
     ready_checks: int = 0  # health checks in a row that saw the server idle while it ran
+    ready_since: float | None = None  # when the first of those checks was (monotonic)
+    heard: bool = False  # a webhook of it arrived: the server reaches COG_CALLBACK_URL
+    ended: bool = False  # its end was recorded (once)
 
     @classmethod
     def placed(
@@ -120,22 +125,34 @@ class Tracked:
 class EndedPredictions:
     """The last ended predictions, for `get` and downloads; their uploads go with them."""
 
-    def __init__(self, keep: int = ENDED_KEPT) -> None:
+    def __init__(
+        self,
+        keep: int = ENDED_KEPT,
+        *,
+        ttl: float = ENDED_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._keep = keep
-        self._ended: OrderedDict[str, Tracked] = OrderedDict()
+        self._ttl = ttl
+        self._clock = clock
+        self._ended: OrderedDict[str, tuple[float, Tracked]] = OrderedDict()  # id -> (ended, it)
 
     def add(self, tracked: Tracked) -> None:
         """Remember an ended prediction, forgetting (and deleting the files of) the oldest."""
-        self._ended[tracked.state.id] = tracked
+        self._ended[tracked.state.id] = (self._clock(), tracked)
         self._ended.move_to_end(tracked.state.id)
-        while len(self._ended) > self._keep:
-            _, oldest = self._ended.popitem(last=False)
+        horizon = self._clock() - self._ttl
+        while self._ended and (
+            len(self._ended) > self._keep or next(iter(self._ended.values()))[0] < horizon
+        ):
+            _, (_, oldest) = self._ended.popitem(last=False)
             discard_uploads(oldest.files.values())
 
     def get(self, prediction_id: str) -> Tracked | None:
         """An ended prediction, if it is still remembered."""
-        return self._ended.get(prediction_id)
+        kept = self._ended.get(prediction_id)
+        return kept[1] if kept is not None else None
 
     def values(self) -> list[Tracked]:
         """Every remembered prediction."""
-        return list(self._ended.values())
+        return [tracked for _, tracked in self._ended.values()]
