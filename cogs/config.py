@@ -10,7 +10,7 @@ from discord.ext import commands
 
 from bot.owner.guild_settings import ChannelExists
 from bot.owner.setting_specs import LIST_SETTINGS, RESETTABLE, SETTINGS, InvalidSetting
-from bot.texts.member import CONTENT_LIMIT, quote
+from bot.texts.formatting import CONTENT_LIMIT, quote
 from bot.texts.owner import settings_text
 
 if TYPE_CHECKING:

@@ -12,7 +12,8 @@ from bot.core.jobs import GenerationRequest, Job, JobStatus
 from bot.core.outcomes import api_refusal
 from bot.core.reporter import JobResult, JobStatusUpdate, QueueEntry, Stage
 from bot.media import Upload
-from bot.texts.member import LOST_RERUN_NOTE, RERUN_NOTE, queue_text, result_card, status_text
+from bot.texts.cards import LOST_RERUN_NOTE, RERUN_NOTE, result_card
+from bot.texts.member import queue_text, status_text
 
 JOB = Job(
     id=7,

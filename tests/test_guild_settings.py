@@ -13,7 +13,7 @@ from bot.owner.blocked_words import check_pattern as _check_pattern
 from bot.owner.guild_settings import BY_THE_BOT, ChannelExists, GuildSettingsService
 from bot.owner.setting_specs import MAX_BLOCKED_PATTERNS, MAX_CHANNELS, SETTINGS, InvalidSetting
 from bot.storage.sqlite import SQLiteStore
-from bot.texts.member import CONTENT_LIMIT, quote
+from bot.texts.formatting import CONTENT_LIMIT, quote
 from bot.texts.owner import settings_text
 from tests.test_quotas import DEFAULTS
 

@@ -25,7 +25,8 @@ from bot.core.jobs import (
 )
 from bot.core.reporter import JobResult, JobStatusUpdate, Stage
 from bot.media import Upload
-from bot.texts.member import (
+from bot.texts.cards import result_card
+from bot.texts.formatting import (
     CONTENT_LIMIT,
     DESCRIPTION_LIMIT,
     EMBED_TOTAL_LIMIT,
@@ -34,13 +35,8 @@ from bot.texts.member import (
     FIELDS_LIMIT,
     FOOTER_LIMIT,
     TITLE_LIMIT,
-    canceled_text,
-    done_text,
-    failed_text,
-    result_card,
-    status_text,
-    too_large_text,
 )
+from bot.texts.member import canceled_text, done_text, failed_text, status_text, too_large_text
 
 ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff"
 BIDI = "\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"

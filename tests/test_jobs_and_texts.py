@@ -19,17 +19,15 @@ from bot.core.jobs import (
 )
 from bot.core.reporter import JobResult, JobStatusUpdate, Stage
 from bot.media import Upload
-from bot.texts.member import (
+from bot.texts.cards import reproduce_command, result_card
+from bot.texts.formatting import (
     DESCRIPTION_LIMIT,
     EMBED_TOTAL_LIMIT,
     FIELD_VALUE_LIMIT,
     format_duration,
-    reproduce_command,
-    result_card,
     shorten,
-    stage_line,
-    status_text,
 )
+from bot.texts.member import stage_line, status_text
 
 
 def _job(request: GenerationRequest, requester: int = 77) -> Job:

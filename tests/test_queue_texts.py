@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from bot.core.jobs import GenerationRequest, Job, JobStatus
 from bot.core.reporter import JobStatusUpdate, QueueEntry, Stage
-from bot.texts.member import CONTENT_LIMIT, QUEUE_EMPTY_TEXT, QUEUE_LINES, queue_text, stage_line
+from bot.texts.formatting import CONTENT_LIMIT
+from bot.texts.member import QUEUE_EMPTY_TEXT, QUEUE_LINES, queue_text, stage_line
 
 ALICE, BOB = 111, 222
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bot.owner.quotas import DAY, DayUsage, MemberUsage, Prices, UsageReport
 from bot.storage.base import GpuSeconds
-from bot.texts.member import DESCRIPTION_LIMIT
+from bot.texts.formatting import DESCRIPTION_LIMIT
 from bot.texts.owner import usage_text
 
 TODAY = 1_796_083_200.0  # a UTC midnight: 2026-12-01

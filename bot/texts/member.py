@@ -1,79 +1,14 @@
-"""Words the bot shows people: status lines and the result card, as plain data."""
+"""Words members read about their requests: status lines, the queue view, how a job ended."""
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
-
 from bot.backends.cog.ids import server_of
-from bot.core.jobs import (
-    CHECKPOINTS,
-    DEFAULT_OUTPUT_FORMAT,
-    INVISIBLE,
-    MOTION_MODULES,
-    OUTPUT_FORMATS,
-    GenerationRequest,
-    Job,
-)
+from bot.core.jobs import Job
 from bot.core.progress import render_bar
 from bot.core.redaction import scrub
-from bot.core.reporter import JobResult, JobStatusUpdate, QueueEntry, Stage
+from bot.core.reporter import JobStatusUpdate, QueueEntry, Stage
 from bot.media import DEFAULT_UPLOAD_LIMIT
-
-# Discord's message and embed limits.
-CONTENT_LIMIT = 2000
-TITLE_LIMIT = 256
-DESCRIPTION_LIMIT = 4096
-FIELD_VALUE_LIMIT = 1024
-FIELD_NAME_LIMIT = 256
-FOOTER_LIMIT = 2048
-EMBED_TOTAL_LIMIT = 6000
-
-FIELDS_LIMIT = 25
-REASON_LIMIT = 1500
-
-# Markdown, plus `<` and `@` so mentions, emoji and timestamps show as the text typed.
-_MARKDOWN = re.compile(r"([\\*_~`|>#\[\]()<@+-])")
-# "1. text" at the start of a line would become a numbered list.
-_LEADING_LIST = re.compile(r"^(\d+)\.")
-
-
-def shorten(text: str, limit: int) -> str:
-    """Cut text to a limit, visibly, with an ellipsis."""
-    if len(text) <= limit:
-        return text
-    return text[: max(0, limit - 1)].rstrip() + "…"
-
-
-def plain(text: str) -> str:
-    """Escape markdown and mentions, and drop invisible direction and zero-width characters."""
-    escaped = _MARKDOWN.sub(r"\\\1", INVISIBLE.sub("", text))
-    return _LEADING_LIST.sub(r"\1\\.", escaped)
-
-
-def quote(text: str, limit: int) -> str:
-    """Show member text on one visible line, escaped, and shortened to `limit` once escaped."""
-    flat = " ".join(INVISIBLE.sub("", text).split())
-    cut = limit
-    shown = plain(shorten(flat, cut))
-    while len(shown) > limit:
-        # Escaping adds at most one character per character: cut by half the overshoot.
-        cut -= max(1, (len(shown) - limit + 1) // 2)
-        shown = plain(shorten(flat, cut))
-    return shown
-
-
-def format_duration(seconds: float) -> str:
-    """Write a duration like `42s` or `3m 05s`."""
-    total = round(seconds)
-    if total < 60:
-        return f"{total}s"
-    minutes, secs = divmod(total, 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
+from bot.texts.formatting import CONTENT_LIMIT, REASON_LIMIT, format_size, quote, relative_time
 
 
 def request_header(job: Job) -> str:
@@ -91,11 +26,6 @@ def where_it_runs(job: Job, update: JobStatusUpdate) -> str:
     server = server_of(job.prediction_id)
     running = update.stage in (Stage.STARTING, Stage.SAMPLING, Stage.RENDERING)
     return f" · on `{server}`" if server and running else ""
-
-
-def relative_time(unix: int) -> str:
-    """A Discord timestamp that each reader sees as "in 3 minutes", in their own language."""
-    return f"<t:{unix}:R>"
 
 
 def stage_line(update: JobStatusUpdate) -> str:
@@ -205,16 +135,6 @@ def _more_line(count: int) -> str:
     return f"…and {count} more."
 
 
-RERUN_NOTE = (
-    "The first result expired at the animation service while the bot was away, so it was "
-    "made again with the same input and seed: it is the same animation."
-)
-LOST_RERUN_NOTE = (
-    "A first run was lost (its GPU server stopped or restarted, or the bot did before posting "
-    "it), so it was made again with the same input and seed: it is the same animation."
-)
-
-
 def done_text(job: Job, *, by_dm: bool = False) -> str:
     """The status message once the result is posted."""
     if by_dm:
@@ -264,140 +184,3 @@ def too_large_text(job: Job, size: int, limit: int) -> str:
         f"smaller it does not fit this server's {format_size(limit)} upload limit, so it "
         "cannot be attached."
     )
-
-
-def format_size(size: int) -> str:
-    """A file size as people read it."""
-    if size >= 2**20:
-        return f"{size / 2**20:.1f} MiB".replace(".0 MiB", " MiB")
-    return f"{max(1, round(size / 1024))} KiB"
-
-
-def reproduce_command(request: GenerationRequest) -> str:
-    """A slash command line that reproduces a request exactly."""
-    parts = [f"prompt:{_command_value(request.prompt)}"]
-    if request.negative_prompt:
-        parts.append(f"negative_prompt:{_command_value(request.negative_prompt)}")
-    parts += [
-        f"model:{CHECKPOINTS[request.model]}",
-        f"motion_module:{MOTION_MODULES[request.motion_module]}",
-        f"steps:{request.steps}",
-        f"guidance_scale:{request.guidance_scale:g}",
-        f"seed:{request.seed}",
-    ]
-    if request.output_format != DEFAULT_OUTPUT_FORMAT:
-        parts.append(f"format:{OUTPUT_FORMATS[request.output_format]}")
-    return "/animate " + " ".join(parts)
-
-
-def _command_value(text: str) -> str:
-    """Keep member text from closing the code block it is shown in."""
-    return " ".join(INVISIBLE.sub("", text).replace("`", "ˋ").split())
-
-
-@dataclass(frozen=True, slots=True)
-class CardField:
-    """One named value on the result card."""
-
-    name: str
-    value: str
-    inline: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class ResultCard:
-    """The embed of a posted result, within Discord's limits."""
-
-    title: str
-    description: str
-    fields: tuple[CardField, ...]
-    footer: str
-
-    def total_length(self) -> int:
-        """Characters that count against Discord's 6000 total."""
-        return (
-            len(self.title)
-            + len(self.description)
-            + len(self.footer)
-            + sum(len(f.name) + len(f.value) for f in self.fields)
-        )
-
-
-def result_card(job: Job, result: JobResult) -> ResultCard:
-    """Build the card that goes with a result: every setting, the seed, the time taken."""
-    request = job.request
-    reproduce = "\n\n**Reproduce**\n```\n{code}\n```"
-    # The code block is sized first so that shortening never cuts off its closing fence.
-    code = shorten(reproduce_command(request), DESCRIPTION_LIMIT - 1200)
-    code_part = reproduce.format(code=code)
-    description = quote(request.prompt, DESCRIPTION_LIMIT - len(code_part)) + code_part
-    fields = [
-        CardField(
-            "Negative prompt",
-            quote(request.negative_prompt, FIELD_VALUE_LIMIT) or "none",
-            inline=False,
-        ),
-        CardField("Model", request.model_name),
-        CardField("Motion module", request.motion_module_name),
-        CardField("Steps", str(request.steps)),
-        CardField("Guidance", f"{request.guidance_scale:g}"),
-        CardField("Seed", str(request.seed)),
-        CardField("Time", _time_value(result)),
-        CardField("Version", short_version(result.model_version or job.model_version)),
-    ]
-    if job.reruns:
-        note = LOST_RERUN_NOTE if server_of(job.prediction_id) else RERUN_NOTE
-        fields.append(CardField("Note", note, inline=False))
-    fields = [
-        CardField(shorten(f.name, FIELD_NAME_LIMIT), shorten(f.value, FIELD_VALUE_LIMIT), f.inline)
-        for f in fields[:FIELDS_LIMIT]
-    ]
-    title = "Animation"
-    used = len(title) + len(description) + sum(len(f.name) + len(f.value) for f in fields)
-    # The prediction id comes from the API: whatever its length, the card stays within limits.
-    prediction_id = " ".join(INVISIBLE.sub("", result.prediction_id).split())
-    footer = shorten(
-        f"{result_footer_prefix(job)}prediction {prediction_id}",
-        min(FOOTER_LIMIT, EMBED_TOTAL_LIMIT - used),
-    )
-    return ResultCard(title=title, description=description, fields=tuple(fields), footer=footer)
-
-
-def short_version(version: str | None) -> str:
-    """A model version as people can compare it at a glance (Info shows it whole)."""
-    if not version:
-        return "unknown"
-    owner_name, _, version_id = version.rpartition(":")
-    short = f"{owner_name}:{version_id[:12]}" if owner_name else version_id[:12]
-    # It comes from the API: shown inertly, like member text.
-    return quote(short, FIELD_VALUE_LIMIT) or "unknown"
-
-
-def settings_json(job: Job, *, fenced: bool = True) -> str:
-    """Every setting of a job, with what made it, as JSON (in a code block when `fenced`)."""
-    settings = {
-        "input": job.request.to_api_input(),
-        "format": job.request.output_format,
-        "version": job.model_version,
-        "prediction_id": job.prediction_id,
-        "predict_time": job.predict_time,
-        "command": reproduce_command(job.request),
-    }
-    text = json.dumps(settings, indent=2, ensure_ascii=False)
-    if not fenced:
-        return text
-    # A backtick in a prompt must not close the code block; \u0060 is the same JSON.
-    return "```json\n" + text.replace("`", "\\u0060") + "\n```"
-
-
-def result_footer_prefix(job: Job) -> str:
-    """The start of a result's footer, which names its job (how a restart finds the post)."""
-    return f"Job {job.id} · "
-
-
-def _time_value(result: JobResult) -> str:
-    """Elapsed time, with the GPU time when the API reported it."""
-    text = format_duration(result.elapsed)
-    if result.predict_time is not None:
-        text += f" ({result.predict_time:.1f}s on GPU)"
-    return text

@@ -10,7 +10,7 @@ from bot.owner.guild_settings import GuildSettings
 from bot.owner.quotas import Prices, UsageReport
 from bot.owner.setting_specs import LIST_SETTINGS, SETTINGS
 from bot.storage.base import GpuSeconds
-from bot.texts.member import CONTENT_LIMIT, DESCRIPTION_LIMIT, quote, shorten
+from bot.texts.formatting import CONTENT_LIMIT, DESCRIPTION_LIMIT, quote, shorten
 
 CHANGED_MARK = " ✱"
 MEMBERS_SHOWN = 15

@@ -25,7 +25,9 @@ from bot.core.jobs import (
 from bot.core.limits import QueueFull
 from bot.core.reporter import CancelOutcome, JobStatusUpdate, Stage
 from bot.owner.guild_settings import GuildSettings
-from bot.texts.member import DESCRIPTION_LIMIT, settings_json, status_text
+from bot.texts.cards import settings_json
+from bot.texts.formatting import DESCRIPTION_LIMIT
+from bot.texts.member import status_text
 from cogs.animate.buttons import BUTTONS, COG_NAME, RemixModal, pending_view
 from cogs.animate.reporter import EMBED_COLOUR, DiscordReporter, is_result_of
 from cogs.config import channel_checker

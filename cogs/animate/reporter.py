@@ -15,13 +15,12 @@ import discord
 from bot.core.jobs import Job
 from bot.core.reporter import DeliveryFailed, JobResult, JobStatusUpdate
 from bot.media import DEFAULT_UPLOAD_LIMIT
+from bot.texts.cards import result_card, result_footer_prefix
 from bot.texts.member import (
     canceled_text,
     dm_delivery_text,
     done_text,
     failed_text,
-    result_card,
-    result_footer_prefix,
     status_text,
     too_large_text,
 )
