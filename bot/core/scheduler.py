@@ -1,7 +1,7 @@
 """The scheduler: the thin facade the Discord side talks to.
 
-It wires the fair queue, the job runner and the status publisher together, and owns the
-tasks: which jobs run, starting the next when one ends, and stopping cleanly.
+It owns the tasks (which jobs run, starting the next when one ends, stopping cleanly) and
+takes members' requests; `wiring.py` builds and connects the parts it drives.
 """
 
 from __future__ import annotations
@@ -13,25 +13,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bot.backends.base import Backend, Prediction
-from bot.core.announcing import WaitingAnnouncer
-from bot.core.budgets import Budgets, DeferralCountingBudget
-from bot.core.context import JobContext
-from bot.core.delivery import ResultDelivery
+from bot.core.budgets import Budgets
 from bot.core.eta import SAMPLES_PER_KEY, TimingHistory
-from bot.core.fair_queue import FairQueue
-from bot.core.following import PredictionFollower
 from bot.core.jobs import GenerationRequest, Job, JobStatus
 from bot.core.limits import GuildLimits, GuildPolicy, QueueFull, SchedulerLimits
-from bot.core.metering import BudgetedBackend, MeteredReporter
-from bot.core.outage import OutageTracker
-from bot.core.outcomes import JobOutcomes
+from bot.core.metering import MeteredReporter
 from bot.core.polling import PollPlanner
-from bot.core.pushes import PushInbox
 from bot.core.reporter import CancelOutcome, JobReporter, JobStatusUpdate, QueueEntry
-from bot.core.runner import JobRunner
-from bot.core.signals import JobSignals
-from bot.core.status import StatusPublisher
-from bot.core.store_outage import PatientStore
+from bot.core.wiring import SchedulerHooks, build_parts
 from bot.observability.logs import bind_job
 from bot.observability.metrics import BotMetrics
 from bot.storage.base import Store
@@ -77,63 +66,32 @@ class Scheduler:
         self.idle = asyncio.Event()
         self.idle.set()
 
-        self.queue = FairQueue(running_total=self._limits.running_total, limits=self.guild_limits)
-        self.outage = OutageTracker(clock, self._outage_changed)
-        self.metrics.watch(self.queue, self.outage)
-        # Measured runs: loaded from the store at start, fed by each success; the status
-        # publisher reads them for estimates, the poll planner to aim polls.
-        history = history if history is not None else TimingHistory()
-        self.status = StatusPublisher(
-            self._send_status,
-            queue=self.queue,
-            outage=self.outage,
-            history=history,
-            running_limit=lambda guild_id: self.guild_limits(guild_id).running,
-            interval=self._limits.status_interval,
+        hooks = SchedulerHooks(
+            guild_limits=self.guild_limits,
+            outage_changed=self._outage_changed,
+            send_status=self._send_status,
+            reporter=self._require_reporter,
+            dispatch=self._dispatch,
+            stopping=lambda: self._stopping,  # read at each delivery, not now
+        )
+        parts = build_parts(
+            store,
+            backend,
+            hooks,
+            limits=self._limits,
+            budgets=self.budgets,
+            metrics=self.metrics,
+            history=history if history is not None else TimingHistory(),
+            planner=planner,
             clock=clock,
             wall_clock=wall_clock,
             sleep=sleep,
-            budget=DeferralCountingBudget(self.budgets.discord, self.metrics.status_edit_deferred),
-            has_capacity=backend.has_capacity,
+            work_root=work_root,
         )
-        self.status.relay.on_shed = self.metrics.status_edit
-        self.signals = JobSignals(sleep)
-        self.pushes = PushInbox(self.signals.wake)
-        self.planner = planner or PollPlanner(
-            history, wall_clock=wall_clock, pushes=lambda: backend.features.pushes
-        )
-        self.patient = patient = PatientStore(store, self.status, clock=clock, sleep=sleep)
-        self._outcomes = JobOutcomes(patient, self.status, self._require_reporter, self.metrics)
-        ctx = JobContext(
-            backend=BudgetedBackend(backend, self.budgets.api),
-            store=patient,
-            status=self.status,
-            outcomes=self._outcomes,
-            signals=self.signals,
-            pushes=self.pushes,
-            outage=self.outage,
-            planner=self.planner,
-            limits=self._limits,
-            reporter=self._require_reporter,
-            clock=clock,
-            wall_clock=wall_clock,
-            metrics=self.metrics,
-        )
-        follower = PredictionFollower(ctx)
-        stopping = lambda: self._stopping  # noqa: E731 - read at each delivery, not now
-        self.delivery = ResultDelivery(
-            ctx, follower=follower, stopping=stopping, work_root=work_root
-        )
-        # A job just placed upstream was counted as on its way there: room may have freed.
-        placed = lambda job: self.queue.update(job) and self._dispatch()  # noqa: E731
-        self.runner = JobRunner(ctx, follower=follower, delivery=self.delivery, track=placed)
-        self.announcer = WaitingAnnouncer(
-            queue=self.queue,
-            status=self.status,
-            runner=self.runner,
-            outcomes=self._outcomes,
-            dispatch=self._dispatch,
-        )
+        self.queue, self.outage, self.status = parts.queue, parts.outage, parts.status
+        self.signals, self.pushes, self.planner = parts.signals, parts.pushes, parts.planner
+        self.patient, self._outcomes = parts.patient, parts.outcomes
+        self.delivery, self.runner, self.announcer = parts.delivery, parts.runner, parts.announcer
 
     def attach(self, reporter: JobReporter) -> None:
         """Set who tells members about their jobs (each message counted in Discord's budget)."""
