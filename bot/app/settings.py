@@ -189,10 +189,12 @@ class Settings(BaseSettings):
         """Drop a trailing slash so paths can be appended."""
         return value.rstrip("/")
 
-    @field_validator("discord_gateway_url", mode="before")
+    @field_validator(
+        "discord_gateway_url", "overflow_after_seconds", "metrics_listen_port", mode="before"
+    )
     @classmethod
-    def _blank_is_default(cls, value: object) -> object:
-        """Treat an empty gateway URL as "use Discord's"."""
+    def _blank_is_unset(cls, value: object) -> object:
+        """Treat an empty value as unset: Discord's gateway, never overflow, no listener."""
         if isinstance(value, str) and not value.strip():
             return None
         return value
@@ -216,12 +218,6 @@ class Settings(BaseSettings):
         """Accept comma-separated `name=url` or `url` entries."""
         return parse_cog_urls(value) if isinstance(value, str) else value
 
-    @field_validator("overflow_after_seconds", mode="before")
-    @classmethod
-    def _blank_is_never(cls, value: object) -> object:
-        """Treat an empty OVERFLOW_AFTER_SECONDS as "never"."""
-        return None if isinstance(value, str) and not value.strip() else value
-
     @field_validator("public_webhook_url", "cog_callback_url", mode="before")
     @classmethod
     def _webhook_url(cls, value: object, info: ValidationInfo) -> object:
@@ -236,14 +232,6 @@ class Settings(BaseSettings):
             raise ValueError("must be an absolute http:// or https:// URL")
         if info.field_name == "cog_callback_url" and (url.query_string or url.fragment):
             raise ValueError("must have no ?query or #fragment (the bot appends paths to it)")
-        return value
-
-    @field_validator("metrics_listen_port", mode="before")
-    @classmethod
-    def _blank_port_is_off(cls, value: object) -> object:
-        """Treat an empty port as "no monitoring listener"."""
-        if isinstance(value, str) and not value.strip():
-            return None
         return value
 
     @field_validator("log_format", mode="before")
