@@ -27,6 +27,7 @@ from bot.app.settings import Settings, SettingsError, load_settings
 from bot.app.stores import StoreOpenFailed, open_store
 from bot.core import redaction
 from bot.observability.logs import JsonFormatter
+from bot.storage.leases import ShardsTaken
 
 log = logging.getLogger("bot")
 
@@ -64,7 +65,13 @@ async def run(settings: Settings) -> int:
         # connections would queue polls and downloads behind them.
         connector = aiohttp.TCPConnector(limit=settings.max_running_total + 100)
         async with aiohttp.ClientSession(connector=connector) as session:
-            bot = AnimateBot(settings, session=session, store=store)
+            bot = AnimateBot(
+                settings,
+                session=session,
+                store=store,
+                shared=opened.shared,
+                membership=opened.membership,
+            )
             return await _serve(bot, settings.discord_token.get_secret_value())
     finally:
         await opened.close()
@@ -89,6 +96,9 @@ async def _serve(bot: AnimateBot, token: str) -> int:
         error = await asyncio.gather(runner, return_exceptions=True)
         if isinstance(error[0], WebhookListenFailed | MetricsListenFailed):
             print(f"animate-bot: {error[0]}", file=sys.stderr)
+            return 1
+        if isinstance(error[0], ShardsTaken):
+            print(f"animate-bot: {error[0]}.", file=sys.stderr)
             return 1
         if isinstance(error[0], ExtensionsFailed):
             print(f"animate-bot: {error[0]}; see the log above.", file=sys.stderr)

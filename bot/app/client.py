@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import discord
@@ -18,18 +19,26 @@ from discord.ext import commands
 from bot.app.cog_setup import CogSetup
 from bot.app.monitoring import Monitoring
 from bot.app.settings import Settings
-from bot.app.sharding import IdentifyGate, InProcessIdentifyGate, describe_shard_ids
+from bot.app.sharding import (
+    IdentifyGate,
+    InProcessIdentifyGate,
+    SharedIdentifyGate,
+    describe_shard_ids,
+)
 from bot.backends.replicate import PredictionClient
 from bot.backends.webhooks import WebhookReceiver, WebhookVerifier
 from bot.core.budgets import Budgets
 from bot.core.limits import SchedulerLimits
 from bot.core.scheduler import Scheduler
+from bot.core.shared_scheduler import SharedScheduler
 from bot.observability.discord_requests import discord_trace
 from bot.observability.health import CheckResult, gateway_result
 from bot.observability.metrics import BotMetrics
 from bot.owner.guild_settings import GuildSettingsService
 from bot.owner.quotas import Prices, Quotas
 from bot.storage.base import StorageUnavailable, Store
+from bot.storage.leases import SharedJobs
+from bot.storage.postgres_membership import PostgresMembership
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +110,15 @@ class AnimateTree(app_commands.CommandTree["AnimateBot"]):
 class AnimateBot(commands.AutoShardedBot):
     """The AnimateDiff bot."""
 
-    def __init__(self, settings: Settings, *, session: aiohttp.ClientSession, store: Store) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        session: aiohttp.ClientSession,
+        store: Store,
+        shared: SharedJobs | None = None,
+        membership: PostgresMembership | None = None,
+    ) -> None:
         # The bot never joins voice: spare operators two warnings about voice libraries.
         discord.VoiceClient.warn_nacl = False
         if hasattr(discord.VoiceClient, "warn_dave"):
@@ -122,8 +139,11 @@ class AnimateBot(commands.AutoShardedBot):
         # SHARD_IDS empty: every shard (discord.py's None; its keyword takes only a list).
         self.shard_ids = list(settings.shard_ids) or None
         self.settings = settings
-        # In-process pacing; several processes on one token need a gate in the shared store.
-        self.identify_gate: IdentifyGate = InProcessIdentifyGate()
+        # Several processes on one token pace their identifies through the shared store.
+        self.membership = membership
+        self.identify_gate: IdentifyGate = (
+            InProcessIdentifyGate() if membership is None else SharedIdentifyGate(membership)
+        )
         self.in_flight = InFlight()
         self.session = session
         self.store = store
@@ -150,9 +170,7 @@ class AnimateBot(commands.AutoShardedBot):
             replicate=settings.price_per_gpu_second, own=settings.cog_price_per_gpu_second
         )
         self.quotas = Quotas(store, self.guild_settings, prices=prices)
-        self.scheduler = Scheduler(
-            store,
-            self.cog.backend,
+        options: dict[str, Any] = dict(
             limits=SchedulerLimits(
                 running_per_guild=settings.max_running_per_guild,
                 running_total=settings.max_running_total,
@@ -162,6 +180,7 @@ class AnimateBot(commands.AutoShardedBot):
                 max_download_bytes=settings.max_download_bytes,
                 progress_poll_seconds=settings.progress_poll_seconds,
             ),
+            # With several processes, each takes its share of these (see SharedDispatcher).
             budgets=Budgets.local(
                 api_per_minute=settings.api_requests_per_minute,
                 discord_per_second=settings.discord_requests_per_second,
@@ -170,6 +189,18 @@ class AnimateBot(commands.AutoShardedBot):
             work_root=settings.database_path.parent / "work",
             policy=self.quotas,
             metrics=self.metrics,
+        )
+        self.scheduler: Scheduler = (
+            Scheduler(store, self.cog.backend, **options)
+            if shared is None
+            else SharedScheduler(
+                store,
+                self.cog.backend,
+                shared=shared,
+                shards=self._shards_here,
+                reload_settings=self._reload_settings,
+                **options,
+            )
         )
         self.webhooks: WebhookReceiver | None = None
         self.cog.wire(self.scheduler)
@@ -197,6 +228,7 @@ class AnimateBot(commands.AutoShardedBot):
 
     async def setup_hook(self) -> None:
         """Load extensions (logging each failure) and sync the slash commands."""
+        await self._join_shards()
         # Before the scheduler starts: resumed work obeys each server's own limits.
         await self.guild_settings.load()
         await self.monitoring.start()
@@ -232,8 +264,8 @@ class AnimateBot(commands.AutoShardedBot):
         await self.sync_commands()
         self.commands_synced = True
 
-    async def launch_shards(self) -> None:
-        """Learn the identify concurrency (and the count, if `auto`), then connect the shards."""
+    async def _join_shards(self) -> None:
+        """Learn the identify concurrency (and the count, if `auto`); lock the shards if shared."""
         shards_here = len(self.shard_ids) if self.shard_ids else self.shard_count
         if shards_here is None or shards_here > 1:
             # One shard needs no pacing: spare it the request.
@@ -242,8 +274,25 @@ class AnimateBot(commands.AutoShardedBot):
             if self.shard_count is None:
                 # Set here, so the configured gateway (DISCORD_GATEWAY_URL) stays in use.
                 self.shard_count = recommended
+        if self.membership is not None:
+            # Before any job starts: refused (ShardsTaken) if another live process runs one.
+            count, ids = self._shards_here()
+            await self.membership.take_shards(count, ids)
+            await self.membership.beat()
+
+    async def launch_shards(self) -> None:
+        """Connect the shards (`_join_shards` learned how many)."""
         log.info("connecting %s", describe_shard_ids(tuple(self.shard_ids or ()), self.shard_count))
         await super().launch_shards()
+
+    def _shards_here(self) -> tuple[int, tuple[int, ...]]:
+        """The shard count and the shards this process runs (all of them if SHARD_IDS is empty)."""
+        count = self.shard_count or 1
+        return count, tuple(self.shard_ids or range(count))
+
+    async def _reload_settings(self, _guild_id: int | None) -> None:
+        """Read every server's settings again (another process changed one)."""
+        await self.guild_settings.load()
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
         """Wait for this shard's turn to identify (Discord: one per bucket per 5 seconds)."""

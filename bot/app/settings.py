@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # Sharding: total shards (None: one; "auto": Discord's recommendation) and this process's.
     shard_count: Annotated[int | Literal["auto"] | None, NoDecode] = None
     shard_ids: Annotated[tuple[int, ...], NoDecode] = ()
+    # With DATABASE_URL: how long a process's claim on a job lasts unless renewed; a job whose
+    # process died is taken over by another once it expires.
+    job_lease_seconds: float = Field(default=30.0, ge=3, le=600)
 
     max_running_per_guild: int = Field(default=1, ge=1, le=50)
     max_running_total: int = Field(default=4, ge=1, le=500)

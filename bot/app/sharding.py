@@ -28,9 +28,8 @@ def describe_shard_ids(shard_ids: tuple[int, ...] | None, shard_count: int | Non
 class IdentifyGate(Protocol):
     """Decides when a shard may send its IDENTIFY; every identify of a bot goes through it.
 
-    This process's implementation is `InProcessIdentifyGate`. Processes that share one bot
-    token must share one gate: an implementation backed by a lock per rate-limit key in the
-    shared store (PostgreSQL) plugs in here, with the same contract.
+    `InProcessIdentifyGate` paces one process; `SharedIdentifyGate` every process that shares
+    a PostgreSQL store (and so, one bot token).
     """
 
     def learn_max_concurrency(self, max_concurrency: int) -> None:
@@ -47,8 +46,7 @@ class InProcessIdentifyGate:
 
     A bucket is `shard_id % max_concurrency`; each may identify once per 5 seconds. The first
     identify of every bucket goes at once, so a single shard starts without any wait. It knows
-    nothing of other processes: with several processes on one token, back `IdentifyGate` with
-    the shared store instead.
+    nothing of other processes: several processes on one token use `SharedIdentifyGate`.
     """
 
     def __init__(
@@ -83,3 +81,42 @@ class InProcessIdentifyGate:
             if delay > 0:
                 await self._sleep(delay)
             self._next_allowed[key] = self._clock() + self._interval
+
+
+class IdentifySlots(Protocol):
+    """Identify slots booked in a store every process of one bot token shares."""
+
+    async def reserve_identify(self, bucket: int, interval: float) -> float:
+        """Book the bucket's next slot; return the seconds to wait until it."""
+        ...
+
+
+class SharedIdentifyGate:
+    """Paces the identifies of every process on one token, through the shared store.
+
+    Each identify books the next free slot of its bucket in the database (one per bucket
+    per 5 s, counted in the database's clock), then waits for it: no lock is held while
+    waiting, and a process that dies holds nothing.
+    """
+
+    def __init__(
+        self,
+        slots: IdentifySlots,
+        *,
+        interval: float = IDENTIFY_INTERVAL_SECONDS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.max_concurrency = 1
+        self._slots = slots
+        self._interval = interval
+        self._sleep = sleep
+
+    def learn_max_concurrency(self, max_concurrency: int) -> None:
+        """Take `session_start_limit.max_concurrency` from `GET /gateway/bot`."""
+        self.max_concurrency = max(1, max_concurrency)
+
+    async def wait_turn(self, shard_id: int) -> None:
+        """Book the shard's bucket's next slot in the store and wait for it."""
+        wait = await self._slots.reserve_identify(shard_id % self.max_concurrency, self._interval)
+        if wait > 0:
+            await self._sleep(wait)

@@ -11,16 +11,13 @@ from bot.app.settings import Settings
 from bot.core import redaction
 from bot.storage.base import SchemaTooNew, StorageUnavailable, Store
 from bot.storage.postgres import PostgresStore, create_pool, server_name
-from bot.storage.process_lock import (
-    PostgresProcessLock,
-    ProcessLock,
-    SQLiteProcessLock,
-    StoreInUse,
-)
+from bot.storage.postgres_leases import PostgresLeases
+from bot.storage.postgres_membership import PostgresMembership
+from bot.storage.process_lock import ProcessLock, SQLiteProcessLock, StoreInUse
 from bot.storage.sqlite import SQLiteStore
 
-# Until jobs are claimed under leases, every process resumes every job it finds.
-ONE_PROCESS = "; one process per store until jobs are shared under leases (stop the other first)"
+# A SQLite file is one process's: every process resumes every job it finds there.
+ONE_PROCESS = "; one process per SQLite file (share a PostgreSQL DATABASE_URL to run several)"
 
 
 class StoreOpenFailed(Exception):
@@ -29,8 +26,9 @@ class StoreOpenFailed(Exception):
 
 @dataclass
 class OpenedStore:
-    """The store the bot runs on, the PostgreSQL pool under it (None on SQLite), and the lock
-    that keeps other processes off it (None where the caller takes none).
+    """The store the bot runs on, the PostgreSQL pool under it (None on SQLite), and either
+    the lock that keeps other processes off a SQLite file or the jobs PostgreSQL shares
+    between processes (`shared`, with this process's membership of the store).
 
     The pool is made once, here, so that whatever else needs the database shares it.
     """
@@ -38,10 +36,14 @@ class OpenedStore:
     store: Store
     pool: asyncpg.Pool | None = None
     lock: ProcessLock | None = None
+    shared: PostgresLeases | None = None
+    membership: PostgresMembership | None = None
 
     async def close(self) -> None:
         """Close the store, then its pool, then let another process take it."""
         try:
+            if self.membership is not None:
+                await self.membership.leave()
             await self.store.close()
             if self.pool is not None:
                 await self.pool.close()
@@ -67,18 +69,18 @@ async def open_store(settings: Settings) -> OpenedStore:
             await lock.release()
             raise
     url = settings.database_url.get_secret_value()
+    opened = await _open_postgres(url)
+    membership = PostgresMembership(url, lease_seconds=settings.job_lease_seconds)
     try:
-        postgres_lock = await PostgresProcessLock.take(url, server_name(url))
-    except StoreInUse as exc:
-        raise StoreOpenFailed(f"{exc}{ONE_PROCESS}") from None
+        await membership.join()
     except StorageUnavailable as exc:
+        await opened.close()
         raise StoreOpenFailed(f"{exc}; check DATABASE_URL and that the server runs") from None
-    try:
-        opened = await _open_postgres(url)
-    except BaseException:
-        await postgres_lock.release()
-        raise
-    opened.lock = postgres_lock
+    assert isinstance(opened.store, PostgresStore)
+    opened.membership = membership
+    opened.shared = PostgresLeases(
+        opened.store, membership, lease_seconds=settings.job_lease_seconds
+    )
     return opened
 
 

@@ -111,6 +111,10 @@ class ApiBudget(Protocol):
         """
         ...
 
+    def share_among(self, processes: int) -> None:
+        """Keep to this process's share of a budget that `processes` processes spend."""
+        ...
+
     def progress_interval(self, running: int, floor: float) -> float:
         """Seconds between one job's progress polls so that `running` jobs fit what is left."""
         ...
@@ -129,6 +133,7 @@ class LocalApiBudget:
     ) -> None:
         self.per_minute = per_minute
         self._creates_per_minute = creates_per_minute
+        self._whole = (per_minute, creates_per_minute)  # of every process together
         self._sleep = sleep
         self._all = SlidingWindow(60.0, clock)
         self._ending = SlidingWindow(60.0, clock)
@@ -150,6 +155,12 @@ class LocalApiBudget:
         if use is ApiUse.ENDING:
             self._ending.add()
         self.spent[use] += 1
+
+    def share_among(self, processes: int) -> None:
+        """Keep to this process's share of a budget that `processes` processes spend."""
+        whole, creates = self._whole
+        self.per_minute = max(1, whole // max(1, processes))
+        self._creates_per_minute = max(1, creates // max(1, processes))
 
     async def try_progress(self, running: int) -> bool:
         """Count a progress poll and return True if the budget has room left for it."""
@@ -198,6 +209,10 @@ class DiscordBudget(Protocol):
         """Seconds until a refused edit is worth asking for again."""
         ...
 
+    def share_among(self, processes: int) -> None:
+        """Keep to this process's share of a budget that `processes` processes spend."""
+        ...
+
     def progress_interval(self, running: int) -> float:
         """Seconds between one job's progress edits so that `running` jobs fit their share."""
         ...
@@ -208,6 +223,7 @@ class LocalDiscordBudget:
 
     def __init__(self, per_second: int = DISCORD_PER_SECOND, *, clock: Clock = time.monotonic):
         self.per_second = per_second
+        self._whole = per_second  # of every process together
         self._window = SlidingWindow(1.0, clock)
         self._notes = SlidingWindow(1.0, clock)  # the requests never delayed, of the last second
         # What goes before progress ticks, of the last PACE_WINDOW: results (counted twice,
@@ -243,6 +259,10 @@ class LocalDiscordBudget:
         """Spend the room held for an edit: it is being sent now."""
         self._held = max(0, self._held - 1)
         self._window.add()
+
+    def share_among(self, processes: int) -> None:
+        """Keep to this process's share of a budget that `processes` processes spend."""
+        self.per_second = max(1, self._whole // max(1, processes))
 
     def retry_in(self) -> float:
         """Seconds until a refused edit is worth asking for again."""
@@ -287,6 +307,10 @@ class DeferralCountingBudget:
         """Spend the room held for an edit: it is being sent now."""
         await self.inner.sending()
 
+    def share_among(self, processes: int) -> None:
+        """Keep to this process's share of a budget that `processes` processes spend."""
+        self.inner.share_among(processes)
+
     def retry_in(self) -> float:
         """Seconds until a refused edit is worth asking for again."""
         return self.inner.retry_in()
@@ -312,8 +336,13 @@ class Budgets:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> Budgets:
-        """Budgets for one process."""
+        """Budgets for one process (or, shared, its share: see `share_among`)."""
         return cls(
             LocalApiBudget(api_per_minute, clock=clock, sleep=sleep),
             LocalDiscordBudget(discord_per_second, clock=clock),
         )
+
+    def share_among(self, processes: int) -> None:
+        """Spend only this process's share of both budgets, `processes` processes spending."""
+        self.api.share_among(processes)
+        self.discord.share_among(processes)

@@ -10,13 +10,15 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 
 from bot.core.jobs import Job
-from bot.core.limits import GuildLimits, QueueFull
+from bot.core.limits import GuildLimits, member_cap_reached
 
 
 class FairQueue:
     """Round-robin between servers, FIFO within each, under per-server and total limits."""
 
     def __init__(self, *, running_total: int, limits: Callable[[int], GuildLimits]) -> None:
+        # False when the queue only mirrors a shared one: the database decides who starts.
+        self.decides = True
         self._running_total = running_total
         self._limits = limits
         self._queues: dict[int, deque[Job]] = defaultdict(deque)
@@ -158,6 +160,8 @@ class FairQueue:
         """
         if job_id in self._promised:
             return True
+        if not self.decides:
+            return False
         guild_id = self._queued_in.get(job_id)
         if guild_id is None or not self._free_slot(has_capacity):
             return False
@@ -221,11 +225,7 @@ class FairQueue:
         """Raise QueueFull if the member already has as many requests as the server allows."""
         limit = self._limits(guild_id).queued_per_member
         if self.pending_for(guild_id, requester_id) >= limit:
-            plural = "request" if limit == 1 else "requests"
-            raise QueueFull(
-                f"You already have {limit} {plural} waiting in this server; "
-                "wait for one to finish or cancel one first."
-            )
+            raise member_cap_reached(limit)
 
     @property
     def running_count(self) -> int:

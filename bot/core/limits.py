@@ -10,6 +10,15 @@ class QueueFull(Exception):
     """The member already has as many requests waiting as the server allows."""
 
 
+def member_cap_reached(limit: int) -> QueueFull:
+    """The refusal of a member who already has `limit` requests waiting or running."""
+    plural = "request" if limit == 1 else "requests"
+    return QueueFull(
+        f"You already have {limit} {plural} waiting in this server; "
+        "wait for one to finish or cancel one first."
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SchedulerLimits:
     """How much work may run at once and how much a member may queue."""

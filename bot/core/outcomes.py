@@ -81,6 +81,11 @@ class JobOutcomes:
         self._metrics.billed(predict_time, self._metrics.backend_of(job.prediction_id))
         await self.report(job, lambda reporter: reporter.report_canceled(job))
 
+    async def report_canceled(self, job: Job) -> None:
+        """Count and show a cancellation already stored (by the shared queue's own write)."""
+        self._metrics.job_finished("canceled")
+        await self.report(job, lambda reporter: reporter.report_canceled(job))
+
     async def report(self, job: Job, call: Callable[[JobReporter], Awaitable[None]]) -> None:
         """Send a final word on a job after any pending status edit; never raise into the job."""
         await self._status.settle(job.id)

@@ -35,6 +35,10 @@ class PushInbox:
         if job_id is not None:
             self._wake(job_id)
 
+    def is_followed(self, prediction_id: str) -> bool:
+        """True if a job of this process follows the prediction."""
+        return prediction_id in self._following
+
     def follow(self, prediction_id: str, job_id: int) -> None:
         """Wake this job when its prediction is pushed."""
         self._following[prediction_id] = job_id

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from bot.backends.base import Backend, Prediction
 from bot.core.budgets import Budgets
@@ -173,11 +174,11 @@ class Scheduler:
         async with self._admission:
             if self._stopping:
                 raise QueueFull("The bot is restarting; please try again in a moment.")
-            self.queue.check_member_cap(guild_id, requester_id)
+            self._check_member_cap(guild_id, requester_id)
             if self._policy is not None:
                 # Under the admission lock: two quick requests cannot both take the last slot.
                 await self._policy.admit(guild_id, requester_id)
-            job = await self._store.add_job(
+            job = await self._add_job(
                 guild_id=guild_id,
                 channel_id=channel_id,
                 requester_id=requester_id,
@@ -192,12 +193,24 @@ class Scheduler:
             self.idle.clear()
         return job, position
 
+    def _check_member_cap(self, guild_id: int, requester_id: int) -> None:
+        """Raise QueueFull if the member may queue no more here."""
+        self.queue.check_member_cap(guild_id, requester_id)
+
+    async def _add_job(self, **fields: Any) -> Job:
+        """Store a new queued job (the fields of `JobRecords.add_job`)."""
+        return await self._store.add_job(**fields)
+
+    async def _released(self, job_id: int) -> None:
+        """A job's message is recorded (or will never be): it may start, here or elsewhere."""
+
     async def attach_message(
         self, job_id: int, message_id: int | None, *, shown: JobStatusUpdate | None = None
     ) -> None:
         """Record the message showing a job (`shown` is what it says now) and let the job start."""
         if message_id is None:
             self.queue.release(job_id)
+            await self._released(job_id)
             self._dispatch()  # if its turn has come, it starts and posts a message of its own
             self._announce_if_waiting(job_id)
             return
@@ -217,6 +230,7 @@ class Scheduler:
                 self.status.publish_positions(job.guild_id)
         finally:
             self.queue.release(job_id)
+            await self._released(job_id)
             self._dispatch()
 
     async def cancel(self, job_id: int) -> CancelOutcome:

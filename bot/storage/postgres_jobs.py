@@ -33,6 +33,9 @@ UNAVAILABLE_ERRORS = (
     asyncpg.TooManyConnectionsError,
 )
 ACQUIRE_TIMEOUT_SECONDS = 10.0
+# Changes any process may make to a job another one runs: its status message (shown by the
+# process its server's shard runs on) and the deletion of its result.
+UNFENCED = frozenset({"request_message_id", "interaction_token", "deleted", "updated_at"})
 
 
 class PostgresJobRecords(JobTransitions):
@@ -41,6 +44,9 @@ class PostgresJobRecords(JobTransitions):
     def __init__(self, pool: asyncpg.Pool, *, clock: Clock = time.time) -> None:
         self._pool = pool
         self._clock = clock
+        # Set when processes share the store: a job another process holds a live lease on
+        # is theirs, and this one's transitions of it are refused (it lost the lease).
+        self.lease_owner: str | None = None
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[PoolConnectionProxy]:
@@ -82,27 +88,18 @@ class PostgresJobRecords(JobTransitions):
         `interaction_token` lets a restart edit the request's first response; it is cleared
         once the status message id is stored, and when the job ends.
         """
-        now = self._clock()
-        row = await self._fetchrow(
-            "INSERT INTO jobs (guild_id, channel_id, requester_id, input_json, seed, status, "
-            "parent_job_id, created_at, updated_at, output_format, upload_limit, "
-            "interaction_token) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
-            f"RETURNING {JOB_COLUMNS}",
-            guild_id,
-            channel_id,
-            requester_id,
-            request.to_json(),
-            request.seed,
-            JobStatus.QUEUED.value,
-            parent_job_id,
-            now,
-            now,
-            request.output_format,
-            upload_limit,
-            interaction_token,
-        )
-        assert row is not None
-        return job_from_row(row)
+        async with self._connection() as connection:
+            return await insert_job(
+                connection,
+                self._clock(),
+                guild_id=guild_id,
+                channel_id=channel_id,
+                requester_id=requester_id,
+                request=request,
+                parent_job_id=parent_job_id,
+                upload_limit=upload_limit,
+                interaction_token=interaction_token,
+            )
 
     async def get(self, job_id: int) -> Job | None:
         """Return one job, or None if there is no such job."""
@@ -177,12 +174,59 @@ class PostgresJobRecords(JobTransitions):
         if allowed_from:
             params.append([s.value for s in allowed_from])
             sql += f" AND status = ANY(${len(params)}::text[])"
+        if self.lease_owner is not None and not changes.keys() <= UNFENCED:
+            params.append(self.lease_owner)
+            sql += (
+                " AND NOT EXISTS (SELECT 1 FROM job_leases l WHERE l.job_id = jobs.id "
+                f"AND l.owner <> ${len(params)} AND l.expires_at > now())"
+            )
         row = await self._fetchrow(f"{sql} RETURNING {JOB_COLUMNS}", *params)
         if row is None:
             current = await self.get(job_id)
             state = current.status.value if current else "missing"
+            if current is not None and (not allowed_from or current.status in allowed_from):
+                state += " and leased by another process"
             raise InvalidTransition(f"job {job_id} is {state}; cannot apply {sorted(changes)}")
         return job_from_row(row)
+
+
+async def insert_job(
+    connection: PoolConnectionProxy | asyncpg.Connection,
+    now: float,
+    *,
+    guild_id: int,
+    channel_id: int,
+    requester_id: int,
+    request: GenerationRequest,
+    parent_job_id: int | None,
+    upload_limit: int | None,
+    interaction_token: str | None,
+) -> Job:
+    """Insert a queued job on a connection (inside the caller's transaction, if any)."""
+    row = await connection.fetchrow(
+        "INSERT INTO jobs (guild_id, channel_id, requester_id, input_json, seed, status, "
+        "parent_job_id, created_at, updated_at, output_format, upload_limit, "
+        "interaction_token) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+        f"RETURNING {JOB_COLUMNS}",
+        *storable(
+            (
+                guild_id,
+                channel_id,
+                requester_id,
+                request.to_json(),
+                request.seed,
+                JobStatus.QUEUED.value,
+                parent_job_id,
+                now,
+                now,
+                request.output_format,
+                upload_limit,
+                interaction_token,
+            )
+        ),
+    )
+    assert row is not None
+    return job_from_row(row)
 
 
 def storable(params: tuple[object, ...]) -> tuple[object, ...]:

@@ -91,4 +91,36 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN interaction_token text;
     """,
+    # 7 (a shared store's own): several processes on one queue (bot/storage/postgres_leases.py).
+    # A lease is a process's claim on a job, renewed while it works on it; `claimed` false is a
+    # queued job held by the process that took the request until its message exists. Its own
+    # table, so that `jobs` stays the twin of SQLite's. Turns give servers their round-robin
+    # across processes; live processes and identify slots are shared the same way.
+    """
+    CREATE TABLE job_leases (
+        job_id           bigint      PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+        owner            text        NOT NULL,
+        expires_at       timestamptz NOT NULL,
+        claimed          boolean     NOT NULL,
+        cancel_requested boolean     NOT NULL DEFAULT false
+    );
+    CREATE INDEX job_leases_owner ON job_leases (owner);
+    CREATE INDEX jobs_queued ON jobs (guild_id, id) WHERE status = 'queued';
+    CREATE SEQUENCE guild_turn_numbers;
+    CREATE TABLE guild_turns (
+        guild_id bigint PRIMARY KEY,
+        turn     bigint NOT NULL
+    );
+    CREATE TABLE bot_processes (
+        owner       text        PRIMARY KEY,
+        shard_count integer,
+        shard_ids   integer[]   NOT NULL,
+        started_at  timestamptz NOT NULL DEFAULT now(),
+        seen_at     timestamptz NOT NULL
+    );
+    CREATE TABLE identify_buckets (
+        bucket  integer     PRIMARY KEY,
+        next_at timestamptz NOT NULL
+    );
+    """,
 )

@@ -1,23 +1,17 @@
-"""One bot process per store, held for the process's life.
+"""One bot process per SQLite file, held for the process's life.
 
-Every process resumes every unfinished job it finds at start, so two processes on one store
-would both follow, and both post, the same jobs. Until jobs are claimed under leases, a second
-process on the same store is refused. The kernel (SQLite) or the server (PostgreSQL) drops the
-lock when the process dies, kill -9 included, so a restart never finds a stale one.
+A process on SQLite resumes every unfinished job it finds at start, so two processes on one
+file would both follow, and both post, the same jobs: a second one is refused. The kernel
+drops the lock when the process dies, kill -9 included, so a restart never finds a stale one.
+(Processes on PostgreSQL share its jobs under leases instead: bot/storage/postgres_leases.py.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 from pathlib import Path
 from typing import Protocol
-
-import asyncpg
-
-from bot.storage.base import StorageUnavailable
-from bot.storage.postgres_jobs import describe
 
 # The advisory lock's class id ("anib"); its object id is the schema's hash, so stores in
 # other schemas of one database (the tests' schemas) do not exclude each other.
@@ -64,36 +58,3 @@ class SQLiteProcessLock:
         if self._descriptor is not None:
             os.close(self._descriptor)  # closing the last descriptor drops the flock
             self._descriptor = None
-
-
-class PostgresProcessLock:
-    """A session advisory lock, held on a connection of its own (not one of the pool's)."""
-
-    def __init__(self, connection: asyncpg.Connection) -> None:
-        self._connection = connection
-
-    @classmethod
-    async def take(cls, url: str, where: str) -> PostgresProcessLock:
-        """Take the schema's lock, or raise StoreInUse if another process holds it."""
-        try:
-            connection = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_SECONDS)
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            raise StorageUnavailable(
-                f"could not connect to PostgreSQL at {where} ({describe(exc)})"
-            ) from None
-        try:
-            taken = await connection.fetchval(
-                "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))", PROCESS_LOCK_CLASS
-            )
-        except BaseException:
-            await connection.close()
-            raise
-        if not taken:
-            await connection.close()
-            raise StoreInUse(f"another animate-bot process is running on PostgreSQL at {where}")
-        return cls(connection)
-
-    async def release(self) -> None:
-        """Close the lock's connection, which ends its session and so the lock."""
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            await self._connection.close()

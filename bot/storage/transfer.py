@@ -66,8 +66,10 @@ async def copy_sqlite_to_postgres(sqlite_path: Path, pool: asyncpg.Pool) -> dict
         for table, target_columns in tables.items():
             # What only PostgreSQL has (a later part's columns or tables) keeps its defaults.
             known = source_tables.get(table, [])
+            if not known:
+                continue  # a shared store's own table (leases, processes): nothing to copy
             columns = [(name, kind) for name, kind in target_columns if name in known]
-            rows = await _read(sqlite, table, [name for name, _ in columns]) if known else []
+            rows = await _read(sqlite, table, [name for name, _ in columns])
             booleans = [kind == "boolean" for _, kind in columns]
             records = [_convert(row, booleans) for row in rows]
             await target.copy_records_to_table(

@@ -21,7 +21,7 @@ async def test_a_second_process_on_the_same_file_is_refused_with_one_line(
     database = world.bot.env["DATABASE_PATH"]
     assert output == (
         f"animate-bot: another animate-bot process is running on {database}; one process per "
-        "store until jobs are shared under leases (stop the other first).\n"
+        "SQLite file (share a PostgreSQL DATABASE_URL to run several).\n"
     )
     await world.result_for(await world.request_message(await world.animate("still served")))
 
