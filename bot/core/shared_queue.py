@@ -178,8 +178,10 @@ class SharedDispatcher:
 
     async def _renew(self) -> None:
         """Renew leases; stop jobs now leased elsewhere; cancel what was asked; mirror queues."""
+        # Only jobs running before the renewal was read: one claimed meanwhile is not in it.
+        before = self._hooks.running_ids()
         renewal = await self._shared.renew()
-        for job_id in self._hooks.running_ids() - renewal.held:
+        for job_id in (before & self._hooks.running_ids()) - renewal.held:
             log.warning("job %s is leased by another process now; stopping here", job_id)
             self._hooks.lost(job_id)
         for job_id in renewal.cancel_wanted:

@@ -130,14 +130,16 @@ class GuildSettingsService:
 
     async def load(self) -> None:
         """Read every server's stored changes; one that no longer reads is logged and skipped."""
-        self._changed.clear()
+        changed: dict[int, dict[str, Any]] = {}
         for guild_id, name, value_json in await self._store.guild_settings():
             try:
                 value = _decode(name, json.loads(value_json))
             except (ValueError, TypeError, InvalidSetting):
                 log.warning("ignoring stored setting %s of server %s", name, guild_id)
                 continue
-            self._changed.setdefault(guild_id, {})[name] = value
+            changed.setdefault(guild_id, {})[name] = value
+        # Swapped whole, so that a request read meanwhile never sees a server's defaults.
+        self._changed = changed
 
     def get(self, guild_id: int) -> GuildSettings:
         """The effective settings of a server."""

@@ -112,7 +112,7 @@ class SharedJobs(Protocol):
         ...
 
     async def queued_for(self, shard_count: int, shard_ids: Sequence[int]) -> list[Job]:
-        """Return the unclaimed queued jobs of the servers on these shards, oldest first."""
+        """Return the unclaimed queued jobs of these shards' servers (but others' holds)."""
         ...
 
     async def pending_for(self, guild_id: int, requester_id: int) -> int:

@@ -283,14 +283,19 @@ class PostgresLeases:
         return True
 
     async def queued_for(self, shard_count: int, shard_ids: Sequence[int]) -> list[Job]:
-        """Return the unclaimed queued jobs of the servers on these shards, oldest first."""
+        """Return the unclaimed queued jobs of the servers on these shards, oldest first.
+
+        Held ones count only if this process holds them: another live process's request is
+        still being shown (its message is on its way) and is that process's to show.
+        """
         rows = await self._records._fetch(
             f"SELECT {JOB_COLUMNS} FROM jobs j WHERE status = 'queued' "
             "AND ((guild_id >> 22) % $1) = ANY($2::integer[]) AND NOT EXISTS "
-            f"(SELECT 1 FROM job_leases l WHERE l.job_id = j.id AND l.claimed AND l.{LIVE}) "
-            "ORDER BY id",
+            f"(SELECT 1 FROM job_leases l WHERE l.job_id = j.id AND l.{LIVE} "
+            "AND (l.claimed OR l.owner <> $3)) ORDER BY id",
             shard_count,
             list(shard_ids),
+            self.owner,
         )
         return [job_from_row(row) for row in rows]
 

@@ -27,7 +27,7 @@ from bot.storage.postgres_jobs import UNAVAILABLE_ERRORS, describe
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 10
-FORGET_PROCESSES_AFTER = "1 day"  # rows of processes long gone are removed
+FORGET_PROCESSES_AFTER_DAYS = 1  # rows of processes long gone are removed
 
 PayloadHandler = Callable[[str], Awaitable[None] | None]
 
@@ -134,9 +134,10 @@ class PostgresMembership:
             return
         with contextlib.suppress(*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
             await connection.execute(
-                "DELETE FROM bot_processes WHERE owner = $1 OR seen_at < now() - $2::interval",
+                "DELETE FROM bot_processes WHERE owner = $1 "
+                "OR seen_at < now() - make_interval(days => $2)",
                 self.owner,
-                FORGET_PROCESSES_AFTER,
+                FORGET_PROCESSES_AFTER_DAYS,
             )
         with contextlib.suppress(*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
             await connection.close()
