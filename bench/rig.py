@@ -147,9 +147,9 @@ def fill_backlog(path: Path, jobs: int, guilds: int) -> None:
         )
 
 
-async def loop_lag(samples: list[float], stop: asyncio.Event) -> None:
-    """Measure how late a 10 ms timer fires: the event loop's responsiveness."""
+async def loop_lag(samples: list[float], stop: asyncio.Event, interval: float = 0.01) -> None:
+    """Measure how late a timer of `interval` real seconds fires: the loop's responsiveness."""
     while not stop.is_set():
         started = time.perf_counter()
-        await asyncio.sleep(0.01)
-        samples.append(time.perf_counter() - started - 0.01)
+        await asyncio.sleep(interval)
+        samples.append(time.perf_counter() - started - interval)

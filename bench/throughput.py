@@ -10,6 +10,14 @@ and run 20-90 s; --time-scale runs every duration that much faster (the fake's t
 Prefer: wait hold, and the scheduler's sleeps and clocks alike), while every figure is given
 in unscaled seconds. Discord is a recording sink. A strategy stops after --deliveries results.
 
+    python -m bench.throughput --store postgres --processes 2 --strategies adaptive
+
+With `--store postgres`, the backlog goes into a fresh schema of the tests' PostgreSQL and
+--processes workers each run a SharedScheduler on it (shard i of N, --running the limit of
+all of them together) against one fake; `--kill-after K` SIGKILLs one worker once K results
+were delivered and times the take-over of its jobs (bench/throughput_cluster.py). Leases are
+in real seconds (--lease-seconds), as the database's clock runs.
+
 Strategies: `baseline` creates without holding and polls every 0.5 s, as the official Python
 client does; `adaptive` is the bot with PROGRESS_POLL_SECONDS=0: a create held with Prefer:
 wait, then polls aimed at the end its progress logs and measured runs foretell; `progress` is
@@ -32,14 +40,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from bench.figures import (
-    API_USE,
     LabellingApiBudget,
     Staleness,
     over_limit,
@@ -56,15 +63,19 @@ from bench.rig import (
     fill_backlog,
     loop_lag,
 )
-from bench.table import report
+from bench.table import report, report_shared
+from bench.throughput_cluster import run_cluster
+from bench.throughput_meter import ApiMeter
+from bench.throughput_shared import run_shared_worker
 from bot.backends.base import Prediction
 from bot.backends.replicate import PredictionClient
 from bot.backends.webhooks import WebhookReceiver, WebhookVerifier
-from bot.core.budgets import ApiUse, Budgets, LocalDiscordBudget
+from bot.core.budgets import Budgets, LocalDiscordBudget
 from bot.core.eta import TimingHistory, instant
 from bot.core.jobs import Job
 from bot.core.limits import SchedulerLimits
 from bot.core.scheduler import Scheduler
+from bot.storage.leases import JOB_LEASE_SECONDS
 from bot.storage.sqlite import SQLiteStore
 
 STRATEGIES = ("baseline", "adaptive", "progress", "webhook")
@@ -75,8 +86,12 @@ FRAME_TIME = 0.15
 # ---- the fake API, in a process of its own -------------------------------------------------
 
 
-async def serve_fake(time_scale: float, seed: int) -> None:
-    """Serve the fake prediction API until stdin closes; print where it listens first."""
+async def serve_fake(time_scale: float, seed: int, *, report: bool = False) -> None:
+    """Serve the fake prediction API until stdin closes; print where it listens first.
+
+    With `report`, print at the end every request it received, counted by prediction (what
+    every process together asked, the killed one's requests included).
+    """
     from tests.fakes.predictions import Behaviour, FakePredictionAPI  # noqa: PLC0415
 
     rng = random.Random(seed)
@@ -102,6 +117,23 @@ async def serve_fake(time_scale: float, seed: int) -> None:
         )
         sys.stdout.flush()
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        if report:
+            print(json.dumps(requests_by_prediction(api.requests)))
+
+
+def requests_by_prediction(requests: list[Any]) -> dict[str, Any]:
+    """The fake's requests counted: creates, and polls and downloads by prediction id."""
+    by_prediction: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    creates = 0
+    for request in requests:
+        parts = request.path.split("/")
+        if request.method == "POST" and request.path.endswith("/predictions"):
+            creates += 1
+        elif parts[-2:-1] == ["predictions"] and request.method == "GET":
+            by_prediction[parts[-1]]["poll"] += 1
+        elif parts[-2:-1] == ["files"]:
+            by_prediction[parts[-1].removesuffix(".mp4")]["download"] += 1
+    return {"creates": creates, "by_prediction": by_prediction}
 
 
 async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
@@ -113,32 +145,13 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
     store = await SQLiteStore.open(db_path, clock=scaled.wall)
     await store.close()
     fill_backlog(db_path, options.jobs, options.guilds)
-    requests: dict[str, Counter[str]] = defaultdict(Counter)  # prediction id -> kind -> count
-    api_times: list[float] = []  # every request but creates, scaled seconds
-    create_times: list[float] = []
-
-    async def on_request(
-        _session: object, _ctx: object, params: aiohttp.TraceRequestStartParams
-    ) -> None:
-        parts = params.url.path.split("/")
-        if params.method == "POST" and params.url.path.endswith("/predictions"):
-            requests["(creates)"]["create"] += 1
-            create_times.append(scaled.monotonic())
-            return
-        api_times.append(scaled.monotonic())
-        if parts[-2:-1] == ["predictions"]:
-            use = "progress" if API_USE.get() is ApiUse.PROGRESS else "ending"
-            requests[parts[-1]][f"poll_{use}"] += 1
-        elif parts[-2:-1] == ["files"]:
-            requests[parts[-1].removesuffix(".mp4")]["download"] += 1
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_start.append(on_request)
+    meter = ApiMeter(scaled)
+    requests, api_times, create_times = meter.requests, meter.api_times, meter.create_times
     cpu_before = _cpu()
     sink = Sink(scaled, target=options.deliveries)
     # As the bot's own session: room for every running job's held create.
     connector = aiohttp.TCPConnector(limit=options.running + 100)
-    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as http:
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[meter.trace()]) as http:
         client_class = BaselineClient if options.worker == "baseline" else PredictionClient
         client = client_class(
             http,
@@ -211,6 +224,7 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
         stop = asyncio.Event()
         monitor = asyncio.create_task(loop_lag(lag_samples, stop))
         await sink.done.wait()
+        wall = time.perf_counter() - started - startup
         stop.set()
         await monitor
         await scheduler.stop(grace=0)
@@ -264,6 +278,7 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cpu_per_1000": cpu / n * 1000,
         "startup_s": startup,
+        "jobs_per_second": n / wall * options.time_scale,
     }
 
 
@@ -338,27 +353,71 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deliveries", type=int, default=300, help="results per strategy")
     parser.add_argument("--time-scale", type=float, default=0.25)
     parser.add_argument("--profile", help="write a cProfile of each worker to PROFILE.<strategy>")
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="postgres: a fresh schema of the tests' PostgreSQL, shared by --processes workers",
+    )
+    parser.add_argument("--processes", type=int, default=1, help="workers (more than 1: postgres)")
+    parser.add_argument(
+        "--kill-after",
+        type=int,
+        default=0,
+        help="SIGKILL the last worker once this many results were delivered (postgres)",
+    )
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=JOB_LEASE_SECONDS,
+        help="JOB_LEASE_SECONDS, real seconds (leases run on the database's clock)",
+    )
     parser.add_argument("--worker", choices=STRATEGIES, help=argparse.SUPPRESS)
     parser.add_argument("--api", help=argparse.SUPPRESS)
     parser.add_argument("--serve-fake", action="store_true", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    parser.add_argument("--report-requests", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--shared-url", help=argparse.SUPPRESS)
+    parser.add_argument("--process-index", type=int, default=0, help=argparse.SUPPRESS)
+    options = parser.parse_args(argv)
+    if options.worker or options.serve_fake:
+        return options
+    if options.processes < 1:
+        parser.error("--processes must be at least 1")
+    if options.processes > 1 and options.store != "postgres":
+        parser.error("--processes above 1 needs --store postgres (SQLite is one process's)")
+    if options.kill_after and (options.store != "postgres" or options.processes < 2):
+        parser.error("--kill-after needs --store postgres and --processes 2 or more")
+    if options.store == "postgres" and "webhook" in options.strategies.split(","):
+        parser.error("--store postgres runs baseline, adaptive or progress (not webhook)")
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run every strategy and print the table."""
     options = parse_options(argv)
     if options.serve_fake:
-        asyncio.run(serve_fake(options.time_scale, seed=1))
+        asyncio.run(serve_fake(options.time_scale, seed=1, report=options.report_requests))
         return 0
     if options.worker:
         profiler = cProfile.Profile() if options.profile else None
         if profiler is not None:
             profiler.enable()
-        figures = asyncio.run(run_worker(options))
+        if options.shared_url:
+            figures = asyncio.run(run_shared_worker(options))
+        else:
+            figures = asyncio.run(run_worker(options))
         if profiler is not None:
             profiler.disable()
-            profiler.dump_stats(f"{options.profile}.{options.worker}")
+            suffix = f".{options.process_index}" if options.shared_url else ""
+            profiler.dump_stats(f"{options.profile}.{options.worker}{suffix}")
         print(json.dumps(figures))
+        return 0
+    if options.store == "postgres":
+        shared = []
+        for strategy in options.strategies.split(","):
+            print(f"running {strategy} on {options.processes} processes...", file=sys.stderr)
+            shared.append(asyncio.run(run_cluster(strategy, options)))
+        print(report_shared(shared, options))
         return 0
     results = []
     for strategy in options.strategies.split(","):

@@ -80,9 +80,13 @@ async def test_open_migrates_the_schema_once(schema_url: str) -> None:
         assert await reopened.schema_version() == len(postgres_migrations.MIGRATIONS)
         assert (await reopened.get(job_id)) == (await store.get(job_id))
     tables = await _columns(schema_url)
-    assert {"jobs", "timings", "guild_settings", "guild_bans", "schema_version"} | SHARED_ONLY == set(
-        tables
-    )
+    assert {
+        "jobs",
+        "timings",
+        "guild_settings",
+        "guild_bans",
+        "schema_version",
+    } | SHARED_ONLY == set(tables)
 
 
 async def test_every_sqlite_table_and_column_has_its_postgres_twin(

@@ -20,7 +20,7 @@ from bot.core.budgets import Budgets
 from bot.core.jobs import GenerationRequest, Job, JobStatus
 from bot.core.shared_queue import PUSHED_LOGS_KEPT, prediction_payload
 from bot.storage.base import InvalidTransition
-from bot.storage.leases import ClaimLimits, EventKind, SharedEvent, ShardsTaken
+from bot.storage.leases import ClaimLimits, EventKind, ShardsTaken, SharedEvent
 from bot.storage.postgres import PostgresStore, create_pool
 from bot.storage.postgres_leases import PAYLOAD_LIMIT, PostgresLeases, _payload
 from bot.storage.postgres_membership import PostgresMembership
@@ -145,6 +145,24 @@ async def test_servers_take_turns_across_processes(schema: str) -> None:
         ]
 
 
+async def test_one_claim_may_take_several_jobs_of_a_server_within_its_limit(
+    schema: str,
+) -> None:
+    async with process(schema) as a, process(schema) as b:
+        first = [await a.queue(1) for _ in range(3)]
+        second = await a.queue(2)
+        claimed = await b.leases.claim(limits(total=10, per_guild=2), most=10)
+        assert [job.id for job in claimed] == [first[0].id, second.id, first[1].id]
+        # Server 1 is at its limit; server 2 is not.
+        later = await a.queue(2)
+        assert [job.id for job in await a.leases.claim(limits(total=10, per_guild=2), most=5)] == [
+            later.id
+        ]
+        assert [job.id for job in await a.leases.claim(limits(total=10, per_guild=3), most=5)] == [
+            first[2].id
+        ]
+
+
 async def test_a_request_is_held_by_its_process_until_released(schema: str) -> None:
     async with process(schema) as a, process(schema) as b:
         held = await a.add(1)
@@ -203,8 +221,9 @@ async def test_a_claim_that_never_started_goes_back_to_the_queue(schema: str) ->
         await a.leases.claim(limits(total=1), most=1)
         assert await b.leases.claim(limits(total=1), most=1) == []  # the slot is a's
         await die(schema, a)
+        assert await b.leases.take_over() == []  # still queued: claimed, not started
+        assert await b.leases.requeue_lapsed() == 1  # its lapsed claim is dropped
         assert [j.id for j in await b.leases.claim(limits(total=1), most=1)] == [job.id]
-        assert await b.leases.take_over() == []  # still queued: claimed, not taken over
 
 
 async def test_cancels_reach_the_process_that_runs_the_job(schema: str) -> None:

@@ -51,7 +51,8 @@ class SharedHooks:
     has_capacity: Callable[[int], bool]  # the backend's room, given the jobs starting
     guild_running_limit: Callable[[int], int]
     queued_ids: Callable[[], set[int]]  # the queued jobs this process shows
-    mirror: Callable[[list[Job], set[int]], None]  # its servers' unclaimed queued jobs
+    # (the ids of its servers' unclaimed queued jobs, those of them it lacks, its ids before)
+    mirror: Callable[[list[int], list[Job], set[int]], None]
     claimed_elsewhere: Callable[[int, int], None]  # (job, guild) left its queue
     cancel_wanted: Callable[[int], None]
     settings_changed: Callable[[int | None], Awaitable[None]]  # None: reread every server
@@ -188,9 +189,13 @@ class SharedDispatcher:
             self._hooks.cancel_wanted(job_id)
         self.processes = await self._shared.live_processes()
         self._budgets.share_among(self.processes)
-        count, ids = self._hooks.shards()
+        count, shards = self._hooks.shards()
         known = self._hooks.queued_ids()
-        self._hooks.mirror(await self._shared.queued_for(count, ids), known)
+        queued = await self._shared.queued_for(count, shards)
+        # Only the jobs the mirror lacks are read whole: 10,000 queued rows are not.
+        running = self._hooks.running_ids()
+        lacking = [job_id for job_id in queued if job_id not in known and job_id not in running]
+        self._hooks.mirror(queued, await self._shared.jobs(lacking) if lacking else [], known)
 
     async def _taking_over(self) -> None:
         """Look for jobs whose lease expired, about once a second."""
@@ -202,9 +207,16 @@ class SharedDispatcher:
                 log.warning("could not look for jobs to take over: %s", exc)
 
     async def _take_over(self) -> None:
-        """Resume every started job whose process stopped renewing its lease."""
-        for job in await self._shared.take_over():
+        """Resume every started job whose process stopped renewing its lease; claim its rest."""
+        taken = await self._shared.take_over()
+        for job in taken:
             self._hooks.resume(job)
+        if taken or await self._shared.requeue_lapsed():
+            # A process died: this one's share of the running total grows now, not at the
+            # next renewal, and the jobs it had claimed but not started are claimed again.
+            self.processes = await self._shared.live_processes()
+            self._budgets.share_among(self.processes)
+            self.kick()
 
     # Events ------------------------------------------------------------------------------
 

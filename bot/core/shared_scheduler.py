@@ -50,6 +50,7 @@ class SharedScheduler(Scheduler):
         # Jobs taken off the mirror since it was last made again: a copy of the queues read
         # before they left must not bring them back.
         self._gone: set[int] = set()
+        self._mirrored = False  # the first copy of the queues is shown as the messages are
         hooks = SharedHooks(
             start_claimed=self._start_claimed,
             resume=self._resume,
@@ -84,7 +85,9 @@ class SharedScheduler(Scheduler):
         self.delivery.clear_work_root()
         self.status.history.load(await self._store.recent_timings(SAMPLES_PER_KEY))
         await self.shared.start()
+        # Their messages already show about this: only changes from now on are edited.
         self.status.mark_stale(show=False)
+        self._mirrored = True
         for job_id in self._queued_ids():
             job = self.queue.get(job_id)
             if job is not None and job.request_message_id is None:
@@ -222,27 +225,29 @@ class SharedScheduler(Scheduler):
         queue = self.queue
         return {job.id for guild_id in queue.guilds_waiting() for job in queue.queued(guild_id)}
 
-    def _mirror(self, jobs: list[Job], known_before: set[int]) -> None:
+    def _mirror(self, queued: list[int], lacking: list[Job], known_before: set[int]) -> None:
         """Make the mirror hold these servers' unclaimed queued jobs, as the store read them.
 
-        `known_before`: the mirror's jobs before the store was read; only those may leave,
+        `queued`: their ids; `lacking`: those of them the mirror lacked, read whole;
+        `known_before`: the mirror's jobs before the store was read. Only those may leave,
         as a request added meanwhile is not in the copy yet.
         """
-        wanted = {job.id for job in jobs}
+        present = set(queued)
         gone, self._gone = self._gone, set()
         changed: set[int] = set()
         for guild_id in list(self.queue.guilds_waiting()):
             for job in self.queue.queued(guild_id):
-                if job.id in known_before and job.id not in wanted:
+                if job.id in known_before and job.id not in present:
                     self.queue.remove(job.id)  # claimed elsewhere, or canceled
                     self._forget(job.id)
                     changed.add(guild_id)
-        for job in jobs:
+        for job in lacking:
             if job.id not in gone and self.queue.get(job.id) is None:
                 self.queue.add(job)  # taken over, resharded here, or queued by another process
                 changed.add(job.guild_id)
-        for guild_id in changed:
-            self.status.publish_positions(guild_id)
+        if self._mirrored:
+            for guild_id in changed:
+                self.status.publish_positions(guild_id)
         self._update_idle()
 
     def _claimed_elsewhere(self, job_id: int, guild_id: int) -> None:

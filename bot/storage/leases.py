@@ -111,8 +111,16 @@ class SharedJobs(Protocol):
         """Store that a started job should stop, for whichever process runs it; False if ended."""
         ...
 
-    async def queued_for(self, shard_count: int, shard_ids: Sequence[int]) -> list[Job]:
-        """Return the unclaimed queued jobs of these shards' servers (but others' holds)."""
+    async def queued_for(self, shard_count: int, shard_ids: Sequence[int]) -> list[int]:
+        """Return the ids of these shards' servers' unclaimed queued jobs (not others' holds)."""
+        ...
+
+    async def jobs(self, job_ids: Sequence[int]) -> list[Job]:
+        """Return these jobs, oldest first."""
+        ...
+
+    async def requeue_lapsed(self) -> int:
+        """Make queued jobs whose hold or claim lapsed claimable again; return how many."""
         ...
 
     async def pending_for(self, guild_id: int, requester_id: int) -> int:

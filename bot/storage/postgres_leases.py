@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 
+import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from bot.core.jobs import GenerationRequest, Job, JobStatus
@@ -38,6 +38,8 @@ LIVE = "expires_at > now()"
 # A NOTIFY payload must stay under 8000 bytes; a larger pushed prediction is announced by id
 # alone, and the process following it polls.
 PAYLOAD_LIMIT = 7000
+# Candidates read beyond twice the room, for servers whose limit a second job would pass.
+CANDIDATES_SPARE = 50
 
 
 class PostgresLeases:
@@ -141,31 +143,29 @@ class PostgresLeases:
             room = min(most, limits.running_total - sum(running.values()))
             if room <= 0:
                 return []
-            # The first `room` claimable jobs of every server with any, FIFO within each.
-            rows = await connection.fetch(
-                f"SELECT {JOB_COLUMNS} FROM (SELECT *, row_number() OVER "
+            # Servers at their limit are left out; of the rest, claimable jobs in the order the
+            # round-robin takes them: each server's first (least recently served server
+            # first, never served ones oldest first), then each one's second, and so on.
+            full = [g for g, n in running.items() if n >= limits.running_per_guild(g)]
+            candidates = await connection.fetch(
+                "SELECT c.id, c.guild_id FROM (SELECT id, guild_id, row_number() OVER "
                 "(PARTITION BY guild_id ORDER BY id) AS place FROM jobs j "
-                "WHERE status = 'queued' AND NOT EXISTS (SELECT 1 FROM job_leases l "
-                f"WHERE l.job_id = j.id AND l.{LIVE})) AS claimable "
-                "WHERE place <= $1 ORDER BY guild_id, id",
+                "WHERE status = 'queued' AND guild_id <> ALL($1::bigint[]) AND NOT EXISTS "
+                f"(SELECT 1 FROM job_leases l WHERE l.job_id = j.id AND l.{LIVE})) AS c "
+                "LEFT JOIN guild_turns t ON t.guild_id = c.guild_id WHERE c.place <= $2 "
+                "ORDER BY c.place, COALESCE(t.turn, -1), c.id LIMIT $3",
+                full,
                 room,
+                room * 2 + CANDIDATES_SPARE,
             )
-            if not rows:
+            picked = _within_limits(candidates, running, limits, room)
+            if not picked:
                 return []
-            waiting: dict[int, deque[Job]] = defaultdict(deque)
-            for row in rows:
-                job = job_from_row(row)
-                waiting[job.guild_id].append(job)
-            turns = {
-                int(guild): int(turn)
-                for guild, turn in await connection.fetch(
-                    "SELECT guild_id, turn FROM guild_turns WHERE guild_id = ANY($1::bigint[])",
-                    list(waiting),
-                )
-            }
-            chosen = _round_robin(waiting, turns, running, limits, room)
-            if not chosen:
-                return []
+            rows = await connection.fetch(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1::bigint[])", picked
+            )
+            by_id = {job.id: job for job in map(job_from_row, rows)}
+            chosen = [by_id[job_id] for job_id in picked]
             ids = [job.id for job in chosen]
             await connection.execute(
                 "INSERT INTO job_leases (job_id, owner, expires_at, claimed) "
@@ -182,7 +182,7 @@ class PostgresLeases:
                 "SELECT guild_id, nextval('guild_turn_numbers') FROM unnest($1::bigint[]) "
                 "WITH ORDINALITY AS claimed (guild_id, n) ORDER BY n "
                 "ON CONFLICT (guild_id) DO UPDATE SET turn = excluded.turn",
-                [job.guild_id for job in chosen],
+                _servers_by_last_claim(chosen),
             )
             for job in chosen:
                 await self._notify(connection, SharedEvent(EventKind.CLAIMED, job.id, job.guild_id))
@@ -222,8 +222,9 @@ class PostgresLeases:
         """Extend this process's leases; say which jobs are still ours and which to cancel."""
         async with self._records._connection() as connection:
             rows = await connection.fetch(
+                # A lapsed lease nobody took over yet (the database was away) is still ours.
                 "UPDATE job_leases SET expires_at = now() + make_interval(secs => $2) "
-                "WHERE owner = $1 AND expires_at > now() RETURNING job_id, cancel_requested",
+                "WHERE owner = $1 RETURNING job_id, cancel_requested",
                 self.owner,
                 self._lease(),
             )
@@ -282,14 +283,14 @@ class PostgresLeases:
             await self._notify(connection, SharedEvent(EventKind.CANCEL, job_id))
         return True
 
-    async def queued_for(self, shard_count: int, shard_ids: Sequence[int]) -> list[Job]:
-        """Return the unclaimed queued jobs of the servers on these shards, oldest first.
+    async def queued_for(self, shard_count: int, shard_ids: Sequence[int]) -> list[int]:
+        """Return the ids of these shards' servers' unclaimed queued jobs, oldest first.
 
         Held ones count only if this process holds them: another live process's request is
         still being shown (its message is on its way) and is that process's to show.
         """
         rows = await self._records._fetch(
-            f"SELECT {JOB_COLUMNS} FROM jobs j WHERE status = 'queued' "
+            "SELECT id FROM jobs j WHERE status = 'queued' "
             "AND ((guild_id >> 22) % $1) = ANY($2::integer[]) AND NOT EXISTS "
             f"(SELECT 1 FROM job_leases l WHERE l.job_id = j.id AND l.{LIVE} "
             "AND (l.claimed OR l.owner <> $3)) ORDER BY id",
@@ -297,7 +298,24 @@ class PostgresLeases:
             list(shard_ids),
             self.owner,
         )
+        return [int(row[0]) for row in rows]
+
+    async def jobs(self, job_ids: Sequence[int]) -> list[Job]:
+        """Return these jobs, oldest first (ids no job has are left out)."""
+        rows = await self._records._fetch(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id",
+            list(job_ids),
+        )
         return [job_from_row(row) for row in rows]
+
+    async def requeue_lapsed(self) -> int:
+        """Drop the lapsed leases of queued jobs (held or claimed by a process that died)."""
+        async with self._records._connection() as connection:
+            status = await connection.execute(
+                "DELETE FROM job_leases l USING jobs j WHERE l.job_id = j.id "
+                "AND j.status = 'queued' AND l.expires_at <= now()"
+            )
+        return int(status.split()[-1])
 
     async def pending_for(self, guild_id: int, requester_id: int) -> int:
         """Count a member's unfinished jobs in a server, whichever process holds them."""
@@ -342,28 +360,28 @@ class PostgresLeases:
         )
 
 
-def _round_robin(
-    waiting: dict[int, deque[Job]],
-    turns: dict[int, int],
+def _within_limits(
+    candidates: list[asyncpg.Record],
     running: dict[int, int],
     limits: ClaimLimits,
     room: int,
-) -> list[Job]:
-    """Take jobs servers in turn (least recently served first), within each server's limit."""
-    # A server never served goes first (turn -1), older requests before newer ones.
-    order = deque(sorted(waiting, key=lambda guild: (turns.get(guild, -1), waiting[guild][0].id)))
+) -> list[int]:
+    """Take candidates in their order while each one's server stays within its limit."""
     running = dict(running)
-    chosen: list[Job] = []
-    while order and len(chosen) < room:
-        guild_id = order.popleft()
-        queue = waiting[guild_id]
-        if running.get(guild_id, 0) >= limits.running_per_guild(guild_id):
-            continue  # full: out of this round
-        chosen.append(queue.popleft())
-        running[guild_id] = running.get(guild_id, 0) + 1
-        if queue:
-            order.append(guild_id)
-    return chosen
+    picked: list[int] = []
+    for job_id, guild_id in candidates:
+        if len(picked) == room:
+            break
+        if running.get(guild_id, 0) < limits.running_per_guild(guild_id):
+            picked.append(int(job_id))
+            running[guild_id] = running.get(guild_id, 0) + 1
+    return picked
+
+
+def _servers_by_last_claim(chosen: list[Job]) -> list[int]:
+    """Each server once, in the order of its last claimed job (one row per conflict key)."""
+    last = {job.guild_id: index for index, job in enumerate(chosen)}
+    return sorted(last, key=last.__getitem__)
 
 
 def _payload(event: SharedEvent) -> str:

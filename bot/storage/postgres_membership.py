@@ -103,8 +103,9 @@ class PostgresMembership:
                     "seen_at) VALUES ($1, $2, $3, now()) ON CONFLICT (owner) DO UPDATE SET "
                     "shard_count = excluded.shard_count, shard_ids = excluded.shard_ids, "
                     "seen_at = now() RETURNING owner) "
+                    # Seen within two renewals (every third of a lease): alive.
                     "SELECT 1 + count(*) FROM bot_processes WHERE owner <> $1 "
-                    "AND seen_at > now() - make_interval(secs => $4)",
+                    "AND seen_at > now() - make_interval(secs => $4 * 2 / 3)",
                     self.owner,
                     count,
                     list(ids),

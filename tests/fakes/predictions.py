@@ -501,6 +501,9 @@ class FakePredictionAPI(LocalServer):
         self._mono0 = monotonic()
         self.webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
         self.webhook_deliveries: list[WebhookDelivery] = []
+        # The most predictions starting or processing at one time (real time; on a ManualClock,
+        # as last settled): what a limit on running predictions must keep under.
+        self.most_at_once = 0
         self._webhook_session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -878,6 +881,8 @@ class FakePredictionAPI(LocalServer):
             output_base=self.output_base,
         )
         self.predictions[prediction.id] = prediction
+        active = sum(not p.terminal for p in self.predictions.values())
+        self.most_at_once = max(self.most_at_once, active)
         if self.clock is not None:
             prediction.created_virtual = self.clock.now
             self._changed()
