@@ -199,6 +199,7 @@ class AnimateBot(commands.AutoShardedBot):
                 shared=shared,
                 shards=self._shards_here,
                 reload_settings=self._reload_settings,
+                defer_dispatching=True,  # until setup_hook has loaded everything
                 **options,
             )
         )
@@ -263,12 +264,15 @@ class AnimateBot(commands.AutoShardedBot):
             raise ExtensionsFailed(failed)
         await self.sync_commands()
         self.commands_synced = True
+        if isinstance(self.scheduler, SharedScheduler):
+            await self.scheduler.start_dispatching()
 
     async def _join_shards(self) -> None:
         """Learn the identify concurrency (and the count, if `auto`); lock the shards if shared."""
         shards_here = len(self.shard_ids) if self.shard_ids else self.shard_count
-        if shards_here is None or shards_here > 1:
-            # One shard needs no pacing: spare it the request.
+        if shards_here is None or shards_here > 1 or self.membership is not None:
+            # One shard of one process needs no pacing: spare it the request. (A process
+            # of several paces its one shard against the others' through the store.)
             recommended, _url, limits = await self.http.get_bot_gateway()
             self.identify_gate.learn_max_concurrency(int(limits["max_concurrency"]))
             if self.shard_count is None:

@@ -41,9 +41,13 @@ class SharedScheduler(Scheduler):
         shared: SharedJobs,
         shards: Shards,
         reload_settings: ReloadSettings,
+        defer_dispatching: bool = False,
         **options: Any,
     ) -> None:
         super().__init__(store, backend, **options)
+        # True: `start` leaves claiming and taking over to `start_dispatching`, called once
+        # the process is ready, so that no lease taken lapses while it still loads.
+        self._defer_dispatching = defer_dispatching
         self._shared = shared
         self._reload_settings = reload_settings
         self.queue.decides = False  # a mirror: the database decides who starts
@@ -84,6 +88,13 @@ class SharedScheduler(Scheduler):
         self._started = True
         self.delivery.clear_work_root()
         self.status.history.load(await self._store.recent_timings(SAMPLES_PER_KEY))
+        if not self._defer_dispatching:
+            await self.start_dispatching()
+
+    async def start_dispatching(self) -> None:
+        """Take over orphaned jobs, mirror this process's queues, then claim work."""
+        if self.resumed:
+            return
         await self.shared.start()
         # Their messages already show about this: only changes from now on are edited.
         self.status.mark_stale(show=False)
