@@ -106,6 +106,11 @@ async def die(url: str, who: Process) -> None:
         await connection.close()
 
 
+async def claim(who: Process, limits: ClaimLimits, most: int) -> list[Job]:
+    """Claim as a process does; return the jobs leased."""
+    return (await who.leases.claim(limits, most)).jobs
+
+
 def limits(total: int, per_guild: int = 1) -> ClaimLimits:
     """The same limits for every server."""
     return ClaimLimits(running_total=total, running_per_guild=lambda _guild: per_guild)
@@ -116,14 +121,14 @@ async def test_the_running_limits_hold_for_every_process_together(schema: str) -
         for guild in (1, 2, 3):
             for _ in range(3):
                 await a.queue(guild)
-        claimed_a = await a.leases.claim(limits(total=4), most=2)
-        claimed_b = await b.leases.claim(limits(total=4), most=10)
+        claimed_a = await claim(a, limits(total=4), most=2)
+        claimed_b = await claim(b, limits(total=4), most=10)
         assert len(claimed_a) == 2 and len(claimed_b) == 1  # one per server: three servers
         assert sorted(job.guild_id for job in claimed_a + claimed_b) == [1, 2, 3]
         # One slot of four is left, whoever asks; a started job keeps holding its slot.
         await a.store.mark_submitted(claimed_a[0].id)
-        assert len(await b.leases.claim(limits(total=4, per_guild=2), most=10)) == 1
-        assert await a.leases.claim(limits(total=4, per_guild=2), most=10) == []
+        assert len(await claim(b, limits(total=4, per_guild=2), most=10)) == 1
+        assert await claim(a, limits(total=4, per_guild=2), most=10) == []
 
 
 async def test_servers_take_turns_across_processes(schema: str) -> None:
@@ -132,7 +137,7 @@ async def test_servers_take_turns_across_processes(schema: str) -> None:
         second = [await b.queue(2) for _ in range(3)]
         order = []
         for claimer in (a, b, a, b, b, a):
-            (job,) = await claimer.leases.claim(limits(total=10, per_guild=10), most=1)
+            (job,) = await claim(claimer, limits(total=10, per_guild=10), most=1)
             order.append(job.id)
         # FIFO within each server, the servers in turn whoever asks.
         assert order == [
@@ -151,14 +156,14 @@ async def test_one_claim_may_take_several_jobs_of_a_server_within_its_limit(
     async with process(schema) as a, process(schema) as b:
         first = [await a.queue(1) for _ in range(3)]
         second = await a.queue(2)
-        claimed = await b.leases.claim(limits(total=10, per_guild=2), most=10)
+        claimed = await claim(b, limits(total=10, per_guild=2), most=10)
         assert [job.id for job in claimed] == [first[0].id, second.id, first[1].id]
         # Server 1 is at its limit; server 2 is not.
         later = await a.queue(2)
-        assert [job.id for job in await a.leases.claim(limits(total=10, per_guild=2), most=5)] == [
+        assert [job.id for job in await claim(a, limits(total=10, per_guild=2), most=5)] == [
             later.id
         ]
-        assert [job.id for job in await a.leases.claim(limits(total=10, per_guild=3), most=5)] == [
+        assert [job.id for job in await claim(a, limits(total=10, per_guild=3), most=5)] == [
             first[2].id
         ]
 
@@ -167,10 +172,10 @@ async def test_a_request_is_held_by_its_process_until_released(schema: str) -> N
     async with process(schema) as a, process(schema) as b:
         held = await a.add(1)
         assert held is not None
-        assert await b.leases.claim(limits(total=4), most=4) == []
+        assert await claim(b, limits(total=4), most=4) == []
         await a.leases.release(held.id)
         assert (await b.next_event(EventKind.FREED)).job_id == held.id
-        assert [job.id for job in await b.leases.claim(limits(total=4), most=4)] == [held.id]
+        assert [job.id for job in await claim(b, limits(total=4), most=4)] == [held.id]
 
 
 async def test_a_hold_whose_process_died_lets_the_job_be_claimed(schema: str) -> None:
@@ -178,7 +183,7 @@ async def test_a_hold_whose_process_died_lets_the_job_be_claimed(schema: str) ->
         held = await a.add(1)
         assert held is not None
         await die(schema, a)
-        assert [job.id for job in await b.leases.claim(limits(total=4), most=4)] == [held.id]
+        assert [job.id for job in await claim(b, limits(total=4), most=4)] == [held.id]
 
 
 async def test_the_member_cap_counts_requests_in_every_process(schema: str) -> None:
@@ -195,7 +200,7 @@ async def test_started_jobs_of_a_dead_process_are_taken_over_and_it_is_fenced(
 ) -> None:
     async with process(schema) as a, process(schema) as b:
         job = await a.queue(1)
-        (claimed,) = await a.leases.claim(limits(total=4), most=1)
+        (claimed,) = await claim(a, limits(total=4), most=1)
         assert claimed.id == job.id
         await a.store.mark_submitted(job.id)
         await a.store.mark_running(job.id, "p-1")
@@ -218,12 +223,12 @@ async def test_started_jobs_of_a_dead_process_are_taken_over_and_it_is_fenced(
 async def test_a_claim_that_never_started_goes_back_to_the_queue(schema: str) -> None:
     async with process(schema) as a, process(schema) as b:
         job = await a.queue(1)
-        await a.leases.claim(limits(total=1), most=1)
-        assert await b.leases.claim(limits(total=1), most=1) == []  # the slot is a's
+        await claim(a, limits(total=1), most=1)
+        assert await claim(b, limits(total=1), most=1) == []  # the slot is a's
         await die(schema, a)
         assert await b.leases.take_over() == []  # still queued: claimed, not started
         assert await b.leases.requeue_lapsed() == 1  # its lapsed claim is dropped
-        assert [j.id for j in await b.leases.claim(limits(total=1), most=1)] == [job.id]
+        assert [j.id for j in await claim(b, limits(total=1), most=1)] == [job.id]
 
 
 async def test_cancels_reach_the_process_that_runs_the_job(schema: str) -> None:
@@ -233,7 +238,7 @@ async def test_cancels_reach_the_process_that_runs_the_job(schema: str) -> None:
         assert canceled is not None and canceled.status is JobStatus.CANCELED
         assert canceled.error == "Canceled before it started."
         running = await a.queue(2)
-        (claimed,) = await b.leases.claim(limits(total=4), most=1)
+        (claimed,) = await claim(b, limits(total=4), most=1)
         await b.store.mark_submitted(claimed.id)
         # Claimed by b: a cannot cancel it in the store, only ask b to.
         assert await a.leases.cancel(running.id, "no") is None
@@ -249,7 +254,7 @@ async def test_a_cancel_of_an_orphaned_job_is_kept_for_whoever_takes_it_over(
 ) -> None:
     async with process(schema) as a, process(schema) as b:
         job = await a.queue(1)
-        await a.leases.claim(limits(total=4), most=1)
+        await claim(a, limits(total=4), most=1)
         await a.store.mark_submitted(job.id)
         await die(schema, a)
         assert await b.leases.request_cancel(job.id)
@@ -303,3 +308,26 @@ async def test_a_pushed_prediction_reaches_the_other_processes(schema: str) -> N
         # One that cannot fit is announced without its data (the follower's polls catch up).
         huge = SharedEvent(EventKind.PUSH, data={"id": "p", "input": {"prompt": "y" * 9000}})
         assert len(_payload(huge).encode()) < PAYLOAD_LIMIT and '"d"' not in _payload(huge)
+
+
+async def test_a_lapsed_lease_renewed_by_its_owner_is_not_taken_over(schema: str) -> None:
+    async with process(schema) as a, process(schema) as b:
+        job = await a.queue(1)
+        await claim(a, limits(total=4), 1)
+        await a.store.mark_submitted(job.id)
+        await die(schema, a)  # the database was away longer than the lease, say
+        assert job.id in (await a.leases.renew()).held  # nobody took it meanwhile: still a's
+        assert await b.leases.take_over() == []
+
+
+async def test_a_cancel_asked_of_a_claimer_that_died_comes_with_the_next_claim(
+    schema: str,
+) -> None:
+    async with process(schema) as a, process(schema) as b:
+        job = await a.queue(1)
+        await claim(a, limits(total=4), 1)
+        assert await b.leases.request_cancel(job.id)  # a claimed it: only asked of a
+        await die(schema, a)
+        assert await b.leases.requeue_lapsed() == 0  # the wish keeps its row
+        claimed = await b.leases.claim(limits(total=4), most=4)
+        assert [j.id for j in claimed.jobs] == [job.id] and claimed.cancel_wanted == {job.id}

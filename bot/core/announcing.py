@@ -8,7 +8,7 @@ would stay beside a second message. The job is held in the queue until its messa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from bot.core.fair_queue import FairQueue
 from bot.core.jobs import Job
@@ -29,12 +29,15 @@ class WaitingAnnouncer:
         runner: JobRunner,
         outcomes: JobOutcomes,
         dispatch: Callable[[], None],
+        released: Callable[[int], Awaitable[None]],
     ) -> None:
         self._queue = queue
         self._status = status
         self._runner = runner
         self._outcomes = outcomes
         self._dispatch = dispatch  # a released job may start now
+        # Several processes: the job is held in the store too, until its message exists.
+        self._released = released
         self.tasks: set[asyncio.Task[None]] = set()  # messages being made
 
     def announce_if_waiting(self, job_id: int) -> None:
@@ -59,4 +62,5 @@ class WaitingAnnouncer:
                 self._status.publish(job.id, now)  # the queue may have moved meanwhile
         finally:
             self._queue.release(job.id)
+            await self._released(job.id)
             self._dispatch()

@@ -36,16 +36,24 @@ class FairQueue:
 
     # Adding and removing ---------------------------------------------------------------
 
-    def add(self, job: Job, *, held: bool = False) -> int:
-        """Append a job to its server's queue; return its place (1 = next)."""
+    def add(self, job: Job, *, held: bool = False, in_order: bool = False) -> int:
+        """Append a job to its server's queue (or put it by id); return its place (1 = next)."""
         queue = self._queues[job.guild_id]
-        queue.append(job)
+        later = (
+            next((i for i, other in enumerate(queue) if other.id > job.id), None)
+            if in_order
+            else None
+        )
+        if later is not None:
+            queue.insert(later, job)
+        else:
+            queue.append(job)
         self._queued_in[job.id] = job.guild_id
         if held:
             self._held.add(job.id)
         if job.guild_id not in self._rotation:
             self._rotation.append(job.guild_id)
-        return len(queue)
+        return queue.index(job) + 1 if in_order else len(queue)
 
     def hold(self, job_id: int) -> None:
         """Keep a queued job from starting until it is released."""

@@ -33,6 +33,7 @@ from bot.core.jobs import Job, JobStatus
 from bot.core.outcomes import FailureCause, api_refusal
 from bot.core.reporter import JobStatusUpdate, Stage
 from bot.observability.logs import bind_prediction
+from bot.storage.base import LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,9 @@ class JobRunner:
         except asyncio.CancelledError:
             # Shutdown: the job stays recorded in its current state and resumes on start.
             raise
+        except LeaseLost:
+            # Several processes: this one's lease lapsed and another took the job over.
+            log.warning("job %s was taken over by another process; stopping here", job.id)
         except Exception:
             log.exception("job %s crashed", job.id)
             await self._outcomes.fail(

@@ -74,6 +74,7 @@ class Scheduler:
             reporter=self._require_reporter,
             dispatch=self._dispatch,
             stopping=lambda: self._stopping,  # read at each delivery, not now
+            released=self._released,
         )
         parts = build_parts(
             store,
@@ -209,8 +210,8 @@ class Scheduler:
     ) -> None:
         """Record the message showing a job (`shown` is what it says now) and let the job start."""
         if message_id is None:
+            # Released once the announcer made its message (a shared store's hold as well).
             self.queue.release(job_id)
-            await self._released(job_id)
             self._dispatch()  # if its turn has come, it starts and posts a message of its own
             self._announce_if_waiting(job_id)
             return

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
 CLAIM_BATCH = 20  # jobs claimed in one transaction, at most
 TAKE_OVER_EVERY = 1.0  # seconds between looks for jobs whose lease expired
-RETRY_AFTER = 1.0  # seconds before a claim that met an unanswering database is tried again
+RETRY_AFTER = 1.0  # seconds before a loop that met an error runs again
 # The newest part of the logs is what progress is read from: a long log is cut from the front
 # so that a pushed prediction still fits an announcement.
 PUSHED_LOGS_KEPT = 3000
@@ -86,6 +86,9 @@ class SharedDispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._letting_go: set[asyncio.Task[None]] = set()
         self.processes = 1  # live processes, as the last renewal counted them
+        # After this process could not reach the database, it takes nothing over for a lease:
+        # the others, cut off too, need that long to renew the leases that lapsed meanwhile.
+        self._quiet_until = 0.0
         shared.listen(self._heard)
 
     @property
@@ -96,20 +99,27 @@ class SharedDispatcher:
     async def start(self) -> None:
         """Take over what is orphaned, mirror this process's queues, then start the loops."""
         await self._renew()
+        await self._sync()
         await self._take_over()
         self.kick()
         self._tasks = [
-            asyncio.create_task(self._claiming(), name="shared-claims"),
-            asyncio.create_task(self._renewing(), name="shared-leases"),
-            asyncio.create_task(self._taking_over(), name="shared-take-over"),
+            asyncio.create_task(self._forever(self._claiming, "claim jobs"), name="claims"),
+            asyncio.create_task(self._forever(self._renewing, "renew leases"), name="leases"),
+            asyncio.create_task(self._forever(self._syncing, "mirror the queues"), name="sync"),
+            asyncio.create_task(self._forever(self._taking_over, "take over"), name="take-over"),
         ]
 
-    async def stop(self) -> None:
-        """Stop the loops and end this process's leases, so others take its jobs over now."""
+    async def pause(self) -> None:
+        """Stop claiming, renewing and taking over (the process is stopping)."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._letting_go, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+    async def stop(self) -> None:
+        """End this process's leases, so that the others take its jobs over now."""
+        await self.pause()
+        await asyncio.gather(*self._letting_go, return_exceptions=True)
         try:
             await self._shared.let_go_all()
         except StorageUnavailable:
@@ -140,6 +150,18 @@ class SharedDispatcher:
 
     # The loops ---------------------------------------------------------------------------
 
+    async def _forever(self, loop: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run a loop for the process's life: an unforeseen error is logged, never fatal."""
+        while True:
+            try:
+                await loop()
+            except StorageUnavailable as exc:
+                self._quiet_until = self._clock() + self._shared.lease_seconds
+                log.warning("could not %s: %s", what, exc)
+            except Exception:
+                log.exception("could not %s", what)
+            await self._sleep(RETRY_AFTER)
+
     async def _claiming(self) -> None:
         """Claim jobs whenever a slot may have freed, as many as this process may run."""
         while True:
@@ -147,38 +169,38 @@ class SharedDispatcher:
             self._wanted.clear()
             try:
                 await self._claim()
-            except StorageUnavailable as exc:
-                log.warning("could not claim jobs: %s", exc)
-                await self._sleep(RETRY_AFTER)
-                self.kick()
+            except BaseException:
+                self.kick()  # tried again after the pause
+                raise
 
     async def _claim(self) -> None:
         """Claim and start jobs until the database, the limits or this process's share say no."""
         limits = ClaimLimits(self._running_total, self._hooks.guild_running_limit)
         while not self._hooks.holds_queue():
             room = min(CLAIM_BATCH, self.share - len(self._hooks.running_ids()))
-            if room <= 0 or not self._hooks.has_capacity(self._hooks.starting()):
+            # Each one more job must fit the backend too (own GPUs: one per free server).
+            starting = self._hooks.starting()
+            room = next(
+                (i for i in range(room) if not self._hooks.has_capacity(starting + i)), room
+            )
+            if room <= 0:
                 return
-            jobs = await self._shared.claim(limits, room)
-            for job in jobs:
+            claim = await self._shared.claim(limits, room)
+            for job in claim.jobs:
                 self._hooks.start_claimed(job)
-            if len(jobs) < room:
+            for job_id in claim.cancel_wanted:
+                self._hooks.cancel_wanted(job_id)  # asked of a claimer that died first
+            if len(claim.jobs) < room:
                 return
 
     async def _renewing(self) -> None:
-        """Renew this process's leases a few times per lease, and catch up with the others."""
-        interval = self._shared.lease_seconds / 3
+        """Renew this process's leases a few times per lease, and nothing else meanwhile."""
         while True:
-            await self._sleep(interval)
-            try:
-                await self._renew()
-                await self._hooks.settings_changed(None)  # an announcement may have been missed
-            except StorageUnavailable as exc:
-                log.warning("could not renew this process's leases: %s", exc)
-            self.kick()
+            await self._renew()
+            await self._sleep(self._shared.lease_seconds / 3)
 
     async def _renew(self) -> None:
-        """Renew leases; stop jobs now leased elsewhere; cancel what was asked; mirror queues."""
+        """Renew leases; stop jobs now leased elsewhere; cancel what was asked."""
         # Only jobs running before the renewal was read: one claimed meanwhile is not in it.
         before = self._hooks.running_ids()
         renewal = await self._shared.renew()
@@ -189,6 +211,17 @@ class SharedDispatcher:
             self._hooks.cancel_wanted(job_id)
         self.processes = await self._shared.live_processes()
         self._budgets.share_among(self.processes)
+
+    async def _syncing(self) -> None:
+        """Catch up with what announcements may have missed, as often as leases renew."""
+        while True:
+            await self._sleep(self._shared.lease_seconds / 3)
+            await self._sync()
+            await self._hooks.settings_changed(None)
+            self.kick()  # a claim that found the database away is tried again here too
+
+    async def _sync(self) -> None:
+        """Mirror this process's servers' queues as the store holds them."""
         count, shards = self._hooks.shards()
         known = self._hooks.queued_ids()
         queued = await self._shared.queued_for(count, shards)
@@ -201,10 +234,8 @@ class SharedDispatcher:
         """Look for jobs whose lease expired, about once a second."""
         while True:
             await self._sleep(TAKE_OVER_EVERY)
-            try:
+            if self._clock() >= self._quiet_until:
                 await self._take_over()
-            except StorageUnavailable as exc:
-                log.warning("could not look for jobs to take over: %s", exc)
 
     async def _take_over(self) -> None:
         """Resume every started job whose process stopped renewing its lease; claim its rest."""

@@ -26,6 +26,7 @@ from bot.storage.leases import SharedJobs
 log = logging.getLogger(__name__)
 
 CANCELED_BEFORE_START = "Canceled before it started."
+RELEASE_RETRY_SECONDS = 2.0
 Shards = Callable[[], tuple[int, tuple[int, ...]]]
 ReloadSettings = Callable[[int | None], Awaitable[None]]
 
@@ -55,6 +56,7 @@ class SharedScheduler(Scheduler):
         # before they left must not bring them back.
         self._gone: set[int] = set()
         self._mirrored = False  # the first copy of the queues is shown as the messages are
+        self._releasing: set[asyncio.Task[None]] = set()
         hooks = SharedHooks(
             start_claimed=self._start_claimed,
             resume=self._resume,
@@ -106,7 +108,8 @@ class SharedScheduler(Scheduler):
         self.resumed = True
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop work, then end this process's leases so that the others take it over now."""
+        """Stop claiming, stop work, then end the leases so that the others take it over now."""
+        await self.shared.pause()
         await super().stop(grace)
         await self.shared.stop()
 
@@ -124,11 +127,24 @@ class SharedScheduler(Scheduler):
         return job
 
     async def _released(self, job_id: int) -> None:
-        """Let any process claim the job; if the store is away, the hold expires by itself."""
+        """Let any process claim the job (until the store answers, this one keeps it held)."""
         try:
             await self._shared.release(job_id)
         except StorageUnavailable:
-            log.info("could not release job %s; its hold expires by itself", job_id)
+            log.info("could not release job %s yet; trying again", job_id)
+            task = asyncio.create_task(self._release_patiently(job_id))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+    async def _release_patiently(self, job_id: int) -> None:
+        """Release a held job once the store answers (its hold is renewed until then)."""
+        while not self._stopping:
+            await asyncio.sleep(RELEASE_RETRY_SECONDS)
+            try:
+                await self._shared.release(job_id)
+                return
+            except StorageUnavailable:
+                continue
 
     async def cancel(self, job_id: int) -> CancelOutcome:
         """Cancel a job that no process started, or ask the one running it to stop it."""
@@ -206,6 +222,8 @@ class SharedScheduler(Scheduler):
 
     def _start_claimed(self, job: Job) -> None:
         """Run a job this process claimed (it may come from another process's queue)."""
+        if self._stopping:
+            return  # its lease ends with the others' at stop, and another process claims it
         mirrored = self.queue.remove(job.id) is not None
         self._gone.add(job.id)
         self.queue.mark_running(job)
@@ -215,16 +233,18 @@ class SharedScheduler(Scheduler):
 
     def _resume(self, job: Job) -> None:
         """Follow a started job taken over from a process that stopped renewing its lease."""
-        if job.id not in self._tasks:
+        if job.id not in self._tasks and not self._stopping:
             self.queue.mark_running(job)
             self._launch(job)
 
     def _lost(self, job_id: int) -> None:
         """Another process holds this job's lease now: stop following it, without an end."""
         task = self._tasks.pop(job_id, None)
-        self.queue.finish(job_id)
+        job = self.queue.finish(job_id)
         if task is not None:
             task.cancel()
+        if job is not None:
+            self.pushes.unfollow(job.prediction_id)  # its webhooks go to the new owner now
         self.signals.forget(job_id)
         self._forget(job_id)
         self._update_idle()
@@ -254,7 +274,8 @@ class SharedScheduler(Scheduler):
                     changed.add(guild_id)
         for job in lacking:
             if job.id not in gone and self.queue.get(job.id) is None:
-                self.queue.add(job)  # taken over, resharded here, or queued by another process
+                # Requeued, resharded here, or queued by another process: at its place by age.
+                self.queue.add(job, in_order=True)
                 changed.add(job.guild_id)
         if self._mirrored:
             for guild_id in changed:
@@ -263,8 +284,8 @@ class SharedScheduler(Scheduler):
 
     def _claimed_elsewhere(self, job_id: int, guild_id: int) -> None:
         """A job of this process's servers started in another process: its places moved."""
+        self._gone.add(job_id)  # also if a copy of the queues being read still has it
         if self.queue.remove(job_id) is not None:
-            self._gone.add(job_id)
             self._forget(job_id)
             self.status.publish_positions(guild_id)
             self._update_idle()

@@ -21,7 +21,7 @@ from bot.core.eta import Timing
 from bot.core.jobs import Job, JobStatus
 from bot.core.reporter import Stage
 from bot.core.status import StatusPublisher
-from bot.storage.base import InvalidTransition, StorageUnavailable
+from bot.storage.base import InvalidTransition, LeaseLost, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,8 @@ class PatientStore:
             tries += 1
             try:
                 return await call()
+            except LeaseLost:
+                raise  # made by the process that holds the job now, not by this one
             except InvalidTransition:
                 if tries == 1:
                     raise

@@ -47,6 +47,7 @@ class SchedulerHooks:
     reporter: Callable[[], JobReporter]
     dispatch: Callable[[], None]
     stopping: Callable[[], bool]
+    released: Callable[[int], Awaitable[None]]  # a held job's message exists: it may start
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,12 @@ def build_parts(
 
     runner = JobRunner(ctx, follower=follower, delivery=delivery, track=placed)
     announcer = WaitingAnnouncer(
-        queue=queue, status=status, runner=runner, outcomes=outcomes, dispatch=hooks.dispatch
+        queue=queue,
+        status=status,
+        runner=runner,
+        outcomes=outcomes,
+        dispatch=hooks.dispatch,
+        released=hooks.released,
     )
     return CoreParts(
         queue=queue,

@@ -21,6 +21,10 @@ class InvalidTransition(Exception):
     """A job was not in a state that allows the requested change (someone else moved it)."""
 
 
+class LeaseLost(InvalidTransition):
+    """Another process holds the job's lease now (this one's lapsed): it is theirs to move."""
+
+
 class StorageUnavailable(Exception):
     """The database did not answer (down, restarting, unreachable, connection lost).
 

@@ -51,6 +51,14 @@ class Renewal:
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    """The jobs a claim leased, and those of them a Cancel was already asked for."""
+
+    jobs: list[Job]
+    cancel_wanted: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimLimits:
     """The limits a claim enforces for every process together."""
 
@@ -83,7 +91,7 @@ class SharedJobs(Protocol):
         """Let a held queued job be claimed by any process."""
         ...
 
-    async def claim(self, limits: ClaimLimits, most: int) -> list[Job]:
+    async def claim(self, limits: ClaimLimits, most: int) -> Claim:
         """Claim up to `most` queued jobs, servers in turn, within the limits; lease them."""
         ...
 

@@ -11,7 +11,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from bot.core.jobs import GenerationRequest, Job, JobStatus
-from bot.storage.base import InvalidTransition, StorageUnavailable
+from bot.storage.base import InvalidTransition, LeaseLost, StorageUnavailable
 from bot.storage.job_rows import JOB_COLUMNS, MAX_JOB_ID, UNFINISHED, job_from_row
 from bot.storage.job_transitions import Increment, JobTransitions, KeepPredictTime
 
@@ -183,9 +183,9 @@ class PostgresJobRecords(JobTransitions):
         row = await self._fetchrow(f"{sql} RETURNING {JOB_COLUMNS}", *params)
         if row is None:
             current = await self.get(job_id)
-            state = current.status.value if current else "missing"
             if current is not None and (not allowed_from or current.status in allowed_from):
-                state += " and leased by another process"
+                raise LeaseLost(f"job {job_id} is leased by another process now")
+            state = current.status.value if current else "missing"
             raise InvalidTransition(f"job {job_id} is {state}; cannot apply {sorted(changes)}")
         return job_from_row(row)
 

@@ -21,6 +21,7 @@ from bot.core.jobs import GenerationRequest, Job, JobStatus
 from bot.core.redaction import scrub
 from bot.storage.job_rows import JOB_COLUMNS, MAX_JOB_ID, UNFINISHED, job_from_row
 from bot.storage.leases import (
+    Claim,
     ClaimLimits,
     EventKind,
     Renewal,
@@ -123,10 +124,10 @@ class PostgresLeases:
             )
         await self.announce(SharedEvent(EventKind.FREED, job_id=job_id))
 
-    async def claim(self, limits: ClaimLimits, most: int) -> list[Job]:
+    async def claim(self, limits: ClaimLimits, most: int) -> Claim:
         """Claim up to `most` queued jobs, servers in turn, within the limits; lease them."""
         if most <= 0:
-            return []
+            return Claim([], frozenset())
         async with self._records._connection() as connection, connection.transaction():
             await self._lock_claims(connection)
             running: dict[int, int] = {
@@ -142,7 +143,7 @@ class PostgresLeases:
             }
             room = min(most, limits.running_total - sum(running.values()))
             if room <= 0:
-                return []
+                return Claim([], frozenset())
             # Servers at their limit are left out; of the rest, claimable jobs in the order the
             # round-robin takes them: each server's first (least recently served server
             # first, never served ones oldest first), then each one's second, and so on.
@@ -160,22 +161,18 @@ class PostgresLeases:
             )
             picked = _within_limits(candidates, running, limits, room)
             if not picked:
-                return []
+                return Claim([], frozenset())
+            # Locked, and still queued: a Cancel made meanwhile (which locks the row first) wins.
             rows = await connection.fetch(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1::bigint[])", picked
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1::bigint[]) "
+                "AND status = 'queued' ORDER BY id FOR UPDATE",
+                picked,
             )
             by_id = {job.id: job for job in map(job_from_row, rows)}
-            chosen = [by_id[job_id] for job_id in picked]
-            ids = [job.id for job in chosen]
-            await connection.execute(
-                "INSERT INTO job_leases (job_id, owner, expires_at, claimed) "
-                "SELECT id, $2, now() + make_interval(secs => $3), true FROM unnest($1::bigint[]) "
-                "AS id ON CONFLICT (job_id) DO UPDATE SET owner = excluded.owner, "
-                "expires_at = excluded.expires_at, claimed = true, cancel_requested = false",
-                ids,
-                self.owner,
-                self._lease(),
-            )
+            taken = await self._lease_lapsed(connection, sorted(by_id))
+            chosen = [by_id[job_id] for job_id in picked if job_id in taken]
+            if not chosen:
+                return Claim([], frozenset())
             # Each claimed job moves its server to the back of the rotation, in claim order.
             await connection.execute(
                 "INSERT INTO guild_turns (guild_id, turn) "
@@ -186,7 +183,7 @@ class PostgresLeases:
             )
             for job in chosen:
                 await self._notify(connection, SharedEvent(EventKind.CLAIMED, job.id, job.guild_id))
-        return chosen
+        return Claim(chosen, frozenset(job_id for job_id in picked if taken.get(job_id)))
 
     async def take_over(self) -> list[Job]:
         """Lease every started job whose lease expired (its process died); return them."""
@@ -204,27 +201,42 @@ class PostgresLeases:
                 f"(SELECT 1 FROM job_leases l WHERE l.job_id = j.id AND l.{LIVE}) ORDER BY id",
                 STARTED,
             )
-            jobs = [job_from_row(row) for row in rows]
-            await connection.execute(
-                "INSERT INTO job_leases (job_id, owner, expires_at, claimed) "
-                "SELECT id, $2, now() + make_interval(secs => $3), true FROM unnest($1::bigint[]) "
-                "AS id ON CONFLICT (job_id) DO UPDATE SET owner = excluded.owner, "
-                "expires_at = excluded.expires_at, claimed = true",
-                [job.id for job in jobs],
-                self.owner,
-                self._lease(),
-            )
+            candidates = [job_from_row(row) for row in rows]
+            taken = await self._lease_lapsed(connection, [job.id for job in candidates])
+            jobs = [job for job in candidates if job.id in taken]
         if jobs:
             log.info("took over %d jobs whose process stopped renewing its leases", len(jobs))
         return jobs
+
+    async def _lease_lapsed(
+        self, connection: PoolConnectionProxy, job_ids: list[int]
+    ) -> dict[int, bool]:
+        """Lease these jobs unless another lease on one is live; return {taken: cancel wanted}.
+
+        The lapse is judged on the newest row (its owner may have renewed it meanwhile: the
+        renewal of a lapsed lease nobody took yet keeps it), in id order, as renewals lock.
+        """
+        rows = await connection.fetch(
+            "INSERT INTO job_leases AS l (job_id, owner, expires_at, claimed) "
+            "SELECT id, $2, now() + make_interval(secs => $3), true FROM unnest($1::bigint[]) "
+            "AS id ORDER BY id ON CONFLICT (job_id) DO UPDATE SET owner = excluded.owner, "
+            "expires_at = excluded.expires_at, claimed = true WHERE l.expires_at <= now() "
+            "RETURNING job_id, cancel_requested",
+            sorted(job_ids),
+            self.owner,
+            self._lease(),
+        )
+        return {int(row[0]): bool(row[1]) for row in rows}
 
     async def renew(self) -> Renewal:
         """Extend this process's leases; say which jobs are still ours and which to cancel."""
         async with self._records._connection() as connection:
             rows = await connection.fetch(
                 # A lapsed lease nobody took over yet (the database was away) is still ours.
+                # Rows are locked in id order, as claims and take-overs lock them.
                 "UPDATE job_leases SET expires_at = now() + make_interval(secs => $2) "
-                "WHERE owner = $1 RETURNING job_id, cancel_requested",
+                "WHERE job_id IN (SELECT job_id FROM job_leases WHERE owner = $1 "
+                "ORDER BY job_id FOR UPDATE) AND owner = $1 RETURNING job_id, cancel_requested",
                 self.owner,
                 self._lease(),
             )
@@ -252,15 +264,22 @@ class PostgresLeases:
         if not 0 < job_id <= MAX_JOB_ID:
             return None
         now = self._clock()
-        row = await self._records._fetchrow(
-            "UPDATE jobs SET status = 'canceled', error = $2, completed_at = $3, updated_at = $3, "
-            "interaction_token = NULL WHERE id = $1 AND status = 'queued' AND NOT EXISTS "
-            f"(SELECT 1 FROM job_leases l WHERE l.job_id = jobs.id AND l.claimed AND l.{LIVE}) "
-            f"RETURNING {JOB_COLUMNS}",
-            job_id,
-            scrub(reason),
-            now,
-        )
+        async with self._records._connection() as connection, connection.transaction():
+            # The job's row first, as a claim locks it: the two never both succeed.
+            status = await connection.fetchval(
+                "SELECT status FROM jobs WHERE id = $1 FOR UPDATE", job_id
+            )
+            if status != JobStatus.QUEUED.value:
+                return None
+            row = await connection.fetchrow(
+                "UPDATE jobs SET status = 'canceled', error = $2, completed_at = $3, "
+                "updated_at = $3, interaction_token = NULL WHERE id = $1 AND NOT EXISTS "
+                "(SELECT 1 FROM job_leases l WHERE l.job_id = jobs.id AND l.claimed "
+                f"AND l.{LIVE}) RETURNING {JOB_COLUMNS}",
+                job_id,
+                scrub(reason),
+                now,
+            )
         return job_from_row(row) if row else None
 
     async def request_cancel(self, job_id: int) -> bool:
@@ -312,8 +331,9 @@ class PostgresLeases:
         """Drop the lapsed leases of queued jobs (held or claimed by a process that died)."""
         async with self._records._connection() as connection:
             status = await connection.execute(
+                # A Cancel asked of the dead claimer stays, for whoever claims the job next.
                 "DELETE FROM job_leases l USING jobs j WHERE l.job_id = j.id "
-                "AND j.status = 'queued' AND l.expires_at <= now()"
+                "AND j.status = 'queued' AND l.expires_at <= now() AND NOT l.cancel_requested"
             )
         return int(status.split()[-1])
 

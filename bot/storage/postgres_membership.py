@@ -27,6 +27,7 @@ from bot.storage.postgres_jobs import UNAVAILABLE_ERRORS, describe
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 10
+COMMAND_TIMEOUT_SECONDS = 10.0
 FORGET_PROCESSES_AFTER_DAYS = 1  # rows of processes long gone are removed
 
 PayloadHandler = Callable[[str], Awaitable[None] | None]
@@ -55,16 +56,24 @@ class PostgresMembership:
     async def join(self) -> None:
         """Connect, learn the schema's event channel and listen; raise StorageUnavailable."""
         connection = await self._connect()
-        schema = await connection.fetchval("SELECT current_schema()")
-        # Stores in other schemas of one database (the tests') must not hear each other.
-        self.channel = f"animate_events_{schema}"[:63]
-        await connection.add_listener(self.channel, self._heard)
+        try:
+            schema = await connection.fetchval("SELECT current_schema()")
+            # Stores in other schemas of one database (the tests') must not hear each other.
+            self.channel = f"animate_events_{schema}"[:63]
+            await connection.add_listener(self.channel, self._heard)
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            with contextlib.suppress(*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+                await connection.close()
+            raise StorageUnavailable(f"PostgreSQL did not answer ({describe(exc)})") from exc
         self._connection = connection
 
     async def take_shards(self, shard_count: int, shard_ids: Sequence[int]) -> None:
         """Lock the shards this process runs; raise ShardsTaken if another live process has one."""
-        async with self._lock:
-            await self._take_shards(self._require(), shard_count, shard_ids)
+        try:
+            async with self._lock:
+                await self._take_shards(self._require(), shard_count, shard_ids)
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            raise StorageUnavailable(f"PostgreSQL did not answer ({describe(exc)})") from exc
         self._shards = (shard_count, tuple(shard_ids))
 
     async def _take_shards(
@@ -111,7 +120,7 @@ class PostgresMembership:
                     list(ids),
                     self.lease_seconds,
                 )
-        except UNAVAILABLE_ERRORS as exc:
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
             raise StorageUnavailable(f"PostgreSQL did not answer ({describe(exc)})") from exc
         return int(live or 1)
 
@@ -161,7 +170,10 @@ class PostgresMembership:
     async def _connect(self) -> asyncpg.Connection:
         """Open the membership connection; raise StorageUnavailable if the server is away."""
         try:
-            return await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT_SECONDS)
+            # A server gone silent must not hold a heartbeat (and so every renewal) forever.
+            return await asyncpg.connect(
+                self._url, timeout=CONNECT_TIMEOUT_SECONDS, command_timeout=COMMAND_TIMEOUT_SECONDS
+            )
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
             raise StorageUnavailable(f"PostgreSQL did not answer ({describe(exc)})") from exc
 
