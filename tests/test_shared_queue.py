@@ -22,7 +22,8 @@ from bot.core.shared_queue import PUSHED_LOGS_KEPT, prediction_payload
 from bot.storage.base import InvalidTransition
 from bot.storage.leases import ClaimLimits, EventKind, ShardsTaken, SharedEvent
 from bot.storage.postgres import PostgresStore, create_pool
-from bot.storage.postgres_leases import PAYLOAD_LIMIT, PostgresLeases, _payload
+from bot.storage.postgres_events import PAYLOAD_LIMIT, payload_of
+from bot.storage.postgres_leases import PostgresLeases
 from bot.storage.postgres_membership import PostgresMembership
 from tests.postgres_server import fresh_schema
 
@@ -307,7 +308,7 @@ async def test_a_pushed_prediction_reaches_the_other_processes(schema: str) -> N
         assert heard.data is not None and Prediction.from_json(heard.data).id == "p-9"
         # One that cannot fit is announced without its data (the follower's polls catch up).
         huge = SharedEvent(EventKind.PUSH, data={"id": "p", "input": {"prompt": "y" * 9000}})
-        assert len(_payload(huge).encode()) < PAYLOAD_LIMIT and '"d"' not in _payload(huge)
+        assert len(payload_of(huge).encode()) < PAYLOAD_LIMIT and '"d"' not in payload_of(huge)
 
 
 async def test_a_lapsed_lease_renewed_by_its_owner_is_not_taken_over(schema: str) -> None:

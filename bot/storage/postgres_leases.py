@@ -9,7 +9,6 @@ Leases are in the database's own time, so the processes' clocks need not agree.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,6 +26,7 @@ from bot.storage.leases import (
     Renewal,
     SharedEvent,
 )
+from bot.storage.postgres_events import event_from, payload_of
 from bot.storage.postgres_jobs import PostgresJobRecords, insert_job
 from bot.storage.postgres_membership import PostgresMembership
 
@@ -36,9 +36,6 @@ CLAIM_LOCK_CLASS = 0x616E6963  # "anic": claims and take-overs, one at a time pe
 MEMBER_LOCK_CLASS = 0x616E6975  # "aniu": one admission at a time per member and server
 STARTED = [JobStatus.SUBMITTED.value, JobStatus.RUNNING.value, JobStatus.DELIVERING.value]
 LIVE = "expires_at > now()"
-# A NOTIFY payload must stay under 8000 bytes; a larger pushed prediction is announced by id
-# alone, and the process following it polls.
-PAYLOAD_LIMIT = 7000
 # Candidates read beyond twice the room, for servers whose limit a second job would pass.
 CANDIDATES_SPARE = 50
 
@@ -358,7 +355,7 @@ class PostgresLeases:
 
         def heard(payload: str) -> Awaitable[None] | None:
             """Read the payload; an event this version does not know is skipped."""
-            event = _event_from(payload)
+            event = event_from(payload)
             return None if event is None else handler(event)
 
         self._membership.listen(heard)
@@ -370,7 +367,7 @@ class PostgresLeases:
     async def _notify(self, connection: PoolConnectionProxy, event: SharedEvent) -> None:
         """NOTIFY the event on a connection (sent when its transaction commits)."""
         await connection.execute(
-            "SELECT pg_notify($1, $2)", self._membership.channel, _payload(event)
+            "SELECT pg_notify($1, $2)", self._membership.channel, payload_of(event)
         )
 
     async def _lock_claims(self, connection: PoolConnectionProxy) -> None:
@@ -402,34 +399,3 @@ def _servers_by_last_claim(chosen: list[Job]) -> list[int]:
     """Each server once, in the order of its last claimed job (one row per conflict key)."""
     last = {job.guild_id: index for index, job in enumerate(chosen)}
     return sorted(last, key=last.__getitem__)
-
-
-def _payload(event: SharedEvent) -> str:
-    """The event as NOTIFY text, without data that would not fit."""
-    fields: dict[str, object] = {"k": event.kind.value}
-    if event.job_id is not None:
-        fields["j"] = event.job_id
-    if event.guild_id is not None:
-        fields["g"] = event.guild_id
-    if event.data is not None:
-        with_data = json.dumps({**fields, "d": event.data}, separators=(",", ":"))
-        if len(with_data.encode()) <= PAYLOAD_LIMIT:
-            return with_data
-    return json.dumps(fields, separators=(",", ":"))
-
-
-def _event_from(payload: str) -> SharedEvent | None:
-    """Read an announced event; None for one this version does not know."""
-    try:
-        fields = json.loads(payload)
-        kind = EventKind(fields["k"])
-    except (ValueError, KeyError, TypeError):
-        log.warning("ignoring an event from another process: %.80s", payload)
-        return None
-    job_id, guild_id, data = fields.get("j"), fields.get("g"), fields.get("d")
-    return SharedEvent(
-        kind,
-        job_id if isinstance(job_id, int) else None,
-        guild_id if isinstance(guild_id, int) else None,
-        data if isinstance(data, dict) else None,
-    )
