@@ -94,10 +94,9 @@ async def run_shared_worker(options: argparse.Namespace) -> dict[str, Any]:
             work_root=workdir / "work",
             history=TimingHistory(),
         )
-        # Leases run on the database's clock, in real seconds: so must their renewals and
-        # the looks for expired ones (every second), or the take-over would be timed wrongly.
+        # Leases run on the database's clock, in real seconds, and so does the dispatcher's
+        # sleep (SharedScheduler's `lease_sleep`), whatever the scheduler's scaled clock.
         dispatcher = scheduler.shared
-        dispatcher._sleep = asyncio.sleep
         hooks = dispatcher._hooks
 
         def start_claimed(job: Job) -> None:

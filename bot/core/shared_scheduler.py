@@ -43,6 +43,7 @@ class SharedScheduler(Scheduler):
         shards: Shards,
         reload_settings: ReloadSettings,
         defer_dispatching: bool = False,
+        lease_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         **options: Any,
     ) -> None:
         super().__init__(store, backend, **options)
@@ -80,7 +81,8 @@ class SharedScheduler(Scheduler):
             budgets=self.budgets,
             pushes=self.pushes,
             signals=self.signals,
-            sleep=options.get("sleep", asyncio.sleep),
+            # Leases run on the database's clock, whatever clock the scheduler is given.
+            sleep=lease_sleep,
         )
 
     async def start(self) -> None:
