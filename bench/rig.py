@@ -15,10 +15,12 @@ from typing import Any
 
 from bot.backends.base import Prediction
 from bot.backends.replicate import PredictionClient
+from bot.core.eta import instant
 from bot.core.jobs import GenerationRequest, Job
 from bot.core.polling import PollPlanner
 from bot.core.progress import Progress
 from bot.core.reporter import JobResult, JobStatusUpdate
+from bot.core.scheduler import Scheduler
 
 STEPS = 25
 BASELINE_INTERVAL = 0.5  # the official client's poll interval
@@ -153,3 +155,17 @@ async def loop_lag(samples: list[float], stop: asyncio.Event, interval: float = 
         started = time.perf_counter()
         await asyncio.sleep(interval)
         samples.append(time.perf_counter() - started - interval)
+
+
+def note_completions(scheduler: Scheduler, sink: Sink) -> None:
+    """Have the sink learn when each prediction ended upstream, for the delivery lag."""
+    original_learn = scheduler.runner.learn
+
+    def learn(job: Job, prediction: Prediction) -> None:
+        """Note when the prediction ended upstream, then learn from it as the runner does."""
+        completed = instant(prediction.completed_at)
+        if completed is not None:
+            sink.completed_at[prediction.id] = completed
+        original_learn(job, prediction)
+
+    scheduler.runner.learn = learn  # type: ignore[method-assign]

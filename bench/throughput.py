@@ -62,6 +62,7 @@ from bench.rig import (
     Sink,
     fill_backlog,
     loop_lag,
+    note_completions,
 )
 from bench.table import report, report_shared
 from bench.throughput_cluster import run_cluster
@@ -71,8 +72,7 @@ from bot.backends.base import Prediction
 from bot.backends.replicate import PredictionClient
 from bot.backends.webhooks import WebhookReceiver, WebhookVerifier
 from bot.core.budgets import Budgets, LocalDiscordBudget
-from bot.core.eta import TimingHistory, instant
-from bot.core.jobs import Job
+from bot.core.eta import TimingHistory
 from bot.core.limits import SchedulerLimits
 from bot.core.scheduler import Scheduler
 from bot.storage.leases import JOB_LEASE_SECONDS
@@ -190,16 +190,7 @@ async def run_worker(options: argparse.Namespace) -> dict[str, Any]:
             history=history,
             planner=planner,
         )
-        original_learn = scheduler.runner.learn
-
-        def learn(job: Job, prediction: Prediction) -> None:
-            """Note when the prediction ended upstream, for the delivery lag."""
-            completed = instant(prediction.completed_at)
-            if completed is not None:
-                sink.completed_at[prediction.id] = completed
-            original_learn(job, prediction)
-
-        scheduler.runner.learn = learn  # type: ignore[method-assign]
+        note_completions(scheduler, sink)
         scheduler.attach(sink)
         stale = Staleness(scheduler.status.relay, scaled.monotonic)
         receiver: WebhookReceiver | None = None

@@ -21,12 +21,11 @@ from typing import Any
 import aiohttp
 
 from bench.figures import LabellingApiBudget, pct
-from bench.rig import ScaledTime, Sink, loop_lag
+from bench.rig import ScaledTime, Sink, loop_lag, note_completions
 from bench.throughput_meter import ApiMeter
-from bot.backends.base import Prediction
 from bot.backends.replicate import PredictionClient
 from bot.core.budgets import Budgets, LocalDiscordBudget
-from bot.core.eta import TimingHistory, instant
+from bot.core.eta import TimingHistory
 from bot.core.jobs import Job
 from bot.core.limits import SchedulerLimits
 from bot.core.shared_scheduler import SharedScheduler
@@ -110,16 +109,7 @@ async def run_shared_worker(options: argparse.Namespace) -> dict[str, Any]:
             hooks.resume(job)
 
         dispatcher._hooks = dataclasses.replace(hooks, start_claimed=start_claimed, resume=resume)
-        original_learn = scheduler.runner.learn
-
-        def learn(job: Job, prediction: Prediction) -> None:
-            """Note when the prediction ended upstream, for the delivery lag."""
-            completed = instant(prediction.completed_at)
-            if completed is not None:
-                sink.completed_at[prediction.id] = completed
-            original_learn(job, prediction)
-
-        scheduler.runner.learn = learn  # type: ignore[method-assign]
+        note_completions(scheduler, sink)
         scheduler.attach(sink)
         print(json.dumps({"ready": shared.owner}), flush=True)
         await _stdin_line()  # "go"

@@ -122,6 +122,7 @@ class GuildSettingsService:
         self._store = store
         self._defaults = defaults
         self._changed: dict[int, dict[str, Any]] = {}  # per server: only what the owner set
+        self._ignored: set[tuple[int, str]] = set()  # stored values that no longer read
 
     @property
     def defaults(self) -> GuildSettings:
@@ -135,7 +136,9 @@ class GuildSettingsService:
             try:
                 value = _decode(name, json.loads(value_json))
             except (ValueError, TypeError, InvalidSetting):
-                log.warning("ignoring stored setting %s of server %s", name, guild_id)
+                if (guild_id, name) not in self._ignored:  # read again often when shared
+                    self._ignored.add((guild_id, name))
+                    log.warning("ignoring stored setting %s of server %s", name, guild_id)
                 continue
             changed.setdefault(guild_id, {})[name] = value
         # Swapped whole, so that a request read meanwhile never sees a server's defaults.
