@@ -205,11 +205,11 @@ async def test_started_jobs_of_a_dead_process_are_taken_over_and_it_is_fenced(
         assert claimed.id == job.id
         await a.store.mark_submitted(job.id)
         await a.store.mark_running(job.id, "p-1")
-        assert await b.leases.take_over() == []  # a's lease lives
+        assert (await b.leases.take_over()).jobs == []  # a's lease lives
         await die(schema, a)
-        (taken,) = await b.leases.take_over()
+        (taken,) = (await b.leases.take_over()).jobs
         assert taken.id == job.id and taken.status is JobStatus.RUNNING
-        assert await a.leases.take_over() == []  # once
+        assert (await a.leases.take_over()).jobs == []  # once
         # The old owner, if it was only slow, can no longer move the job.
         with pytest.raises(InvalidTransition, match="leased by another process"):
             await a.store.mark_delivering(job.id, predict_time=3.0)
@@ -227,7 +227,7 @@ async def test_a_claim_that_never_started_goes_back_to_the_queue(schema: str) ->
         await claim(a, limits(total=1), most=1)
         assert await claim(b, limits(total=1), most=1) == []  # the slot is a's
         await die(schema, a)
-        assert await b.leases.take_over() == []  # still queued: claimed, not started
+        assert (await b.leases.take_over()).jobs == []  # still queued: claimed, not started
         assert await b.leases.requeue_lapsed() == 1  # its lapsed claim is dropped
         assert [j.id for j in await claim(b, limits(total=1), most=1)] == [job.id]
 
@@ -259,8 +259,8 @@ async def test_a_cancel_of_an_orphaned_job_is_kept_for_whoever_takes_it_over(
         await a.store.mark_submitted(job.id)
         await die(schema, a)
         assert await b.leases.request_cancel(job.id)
-        (taken,) = await b.leases.take_over()
-        assert taken.id == job.id
+        taken = await b.leases.take_over()
+        assert [j.id for j in taken.jobs] == [job.id] and taken.cancel_wanted == {job.id}
         assert (await b.leases.renew()).cancel_wanted == {job.id}
 
 
@@ -318,7 +318,7 @@ async def test_a_lapsed_lease_renewed_by_its_owner_is_not_taken_over(schema: str
         await a.store.mark_submitted(job.id)
         await die(schema, a)  # the database was away longer than the lease, say
         assert job.id in (await a.leases.renew()).held  # nobody took it meanwhile: still a's
-        assert await b.leases.take_over() == []
+        assert (await b.leases.take_over()).jobs == []
 
 
 async def test_a_cancel_asked_of_a_claimer_that_died_comes_with_the_next_claim(
@@ -332,3 +332,17 @@ async def test_a_cancel_asked_of_a_claimer_that_died_comes_with_the_next_claim(
         assert await b.leases.requeue_lapsed() == 0  # the wish keeps its row
         claimed = await b.leases.claim(limits(total=4), most=4)
         assert [j.id for j in claimed.jobs] == [job.id] and claimed.cancel_wanted == {job.id}
+
+
+async def test_just_after_an_outage_a_claim_leaves_lapsed_leases_to_their_owners(
+    schema: str,
+) -> None:
+    async with process(schema) as a, process(schema) as b:
+        claimed_by_a = await a.queue(1)
+        await claim(a, limits(total=4), 1)
+        fresh = await a.queue(2)
+        await die(schema, a)
+        # b was cut off too: it takes only what nobody held, and a renews its own.
+        quiet = await b.leases.claim(limits(total=4), 4, take_lapsed=False)
+        assert [job.id for job in quiet.jobs] == [fresh.id]
+        assert claimed_by_a.id in (await a.leases.renew()).held

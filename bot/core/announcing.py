@@ -40,15 +40,16 @@ class WaitingAnnouncer:
         self._released = released
         self.tasks: set[asyncio.Task[None]] = set()  # messages being made
 
-    def announce_if_waiting(self, job_id: int) -> None:
-        """Show a queued job with no message its place now; nothing if it started or is gone."""
+    def announce_if_waiting(self, job_id: int) -> bool:
+        """Show a queued job with no message its place now; False if it started or is gone."""
         job = self._queue.get(job_id)
         if job is None or self._queue.position(job_id) is None:
-            return  # it started (and announces itself as it does), or it is gone
+            return False  # it started (and announces itself as it does), or it is gone
         self._queue.hold(job_id)
         task = asyncio.create_task(self._announce(job), name=f"announce-{job_id}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return True
 
     async def _announce(self, job: Job) -> None:
         """Show a held queued job its place on a message, then release it."""

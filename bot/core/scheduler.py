@@ -213,7 +213,8 @@ class Scheduler:
             # Released once the announcer made its message (a shared store's hold as well).
             self.queue.release(job_id)
             self._dispatch()  # if its turn has come, it starts and posts a message of its own
-            self._announce_if_waiting(job_id)
+            if not self._announce_if_waiting(job_id):
+                await self._released(job_id)  # nothing to announce (started, or canceled)
             return
         try:
             job = await self.patient.set_request_message(job_id, message_id)
@@ -269,10 +270,12 @@ class Scheduler:
         self._update_idle()
         return len(canceled)
 
-    def _announce_if_waiting(self, job_id: int) -> None:
-        """Show a queued job with no message its place now, while its token lives."""
-        if not self._stopping:
-            self.announcer.announce_if_waiting(job_id)
+    def _announce_if_waiting(self, job_id: int) -> bool:
+        """Show a queued job with no message its place now, while its token lives.
+
+        True if it is being announced (and is released once it is).
+        """
+        return not self._stopping and self.announcer.announce_if_waiting(job_id)
 
     def push(self, prediction: Prediction) -> None:
         """Take a prediction the backend pushed (a webhook) and wake the job following it."""

@@ -89,6 +89,7 @@ class SharedDispatcher:
         # After this process could not reach the database, it takes nothing over for a lease:
         # the others, cut off too, need that long to renew the leases that lapsed meanwhile.
         self._quiet_until = 0.0
+        self._renewed_at = clock()
         shared.listen(self._heard)
 
     @property
@@ -122,7 +123,7 @@ class SharedDispatcher:
         await asyncio.gather(*self._letting_go, return_exceptions=True)
         try:
             await self._shared.let_go_all()
-        except StorageUnavailable:
+        except Exception:  # the bot stops either way
             log.warning("could not end this process's leases; they expire by themselves")
 
     def kick(self) -> None:
@@ -185,7 +186,12 @@ class SharedDispatcher:
             )
             if room <= 0:
                 return
-            claim = await self._shared.claim(limits, room)
+            if self._clock() - self._renewed_at > self._shared.lease_seconds / 2:
+                # Cut off a while: renew first, or this process's own lapsed leases (its jobs
+                # still running here) would look free to its claim.
+                await self._renew()
+            quiet = self._clock() < self._quiet_until
+            claim = await self._shared.claim(limits, room, take_lapsed=not quiet)
             for job in claim.jobs:
                 self._hooks.start_claimed(job)
             for job_id in claim.cancel_wanted:
@@ -204,6 +210,7 @@ class SharedDispatcher:
         # Only jobs running before the renewal was read: one claimed meanwhile is not in it.
         before = self._hooks.running_ids()
         renewal = await self._shared.renew()
+        self._renewed_at = self._clock()
         for job_id in (before & self._hooks.running_ids()) - renewal.held:
             log.warning("job %s is leased by another process now; stopping here", job_id)
             self._hooks.lost(job_id)
@@ -240,9 +247,11 @@ class SharedDispatcher:
     async def _take_over(self) -> None:
         """Resume every started job whose process stopped renewing its lease; claim its rest."""
         taken = await self._shared.take_over()
-        for job in taken:
+        for job in taken.jobs:
             self._hooks.resume(job)
-        if taken or await self._shared.requeue_lapsed():
+        for job_id in taken.cancel_wanted:
+            self._hooks.cancel_wanted(job_id)  # asked of the process that died
+        if taken.jobs or await self._shared.requeue_lapsed():
             # A process died: this one's share of the running total grows now, not at the
             # next renewal, and the jobs it had claimed but not started are claimed again.
             self.processes = await self._shared.live_processes()

@@ -20,7 +20,7 @@ from bot.core.limits import member_cap_reached
 from bot.core.reporter import CancelOutcome
 from bot.core.scheduler import Scheduler
 from bot.core.shared_queue import SharedDispatcher, SharedHooks
-from bot.storage.base import StorageUnavailable, Store
+from bot.storage.base import Store
 from bot.storage.leases import SharedJobs
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,9 @@ class SharedScheduler(Scheduler):
         """Stop claiming, stop work, then end the leases so that the others take it over now."""
         await self.shared.pause()
         await super().stop(grace)
+        for task in self._releasing:
+            task.cancel()  # their holds end with the other leases, just below
+        await asyncio.gather(*self._releasing, return_exceptions=True)
         await self.shared.stop()
 
     # Requests ---------------------------------------------------------------------------
@@ -132,8 +135,8 @@ class SharedScheduler(Scheduler):
         """Let any process claim the job (until the store answers, this one keeps it held)."""
         try:
             await self._shared.release(job_id)
-        except StorageUnavailable:
-            log.info("could not release job %s yet; trying again", job_id)
+        except Exception:
+            log.info("could not release job %s yet; trying again", job_id, exc_info=True)
             task = asyncio.create_task(self._release_patiently(job_id))
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)
@@ -145,8 +148,8 @@ class SharedScheduler(Scheduler):
             try:
                 await self._shared.release(job_id)
                 return
-            except StorageUnavailable:
-                continue
+            except Exception:
+                continue  # logged once, above
 
     async def cancel(self, job_id: int) -> CancelOutcome:
         """Cancel a job that no process started, or ask the one running it to stop it."""
@@ -224,8 +227,8 @@ class SharedScheduler(Scheduler):
 
     def _start_claimed(self, job: Job) -> None:
         """Run a job this process claimed (it may come from another process's queue)."""
-        if self._stopping:
-            return  # its lease ends with the others' at stop, and another process claims it
+        if self._stopping or job.id in self._tasks:
+            return  # stopping: its lease ends with the others' and another process claims it
         mirrored = self.queue.remove(job.id) is not None
         self._gone.add(job.id)
         self.queue.mark_running(job)

@@ -91,11 +91,14 @@ class SharedJobs(Protocol):
         """Let a held queued job be claimed by any process."""
         ...
 
-    async def claim(self, limits: ClaimLimits, most: int) -> Claim:
-        """Claim up to `most` queued jobs, servers in turn, within the limits; lease them."""
+    async def claim(self, limits: ClaimLimits, most: int, *, take_lapsed: bool = True) -> Claim:
+        """Claim up to `most` queued jobs, servers in turn, within the limits; lease them.
+
+        `take_lapsed` False: leave jobs whose lease lapsed (their owner may yet renew it).
+        """
         ...
 
-    async def take_over(self) -> list[Job]:
+    async def take_over(self) -> Claim:
         """Lease every started job whose lease expired (its process died); return them."""
         ...
 

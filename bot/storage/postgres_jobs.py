@@ -31,6 +31,9 @@ UNAVAILABLE_ERRORS = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    # Not the server's absence, but as passing: a deadlock or serialization failure between
+    # processes, which the same statement, tried again, gets past.
+    asyncpg.TransactionRollbackError,
 )
 ACQUIRE_TIMEOUT_SECONDS = 10.0
 # Changes any process may make to a job another one runs: its status message (shown by the

@@ -121,8 +121,12 @@ class PostgresLeases:
             )
         await self.announce(SharedEvent(EventKind.FREED, job_id=job_id))
 
-    async def claim(self, limits: ClaimLimits, most: int) -> Claim:
-        """Claim up to `most` queued jobs, servers in turn, within the limits; lease them."""
+    async def claim(self, limits: ClaimLimits, most: int, *, take_lapsed: bool = True) -> Claim:
+        """Claim up to `most` queued jobs, servers in turn, within the limits; lease them.
+
+        `take_lapsed` False: only jobs no process ever held (and lapsed Cancel wishes), as
+        just after an outage, when the lapsed leases' owners may still be about to renew.
+        """
         if most <= 0:
             return Claim([], frozenset())
         async with self._records._connection() as connection, connection.transaction():
@@ -149,12 +153,14 @@ class PostgresLeases:
                 "SELECT c.id, c.guild_id FROM (SELECT id, guild_id, row_number() OVER "
                 "(PARTITION BY guild_id ORDER BY id) AS place FROM jobs j "
                 "WHERE status = 'queued' AND guild_id <> ALL($1::bigint[]) AND NOT EXISTS "
-                f"(SELECT 1 FROM job_leases l WHERE l.job_id = j.id AND l.{LIVE})) AS c "
+                f"(SELECT 1 FROM job_leases l WHERE l.job_id = j.id AND (l.{LIVE} "
+                "OR NOT ($4 OR l.owner = '')))) AS c "
                 "LEFT JOIN guild_turns t ON t.guild_id = c.guild_id WHERE c.place <= $2 "
                 "ORDER BY c.place, COALESCE(t.turn, -1), c.id LIMIT $3",
                 full,
                 room,
                 room * 2 + CANDIDATES_SPARE,
+                take_lapsed,
             )
             picked = _within_limits(candidates, running, limits, room)
             if not picked:
@@ -182,7 +188,7 @@ class PostgresLeases:
                 await self._notify(connection, SharedEvent(EventKind.CLAIMED, job.id, job.guild_id))
         return Claim(chosen, frozenset(job_id for job_id in picked if taken.get(job_id)))
 
-    async def take_over(self) -> list[Job]:
+    async def take_over(self) -> Claim:
         """Lease every started job whose lease expired (its process died); return them."""
         async with self._records._connection() as connection, connection.transaction():
             orphans = await connection.fetchval(
@@ -191,7 +197,7 @@ class PostgresLeases:
                 STARTED,
             )
             if not orphans:
-                return []  # the common case: no lock taken
+                return Claim([], frozenset())  # the common case: no lock taken
             await self._lock_claims(connection)
             rows = await connection.fetch(
                 f"SELECT {JOB_COLUMNS} FROM jobs j WHERE status = ANY($1::text[]) AND NOT EXISTS "
@@ -203,7 +209,7 @@ class PostgresLeases:
             jobs = [job for job in candidates if job.id in taken]
         if jobs:
             log.info("took over %d jobs whose process stopped renewing its leases", len(jobs))
-        return jobs
+        return Claim(jobs, frozenset(job_id for job_id, wanted in taken.items() if wanted))
 
     async def _lease_lapsed(
         self, connection: PoolConnectionProxy, job_ids: list[int]
@@ -252,7 +258,9 @@ class PostgresLeases:
         """End every lease of this process at once (a clean stop): others take over now."""
         async with self._records._connection() as connection:
             await connection.execute(
-                "UPDATE job_leases SET expires_at = now() WHERE owner = $1", self.owner
+                "UPDATE job_leases SET expires_at = now() WHERE job_id IN (SELECT job_id FROM "
+                "job_leases WHERE owner = $1 ORDER BY job_id FOR UPDATE) AND owner = $1",
+                self.owner,
             )
         await self.announce(SharedEvent(EventKind.FREED))
 
@@ -329,8 +337,11 @@ class PostgresLeases:
         async with self._records._connection() as connection:
             status = await connection.execute(
                 # A Cancel asked of the dead claimer stays, for whoever claims the job next.
-                "DELETE FROM job_leases l USING jobs j WHERE l.job_id = j.id "
-                "AND j.status = 'queued' AND l.expires_at <= now() AND NOT l.cancel_requested"
+                # Locked in id order, as claims, take-overs and renewals lock.
+                "DELETE FROM job_leases WHERE job_id IN (SELECT l.job_id FROM job_leases l "
+                "JOIN jobs j ON j.id = l.job_id WHERE j.status = 'queued' "
+                "AND l.expires_at <= now() AND NOT l.cancel_requested "
+                "ORDER BY l.job_id FOR UPDATE OF l) AND expires_at <= now()"
             )
         return int(status.split()[-1])
 
