@@ -158,3 +158,27 @@ async def test_a_settings_change_on_one_process_is_read_again_by_the_other(
         async with asyncio.timeout(WAIT):
             await b.reloaded.wait()
         assert 4242 in b.reloads
+
+
+async def test_a_job_another_process_runs_is_shown_running_in_its_server_s_queue(
+    schema: str, client: PredictionClient, prediction_api: FakePredictionAPI
+) -> None:
+    hold = asyncio.Event()
+    prediction_api.next_behaviours.append(Behaviour(hold=hold))
+    async with node(schema, client, 0, dispatching=False) as a, node(schema, client, 1) as b:
+        running = await submit(a.scheduler, prompt="runs in b")
+        await prediction_api.wait_for(lambda: prediction_api.creates == 1, timeout=WAIT)
+        waiting = await submit(a.scheduler, prompt="waits", user=11)  # one at a time per server
+
+        def shown() -> list[tuple[int, int | None]]:
+            return [(entry.job.id, entry.position) for entry in a.scheduler.snapshot(1)]
+
+        # Learned from another process's announcement: nothing here to wait on but the view.
+        async with asyncio.timeout(WAIT):
+            while shown() != [(running.id, None), (waiting.id, 1)]:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        hold.set()
+        await b.reporter.wait_for(lambda: len(b.reporter.delivered) == 2, timeout=WAIT)
+        async with asyncio.timeout(WAIT):
+            while shown():  # noqa: ASYNC110 -- both ended elsewhere: announced, or read again
+                await asyncio.sleep(0.01)

@@ -33,6 +33,9 @@ class FairQueue:
         # Queued jobs told they are starting, in that order: each keeps a slot (counted as
         # running) until it starts or leaves, so no other job takes it and unsays the promise.
         self._promised: dict[int, None] = {}
+        # A shared queue's jobs of these servers that another process runs: shown and counted
+        # in estimates, never counted against this process's limits nor edited from here.
+        self._elsewhere: dict[int, dict[int, Job]] = defaultdict(dict)
 
     # Adding and removing ---------------------------------------------------------------
 
@@ -205,13 +208,30 @@ class FairQueue:
         return list(self._queues.get(guild_id, ()))
 
     def running_in(self, guild_id: int) -> list[Job]:
-        """A server's running jobs, in the order they started."""
+        """A server's running jobs (those of other processes first), in the order they started."""
         ids = self._running_by_guild.get(guild_id, ())
-        return [job for job_id, job in self._running.items() if job_id in ids]
+        here = [job for job_id, job in self._running.items() if job_id in ids]
+        return [*self._elsewhere.get(guild_id, {}).values(), *here]
 
     def running_unordered(self, guild_id: int) -> list[Job]:
         """A server's running jobs in no particular order, without scanning every running job."""
-        return [self._running[job_id] for job_id in self._running_by_guild.get(guild_id, ())]
+        here = [self._running[job_id] for job_id in self._running_by_guild.get(guild_id, ())]
+        return [*here, *self._elsewhere.get(guild_id, {}).values()]
+
+    def run_elsewhere(self, job: Job) -> None:
+        """Note a job of these servers that another process runs (a shared queue)."""
+        self._elsewhere[job.guild_id][job.id] = job
+
+    def end_elsewhere(self, job_id: int) -> Job | None:
+        """Forget a job another process ran (it ended, came back, or runs here); return it."""
+        for jobs in self._elsewhere.values():
+            if (job := jobs.pop(job_id, None)) is not None:
+                return job
+        return None
+
+    def elsewhere(self) -> set[int]:
+        """The jobs of these servers that other processes run."""
+        return {job_id for jobs in self._elsewhere.values() for job_id in jobs}
 
     def guilds_waiting(self) -> Iterator[int]:
         """Every server with a job in its queue."""

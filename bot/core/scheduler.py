@@ -58,6 +58,7 @@ class Scheduler:
         self._limits = limits or SchedulerLimits()
         self.budgets = budgets or Budgets.local(clock=clock, sleep=sleep)
         self._clock = clock
+        self._wall_clock = wall_clock
         self._reporter: JobReporter | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._admission = asyncio.Lock()

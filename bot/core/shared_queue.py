@@ -54,6 +54,9 @@ class SharedHooks:
     # (the ids of its servers' unclaimed queued jobs, those of them it lacks, its ids before)
     mirror: Callable[[list[int], list[Job], set[int]], None]
     claimed_elsewhere: Callable[[int, int], None]  # (job, guild) left its queue
+    ended_elsewhere: Callable[[int], None]  # a job another process ran let go of its lease
+    elsewhere: Callable[[], set[int]]  # the jobs of its servers other processes run
+    still_elsewhere: Callable[[list[Job]], None]  # those of them as the store holds them now
     cancel_wanted: Callable[[int], None]
     settings_changed: Callable[[int | None], Awaitable[None]]  # None: reread every server
     shards: Callable[[], tuple[int, tuple[int, ...]]]  # (count, the ones this process runs)
@@ -236,6 +239,8 @@ class SharedDispatcher:
         running = self._hooks.running_ids()
         lacking = [job_id for job_id in queued if job_id not in known and job_id not in running]
         self._hooks.mirror(queued, await self._shared.jobs(lacking) if lacking else [], known)
+        if elsewhere := self._hooks.elsewhere():
+            self._hooks.still_elsewhere(await self._shared.jobs(sorted(elsewhere)))
 
     async def _taking_over(self) -> None:
         """Look for jobs whose lease expired, about once a second."""
@@ -263,6 +268,8 @@ class SharedDispatcher:
     async def _heard(self, event: SharedEvent) -> None:
         """Act on another process's announcement."""
         if event.kind is EventKind.FREED:
+            if event.job_id is not None:
+                self._hooks.ended_elsewhere(event.job_id)
             self.kick()
         elif event.kind is EventKind.CLAIMED and event.job_id and event.guild_id:
             if event.job_id not in self._hooks.running_ids():

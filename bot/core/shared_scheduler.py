@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from bot.backends.base import Backend, Prediction
 from bot.core.eta import SAMPLES_PER_KEY
-from bot.core.jobs import Job
+from bot.core.jobs import Job, JobStatus
 from bot.core.limits import member_cap_reached
 from bot.core.reporter import CancelOutcome
 from bot.core.scheduler import Scheduler
@@ -70,6 +71,9 @@ class SharedScheduler(Scheduler):
             queued_ids=self._queued_ids,
             mirror=self._mirror,
             claimed_elsewhere=self._claimed_elsewhere,
+            ended_elsewhere=self._ended_elsewhere,
+            elsewhere=self.queue.elsewhere,
+            still_elsewhere=self._still_elsewhere,
             cancel_wanted=self.signals.want_cancel,
             settings_changed=self._settings_reloaded,
             shards=shards,
@@ -231,6 +235,7 @@ class SharedScheduler(Scheduler):
             return  # stopping: its lease ends with the others' and another process claims it
         mirrored = self.queue.remove(job.id) is not None
         self._gone.add(job.id)
+        self.queue.end_elsewhere(job.id)
         self.queue.mark_running(job)
         self._launch(job)
         if mirrored:
@@ -239,6 +244,7 @@ class SharedScheduler(Scheduler):
     def _resume(self, job: Job) -> None:
         """Follow a started job taken over from a process that stopped renewing its lease."""
         if job.id not in self._tasks and not self._stopping:
+            self.queue.end_elsewhere(job.id)
             self.queue.mark_running(job)
             self._launch(job)
 
@@ -290,7 +296,23 @@ class SharedScheduler(Scheduler):
     def _claimed_elsewhere(self, job_id: int, guild_id: int) -> None:
         """A job of this process's servers started in another process: its places moved."""
         self._gone.add(job_id)  # also if a copy of the queues being read still has it
-        if self.queue.remove(job_id) is not None:
+        if (job := self.queue.remove(job_id)) is not None:
+            # Shown running (from about now) in this server's queue view and estimates.
+            started = replace(job, status=JobStatus.SUBMITTED, submitted_at=self._wall_clock())
+            self.queue.run_elsewhere(started)
             self._forget(job_id)
             self.status.publish_positions(guild_id)
             self._update_idle()
+
+    def _ended_elsewhere(self, job_id: int) -> None:
+        """A job another process ran let go of its lease: its server's places may move."""
+        if (job := self.queue.end_elsewhere(job_id)) is not None:
+            self.status.publish_positions(job.guild_id)
+
+    def _still_elsewhere(self, jobs: list[Job]) -> None:
+        """Keep only the jobs other processes still run (an announcement may have been lost)."""
+        still = {
+            job.id for job in jobs if not job.status.is_final and job.status is not JobStatus.QUEUED
+        }
+        for job_id in self.queue.elsewhere() - still:
+            self._ended_elsewhere(job_id)
