@@ -12,7 +12,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
 
 from bot.backends.replicate import PredictionClient
@@ -91,17 +90,6 @@ async def node(
     finally:
         await membership.leave()
         await pool.close()
-
-
-@pytest.fixture
-def client(http: aiohttp.ClientSession, prediction_api: FakePredictionAPI) -> PredictionClient:
-    """The Replicate client on the fake API."""
-    return PredictionClient(
-        http,
-        base_url=prediction_api.base_url,
-        token=prediction_api.token,
-        version=prediction_api.version,
-    )
 
 
 async def test_a_cancel_pressed_on_one_process_stops_the_job_the_other_runs(
