@@ -346,3 +346,16 @@ async def test_just_after_an_outage_a_claim_leaves_lapsed_leases_to_their_owners
         quiet = await b.leases.claim(limits(total=4), 4, take_lapsed=False)
         assert [job.id for job in quiet.jobs] == [fresh.id]
         assert claimed_by_a.id in (await a.leases.renew()).held
+
+
+async def test_a_process_confirms_its_lease_before_it_pays_or_posts(schema: str) -> None:
+    async with process(schema) as a, process(schema) as b:
+        job = await a.queue(1)
+        await claim(a, limits(total=4), 1)
+        await a.store.mark_submitted(job.id)
+        await a.store.confirm_lease(job.id)  # a's: nothing raised
+        await die(schema, a)
+        await b.leases.take_over()
+        with pytest.raises(InvalidTransition, match="leased by another process"):
+            await a.store.confirm_lease(job.id)
+        await b.store.confirm_lease(job.id)

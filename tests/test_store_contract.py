@@ -162,6 +162,13 @@ async def test_marking_an_unknown_job_is_invalid(any_store: Store) -> None:
     assert await any_store.get(known + 1000) is None
 
 
+async def test_a_store_one_process_owns_confirms_every_lease(any_store: Store) -> None:
+    # Only processes sharing a store hold leases (tests/test_shared_queue.py); alone, every
+    # job is this process's, in every state.
+    for state in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DELIVERING):
+        await any_store.confirm_lease(await _job_in(any_store, state))
+
+
 async def test_the_message_and_deleted_marks_apply_in_every_state(any_store: Store) -> None:
     for state in JobStatus:
         job_id = await _job_in(any_store, state)

@@ -84,6 +84,7 @@ class ResultDelivery:
             await self._status.settle(job.id)
             if self._stopping():
                 return  # stays `delivering`; the next start posts it
+            await self._store.confirm_lease(job.id)  # a post cannot be taken back: still ours?
             self.posting.add(job.id)
             try:
                 message_id = await reporter.deliver(job, result)

@@ -319,6 +319,7 @@ class JobRunner:
         # Progress is read only from a backend that can be polled: else its own hold stands.
         progress = self._limits.progress_poll_seconds if self._backend.features.polling else 0
         hold = self._planner.hold(job, progress)
+        await self._store.confirm_lease(job.id)  # a create is paid for: still ours?
         create = asyncio.ensure_future(self._backend.create(api_input, wait=hold))
         wake = asyncio.ensure_future(self._signals.wait(job.id))
         try:

@@ -49,6 +49,10 @@ class JobSteps(Protocol):
         """Remember the message that shows the request's status."""
         ...
 
+    async def confirm_lease(self, job_id: int) -> None:
+        """Raise LeaseLost if another process holds the job now."""
+        ...
+
     async def mark_submitted(self, job_id: int) -> Job:
         """Queued -> submitted."""
         ...
@@ -213,6 +217,11 @@ class PatientStore:
             lambda: self._store.set_request_message(job_id, message_id),
             lambda job: job.request_message_id == message_id,
         )
+
+    async def confirm_lease(self, job_id: int) -> None:
+        """Check the job is still this process's before an act that cannot be taken back;
+        while the database is away, wait (another process may be taking the job over)."""
+        await self._patiently(job_id, lambda: self._store.confirm_lease(job_id))
 
     async def mark_submitted(self, job_id: int) -> Job:
         """Queued -> submitted."""

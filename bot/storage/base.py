@@ -84,6 +84,11 @@ class JobRecords(Protocol):
         """Remember the message that shows the request's status."""
         ...
 
+    async def confirm_lease(self, job_id: int) -> None:
+        """Raise LeaseLost if another process holds the job now (before an act that cannot be
+        taken back: a create, a post). A store one process owns has nothing to check."""
+        ...
+
     async def mark_submitted(self, job_id: int) -> Job:
         """Queued -> submitted: written before the create request is sent."""
         ...

@@ -104,6 +104,17 @@ class PostgresJobRecords(JobTransitions):
                 interaction_token=interaction_token,
             )
 
+    async def confirm_lease(self, job_id: int) -> None:
+        """Raise LeaseLost if another process holds a live lease on the job now."""
+        if self.lease_owner is None:
+            return  # not shared: this process is the only one
+        if await self._fetchrow(
+            "SELECT 1 FROM job_leases WHERE job_id = $1 AND owner <> $2 AND expires_at > now()",
+            job_id,
+            self.lease_owner,
+        ):
+            raise LeaseLost(f"job {job_id} is leased by another process now")
+
     async def get(self, job_id: int) -> Job | None:
         """Return one job, or None if there is no such job."""
         if not 0 < job_id <= MAX_JOB_ID:

@@ -69,6 +69,9 @@ class SQLiteJobRecords(JobTransitions):
         assert job is not None
         return job
 
+    async def confirm_lease(self, job_id: int) -> None:
+        """Nothing to check: a SQLite file is one process's (bot/storage/process_lock.py)."""
+
     async def get(self, job_id: int) -> Job | None:
         """Return one job, or None if there is no such job."""
         if not 0 < job_id <= MAX_ROWID:
