@@ -24,6 +24,7 @@ from bot.core.jobs import (
     MOTION_MODULES,
 )
 from bot.owner.guild_settings import GuildSettings
+from bot.storage.leases import JOB_LEASE_SECONDS
 from bot.storage.postgres import url_problem as postgres_url_problem
 
 DEFAULT_MODEL_VERSION = "beecf59c4aee8d81bf04f0381033dfa10dc16e845b4ae00d281e2fa377e48a9f"
@@ -61,7 +62,7 @@ class Settings(BaseSettings):
     shard_ids: Annotated[tuple[int, ...], NoDecode] = ()
     # With DATABASE_URL: how long a process's claim on a job lasts unless renewed; a job whose
     # process died is taken over by another once it expires.
-    job_lease_seconds: float = Field(default=30.0, ge=3, le=600)
+    job_lease_seconds: float = Field(default=JOB_LEASE_SECONDS, ge=3, le=600)
 
     max_running_per_guild: int = Field(default=1, ge=1, le=50)
     max_running_total: int = Field(default=4, ge=1, le=500)

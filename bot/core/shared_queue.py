@@ -23,7 +23,6 @@ from bot.backends.base import Prediction, PredictionAPIError
 from bot.core.budgets import Budgets
 from bot.core.jobs import Job
 from bot.core.pushes import PushInbox
-from bot.core.signals import JobSignals
 from bot.storage.base import StorageUnavailable
 from bot.storage.leases import ClaimLimits, EventKind, SharedEvent, SharedJobs
 
@@ -73,7 +72,6 @@ class SharedDispatcher:
         running_total: int,
         budgets: Budgets,
         pushes: PushInbox,
-        signals: JobSignals,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -82,7 +80,6 @@ class SharedDispatcher:
         self._running_total = running_total
         self._budgets = budgets
         self._pushes = pushes
-        self._signals = signals
         self._sleep = sleep
         self._clock = clock
         self._wanted = asyncio.Event()

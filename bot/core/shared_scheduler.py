@@ -84,7 +84,6 @@ class SharedScheduler(Scheduler):
             running_total=self._limits.running_total,
             budgets=self.budgets,
             pushes=self.pushes,
-            signals=self.signals,
             # Leases run on the database's clock, whatever clock the scheduler is given.
             sleep=lease_sleep,
         )

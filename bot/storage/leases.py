@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from bot.core.jobs import GenerationRequest, Job
 
-JOB_LEASE_SECONDS = 30.0
+JOB_LEASE_SECONDS = 30.0  # the default of the setting of that name
 
 
 class ShardsTaken(Exception):
